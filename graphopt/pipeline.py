@@ -1,0 +1,297 @@
+"""Passes and the verified pipeline that runs them.
+
+A Pass is data: name, description, `run(graph, ctx)`, the properties it `requires` and
+`produces`, whether it is `lossless`, its options, and for a lossy pass the error it may add.
+The pipeline checks ordering before anything runs, then for each pass: runs it, cleans up,
+checks the model with onnx.checker, runs it in onnxruntime (no ORT optimizations) on the same
+inputs as the previous stage and records the error the pass added. A lossless pass whose
+outputs move by more than LOSSLESS_MAX_REL fails the compile, naming the pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from graphopt import analysis, ir, verify
+from graphopt.errors import UserError, VerificationError
+
+log = logging.getLogger("graphopt.pipeline")
+
+LOSSLESS_MAX_REL = 1e-5
+
+
+@dataclass(frozen=True)
+class Option:
+    """A pass option: its default (which also fixes its type) and what it does."""
+
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+
+    def validate(self, value: Any, where: str) -> Any:
+        kind = type(self.default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if self.default is not None and not isinstance(value, kind):
+            raise UserError(f"{where} must be a {kind.__name__}, got {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise UserError(f"{where} must be one of {', '.join(map(str, self.choices))}, "
+                            f"got {value!r}")
+        return value
+
+
+@dataclass
+class PassContext:
+    """What a pass may read (options, target, data) and write (notes, counters)."""
+
+    pass_name: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    target: Any = None
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    calibration: list[verify.Feeds] | None = None
+    notes: list[str] = field(default_factory=list)
+    counters: Counter[str] = field(default_factory=Counter)
+
+    def note(self, message: str) -> None:
+        """A line for the report (what the pass decided, skipped, and why)."""
+        self.notes.append(message)
+        log.info("%s: %s", self.pass_name, message)
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.counters[key] += n
+
+
+PassFn = Callable[[gs.Graph, PassContext], "gs.Graph | None"]
+
+
+@dataclass(frozen=True)
+class Pass:
+    name: str
+    description: str
+    fn: PassFn
+    lossless: bool
+    requires: tuple[str, ...] = ()
+    produces: tuple[str, ...] = ()
+    options: Mapping[str, Option] = field(default_factory=dict)
+    # Lossy passes: the max_rel output error they may add; exceeding it is reported.
+    max_error: float | None = None
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+        result = self.fn(graph, ctx)
+        return graph if result is None else result
+
+    def resolve_options(self, given: Mapping[str, Any], where: str = "config") -> dict[str, Any]:
+        unknown = sorted(set(given) - set(self.options))
+        if unknown:
+            known = ", ".join(sorted(self.options)) or "none"
+            raise UserError(f"{where}: pass '{self.name}' has no option "
+                            f"{', '.join(map(repr, unknown))} (its options: {known})")
+        resolved = {k: opt.default for k, opt in self.options.items()}
+        for key, value in given.items():
+            resolved[key] = self.options[key].validate(value, f"{where}: {self.name}.{key}")
+        return resolved
+
+
+def graph_pass(
+    name: str,
+    *,
+    lossless: bool,
+    description: str | None = None,
+    requires: Sequence[str] = (),
+    produces: Sequence[str] = (),
+    options: Mapping[str, Option] | None = None,
+    max_error: float | None = None,
+) -> Callable[[PassFn], Pass]:
+    """Decorator: a whole-graph `run(graph, ctx) -> graph` function becomes a Pass."""
+
+    def wrap(fn: PassFn) -> Pass:
+        doc = description or (fn.__doc__ or name).strip().splitlines()[0]
+        return Pass(name=name, description=doc, fn=fn, lossless=lossless,
+                    requires=tuple(requires), produces=tuple(produces),
+                    options=dict(options or {}), max_error=max_error)
+
+    return wrap
+
+
+def check_order(passes: Sequence[Pass], available: Mapping[str, Pass] | None = None) -> None:
+    """Every required property must be produced by a pass that runs earlier."""
+    produced: set[str] = set()
+    names = [p.name for p in passes]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise UserError(f"pipeline lists pass(es) {', '.join(twice)} more than once")
+    for index, p in enumerate(passes):
+        for prop in p.requires:
+            if prop in produced:
+                continue
+            later = [q.name for q in passes[index + 1:] if prop in q.produces]
+            if later:
+                raise UserError(f"pass '{p.name}' needs '{prop}', produced by '{later[0]}', "
+                                f"which runs after it: put '{later[0]}' before '{p.name}'")
+            makers = sorted(q.name for q in (available or {}).values() if prop in q.produces)
+            hint = f"add {' or '.join(makers)} before it" if makers else "no known pass makes it"
+            raise UserError(f"pass '{p.name}' needs '{prop}', which no earlier pass "
+                            f"produces: {hint}")
+        produced.update(p.produces)
+
+
+# ------------------------------------------------------------------------------------ running
+@dataclass
+class PassRecord:
+    name: str
+    lossless: bool
+    options: dict[str, Any]
+    seconds: float
+    before: analysis.GraphStats
+    after: analysis.GraphStats
+    error: verify.ErrorStats | None  # vs the previous stage; None when not verified
+    cumulative: verify.ErrorStats | None  # vs the input model
+    verified: str  # "passed", "exceeded declared error", "skipped: why"
+    notes: list[str]
+    counters: dict[str, int]
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "lossless": self.lossless,
+            "options": self.options,
+            "seconds": round(self.seconds, 6),
+            "before": self.before.as_dict(),
+            "after": self.after.as_dict(),
+            "error": None if self.error is None else _json_error(self.error),
+            "cumulative_error": None if self.cumulative is None else _json_error(self.cumulative),
+            "verified": self.verified,
+            "notes": self.notes,
+            "counters": self.counters,
+        }
+
+
+def _json_error(e: verify.ErrorStats) -> dict[str, float | str]:
+    return {k: (v if np.isfinite(v) else str(v)) for k, v in e.as_dict().items()}
+
+
+@dataclass
+class Verification:
+    """How passes are checked: on which inputs, or why not at all."""
+
+    feeds: list[verify.Feeds]
+    source: str  # "random (seed 0)", "calibration: file", "off"
+    enabled: bool = True
+    skipped_reason: str | None = None
+
+
+@dataclass
+class PipelineResult:
+    graph: gs.Graph
+    records: list[PassRecord]
+    input_stats: analysis.GraphStats
+    output_stats: analysis.GraphStats
+    final_error: verify.ErrorStats | None
+    verification: Verification
+
+
+ProgressHook = Callable[[str, int, int], None]
+
+
+def run_pipeline(
+    graph: gs.Graph,
+    passes: Sequence[Pass],
+    options: Mapping[str, Mapping[str, Any]],
+    verification: Verification,
+    base_ctx: PassContext,
+    like: onnx.ModelProto | None = None,
+    progress: ProgressHook | None = None,
+) -> PipelineResult:
+    """Run passes in order, verifying each; raise VerificationError on a broken pass."""
+    shapes = base_ctx.input_shapes
+    stats = analysis.graph_stats(graph, shapes)
+    input_stats = stats
+    interface = sorted(t.name for t in graph.outputs)
+    outputs = _initial_outputs(graph, verification)
+    reference = outputs
+    records: list[PassRecord] = []
+    for index, p in enumerate(passes):
+        if progress is not None:
+            progress(p.name, index, len(passes))
+        ctx = PassContext(pass_name=p.name, options=dict(options.get(p.name, {})),
+                          target=base_ctx.target, input_shapes=shapes,
+                          calibration=base_ctx.calibration)
+        start = time.perf_counter()
+        graph = ir.cleanup(p.run(graph, ctx))
+        seconds = time.perf_counter() - start
+        _check_interface(graph, p.name, interface)
+        _check_model(graph, p.name, like)
+        new_stats = analysis.graph_stats(graph, shapes)
+        error = cumulative = None
+        verified = f"skipped: {verification.skipped_reason}"
+        if verification.enabled and outputs is not None:
+            try:
+                new_outputs = verify.run_graph(graph, verification.feeds)
+            except verify.Unrunnable as exc:
+                raise VerificationError(
+                    f"pass '{p.name}' produced a model onnxruntime cannot run: {exc}") from exc
+            error = verify.compare_all(outputs, new_outputs)
+            cumulative = verify.compare_all(reference, new_outputs)
+            verified = _judge(p, error)
+            outputs = new_outputs
+        records.append(PassRecord(p.name, p.lossless, ctx.options, seconds, stats, new_stats,
+                                  error, cumulative, verified, ctx.notes, dict(ctx.counters)))
+        stats = new_stats
+    if progress is not None:
+        progress("done", len(passes), len(passes))
+    final = records[-1].cumulative if records else (verify.EXACT if reference else None)
+    return PipelineResult(graph, records, input_stats, stats, final, verification)
+
+
+def _initial_outputs(graph: gs.Graph, verification: Verification) -> list | None:
+    if not verification.enabled:
+        return None
+    try:
+        return verify.run_graph(graph, verification.feeds)
+    except verify.Unrunnable as exc:
+        verification.enabled = False
+        verification.skipped_reason = f"onnxruntime cannot run the input model ({exc})"
+        log.warning("verification skipped: %s", verification.skipped_reason)
+        return None
+
+
+def _judge(p: Pass, error: verify.ErrorStats) -> str:
+    if p.lossless:
+        if not error.max_rel <= LOSSLESS_MAX_REL:
+            raise VerificationError(
+                f"lossless pass '{p.name}' changed the outputs: max relative error "
+                f"{error.max_rel:.3g} > {LOSSLESS_MAX_REL:g} (max abs {error.max_abs:.3g}, "
+                f"cosine {error.cosine:.6f}); this is a bug in the pass: rerun with "
+                f"--skip {p.name} and report it"
+            )
+        return "passed"
+    if p.max_error is not None and not error.max_rel <= p.max_error:
+        return f"exceeded declared error {p.max_error:g}"
+    return "passed"
+
+
+def _check_interface(graph: gs.Graph, name: str, want: list[str]) -> None:
+    """Passes must keep the model's outputs (names) so that users' code keeps working."""
+    have = sorted(t.name for t in graph.outputs)
+    if want != have:
+        raise VerificationError(f"pass '{name}' changed the model's outputs from {want} "
+                                f"to {have}; this is a bug in the pass")
+
+
+def _check_model(graph: gs.Graph, name: str, like: onnx.ModelProto | None) -> None:
+    with ir.as_file_or_bytes(graph, like) as src:
+        try:
+            onnx.checker.check_model(
+                onnx.load_model_from_string(src) if isinstance(src, bytes) else src)
+        except onnx.checker.ValidationError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise VerificationError(f"pass '{name}' produced an invalid model: {first}") from exc

@@ -1,0 +1,54 @@
+"""A target is data: what to generate code for and which optimizations pay off there.
+
+The core never branches on a target's name; a field decides. Variants refine a target
+(`arm:cortex-a76`, `cuda:sm_80`) through the overrides in its `variants` table: the "tvm"
+key is merged into the TVM target dict, other keys replace fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from graphopt.errors import UserError
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    tvm: Mapping[str, Any]  # a TVM 0.27 target dict
+    vector_bits: int
+    pipeline: tuple[str, ...]  # default pass pipeline: lossless passes only
+    sparsity: tuple[str, ...] = ()  # sparsity patterns whose kernels pay off here
+    quant: tuple[str, ...] = ()  # quantized dtypes with fast kernels here
+    activation_dtype: str = "uint8"  # activation dtype of the fast int8 path
+    # onnxruntime fused activations for this target's runtime (com.microsoft FusedConv/
+    # FusedGemm); empty means portable standard ops only.
+    fused_activations: tuple[str, ...] = ()
+    kernel_search: tuple[str, ...] = ("ref",)  # kernel backends, in lookup order
+    runs_on_host: bool = False  # can code for it run on the machine that builds it?
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    variant: str | None = None
+
+    def refine(self, variant: str) -> Target:
+        if variant not in self.variants:
+            known = ", ".join(f"{self.name}:{v}" for v in sorted(self.variants)) or "none"
+            raise UserError(f"unknown variant '{variant}' of target '{self.name}' "
+                            f"(known: {known})")
+        overrides = dict(self.variants[variant])
+        tvm = {**self.tvm, **overrides.pop("tvm", {})}
+        return dataclasses.replace(self, tvm=tvm, variant=variant, **overrides)
+
+    @property
+    def full_name(self) -> str:
+        return self.name if self.variant is None else f"{self.name}:{self.variant}"
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["tvm"] = dict(self.tvm)
+        data.pop("variants")
+        data["full_name"] = self.full_name
+        return data

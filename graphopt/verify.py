@@ -1,0 +1,276 @@
+"""Numerical verification: inputs, onnxruntime runs, and error metrics.
+
+Metrics between a reference output `a` and a new output `b` (float64, NaNs at the same places
+ignored):
+    max_abs = max |a - b|
+    max_rel = max |a - b| / max |a|      (relative to the output's range: stable near zeros)
+    cosine  = <a, b> / (|a| |b|)         (1.0 when both are all zeros)
+Integer and boolean outputs must match exactly; any difference counts as max_rel = inf.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+
+from graphopt import ir
+from graphopt.errors import UserError
+
+Feeds = dict[str, np.ndarray]
+
+DEFAULT_BATCH = 1  # symbolic first axis (the batch)
+DEFAULT_DIM = 32  # other symbolic axes (sequence, H, W): big enough for 32x downsampling
+INT_HIGH = 2  # random integer inputs lie in [0, INT_HIGH): valid token ids, masks, indices
+
+
+@dataclass(frozen=True)
+class ErrorStats:
+    max_abs: float
+    max_rel: float
+    cosine: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+EXACT = ErrorStats(0.0, 0.0, 1.0)
+
+
+class Unrunnable(Exception):
+    """onnxruntime cannot load or run the model (e.g. a custom op it does not know)."""
+
+
+# ------------------------------------------------------------------------------------ shapes
+def parse_input_shapes(specs: Sequence[str]) -> dict[str, list[int]]:
+    """`name=1x3x224x224` (several, or comma-separated) -> {name: [1, 3, 224, 224]}."""
+    shapes: dict[str, list[int]] = {}
+    for spec in specs:
+        for item in filter(None, (s.strip() for s in spec.split(","))):
+            name, sep, dims = item.rpartition("=")
+            if not sep or not name or not re.fullmatch(r"\d+(x\d+)*", dims):
+                raise UserError(
+                    f"--input-shape '{item}' is not NAME=DxDx...: e.g. input=1x3x224x224"
+                )
+            shapes[name] = [int(d) for d in dims.split("x")]
+    return shapes
+
+
+def concrete_shapes(graph: gs.Graph, given: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
+    """Static shapes for every graph input: given ones, else symbolic dims set to defaults.
+
+    A symbolic dim name used on several inputs gets one value everywhere.
+    """
+    names = {t.name for t in graph.inputs}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise UserError(
+            f"--input-shape names {', '.join(unknown)}, which the model does not have; "
+            f"its inputs are: {', '.join(sorted(names))}"
+        )
+    by_symbol: dict[str, int] = {}
+    for tensor in graph.inputs:
+        if tensor.name in given and tensor.shape is not None:
+            for dim, value in zip(tensor.shape, given[tensor.name]):
+                if isinstance(dim, str):
+                    by_symbol.setdefault(dim, value)
+    shapes: dict[str, list[int]] = {}
+    for tensor in graph.inputs:
+        model_shape = list(tensor.shape) if tensor.shape is not None else None
+        if tensor.name in given:
+            shape = list(given[tensor.name])
+            if model_shape is not None:
+                _check_fits(tensor.name, model_shape, shape)
+            shapes[tensor.name] = shape
+            continue
+        if model_shape is None:
+            raise UserError(
+                f"input '{tensor.name}' has no shape in the model: give it with "
+                f"--input-shape {tensor.name}=DxDx..."
+            )
+        shape = []
+        for axis, dim in enumerate(model_shape):
+            if isinstance(dim, int) and dim >= 0:
+                shape.append(dim)
+            elif isinstance(dim, str) and dim in by_symbol:
+                shape.append(by_symbol[dim])
+            else:
+                value = DEFAULT_BATCH if axis == 0 else DEFAULT_DIM
+                if isinstance(dim, str):
+                    by_symbol[dim] = value
+                shape.append(value)
+        shapes[tensor.name] = shape
+    return shapes
+
+
+def _check_fits(name: str, model_shape: list, shape: list[int]) -> None:
+    if len(model_shape) != len(shape) or any(
+        isinstance(m, int) and m >= 0 and m != s for m, s in zip(model_shape, shape)
+    ):
+        raise UserError(
+            f"input '{name}': shape {'x'.join(map(str, shape))} does not fit the model's "
+            f"{_fmt_shape(model_shape)}: give a shape that matches its fixed dims"
+        )
+
+
+def _fmt_shape(shape: Sequence) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+# ------------------------------------------------------------------------------------ inputs
+def random_feeds(graph: gs.Graph, shapes: Mapping[str, Sequence[int]], seed: int = 0) -> Feeds:
+    """Seeded inputs with the right dtypes: floats ~ N(0, 1), ints in [0, 2), random bools."""
+    rng = np.random.default_rng(seed)
+    feeds: Feeds = {}
+    for tensor in graph.inputs:
+        dtype = np.dtype(tensor.dtype if tensor.dtype is not None else np.float32)
+        shape = tuple(shapes[tensor.name])
+        if dtype == np.bool_:
+            feeds[tensor.name] = rng.random(shape) < 0.5
+        elif np.issubdtype(dtype, np.integer):
+            feeds[tensor.name] = rng.integers(0, INT_HIGH, size=shape).astype(dtype)
+        else:
+            feeds[tensor.name] = rng.standard_normal(shape).astype(dtype)
+    return feeds
+
+
+def load_feeds(path: str | os.PathLike[str], graph: gs.Graph) -> list[Feeds]:
+    """Calibration/input data: an .npz (arrays named by input), a .npy (single-input models),
+    or a directory of NAME.npy files. A leading axis of samples is kept as the batch."""
+    path = Path(path)
+    names = [t.name for t in graph.inputs]
+    if not path.exists():
+        raise UserError(f"data file '{path}' not found: check the path")
+    try:
+        if path.is_dir():
+            arrays = {p.stem: np.load(p, allow_pickle=False) for p in sorted(path.glob("*.npy"))}
+            if not arrays:
+                raise UserError(f"directory '{path}' holds no .npy files: add NAME.npy per input")
+        elif path.suffix == ".npy":
+            if len(names) != 1:
+                raise UserError(
+                    f"'{path}' is one array but the model has {len(names)} inputs "
+                    f"({', '.join(names)}): use an .npz with one array per input"
+                )
+            arrays = {names[0]: np.load(path, allow_pickle=False)}
+        else:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise UserError(f"'{path}' is not readable NumPy data ({exc}): use .npz or .npy") from exc
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise UserError(
+            f"'{path}' has no array for input(s) {', '.join(missing)} "
+            f"(it has: {', '.join(sorted(arrays)) or 'nothing'})"
+        )
+    feeds = {}
+    for tensor in graph.inputs:
+        array = arrays[tensor.name]
+        if tensor.dtype is not None:
+            want = np.dtype(tensor.dtype)
+            if array.dtype != want:
+                if not np.can_cast(array.dtype, want, casting="same_kind"):
+                    raise UserError(
+                        f"'{path}': input '{tensor.name}' is {array.dtype}, the model wants {want}"
+                    )
+                array = array.astype(want)
+        if tensor.shape is not None:
+            _check_fits(tensor.name, list(tensor.shape), list(array.shape))
+        feeds[tensor.name] = array
+    return [feeds]
+
+
+# ----------------------------------------------------------------------------------- running
+def session(src: str | bytes, optimize: bool = False, threads: int = 0) -> ort.InferenceSession:
+    """An onnxruntime CPU session; `optimize=False` runs the graph exactly as written."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimize
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(src, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise Unrunnable(_one_line(exc)) from exc
+
+
+def run_graph(graph: gs.Graph, feeds_list: Sequence[Feeds]) -> list[dict[str, np.ndarray]]:
+    """Outputs of the graph in onnxruntime (no ORT optimizations) for each feed."""
+    with ir.as_file_or_bytes(graph) as src:
+        sess = session(src)
+    names = [o.name for o in sess.get_outputs()]
+    results = []
+    for feeds in feeds_list:
+        try:
+            values = sess.run(names, feeds)
+        except Exception as exc:
+            raise Unrunnable(_one_line(exc)) from exc
+        results.append(dict(zip(names, values)))
+    return results
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:400]
+
+
+# ----------------------------------------------------------------------------------- metrics
+def compare(reference: np.ndarray, actual: np.ndarray) -> ErrorStats:
+    a = np.asarray(reference)
+    b = np.asarray(actual)
+    if a.shape != b.shape:
+        return ErrorStats(float("inf"), float("inf"), 0.0)
+    if a.dtype.kind in "biuU" or b.dtype.kind in "biuU":
+        equal = bool(np.array_equal(a, b))
+        return EXACT if equal else ErrorStats(float("inf"), float("inf"), 0.0)
+    a = a.astype(np.float64).ravel()
+    b = b.astype(np.float64).ravel()
+    both_nan = np.isnan(a) & np.isnan(b)
+    if np.any(np.isnan(a) != np.isnan(b)):
+        return ErrorStats(float("inf"), float("inf"), 0.0)
+    a, b = a[~both_nan], b[~both_nan]
+    if a.size == 0:
+        return EXACT
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(a - b)
+        diff[(a == b)] = 0.0  # equal infinities
+        max_abs = float(diff.max())
+        finite = np.isfinite(a)
+        scale = float(np.abs(a[finite]).max()) if finite.any() else 0.0
+        max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+        na, nb = np.linalg.norm(a[finite]), np.linalg.norm(b[finite])
+        if na == 0 and nb == 0:
+            cosine = 1.0
+        elif na == 0 or nb == 0:
+            cosine = 0.0
+        else:
+            cosine = float(np.dot(a[finite], b[finite]) / (na * nb))
+    return ErrorStats(max_abs, max_rel, cosine)
+
+
+def compare_all(
+    reference: Sequence[Mapping[str, np.ndarray]], actual: Sequence[Mapping[str, np.ndarray]]
+) -> ErrorStats:
+    """Worst error over all outputs and samples."""
+    worst = EXACT
+    for ref, new in zip(reference, actual):
+        if set(ref) != set(new):
+            return ErrorStats(float("inf"), float("inf"), 0.0)
+        for name in ref:
+            e = compare(ref[name], new[name])
+            worst = ErrorStats(
+                max(worst.max_abs, e.max_abs), max(worst.max_rel, e.max_rel),
+                min(worst.cosine, e.cosine),
+            )
+    return worst

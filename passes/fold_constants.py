@@ -1,0 +1,72 @@
+"""Evaluate subgraphs whose inputs are all constant, and store their results as weights.
+
+    Transpose(W) -> MatMul(x, .)        ==>  MatMul(x, W^T)
+    Shape(x) -> Gather -> Concat -> Reshape  ==>  Reshape(x, const)   (when x's shape is static)
+
+onnxruntime evaluates the constant subgraphs (onnx-graphsurgeon's folder). A node is not folded
+when its result would grow the model by more than `max_growth_bytes` (Expand/Tile/
+ConstantOfShape of a small tensor into a big one): folding must never bloat the model.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphopt import ir
+from graphopt.pipeline import Option, PassContext, graph_pass
+
+log = logging.getLogger("graphopt.passes.fold_constants")
+
+
+def growth_bytes(node: gs.Node) -> int | None:
+    """Bytes a folded node adds: its outputs minus its inputs; None if shapes are unknown."""
+    total = 0
+    for tensor, sign in [(t, 1) for t in node.outputs] + [(t, -1) for t in node.inputs]:
+        if not tensor.name:
+            continue
+        shape, dtype = tensor.shape, tensor.dtype
+        if shape is None or any(not isinstance(d, int) or d < 0 for d in shape):
+            return None
+        itemsize = np.dtype(dtype).itemsize if dtype is not None else 4
+        total += sign * int(np.prod(shape, dtype=np.int64)) * itemsize
+    return total
+
+
+@graph_pass(
+    "fold_constants",
+    lossless=True,
+    description="Evaluate constant subgraphs (never growing the model past a limit).",
+    options={
+        "max_growth_bytes": Option(1 << 20, "skip a node whose folded result adds more bytes"),
+        "fold_shapes": Option(True, "fold Shape/Size of tensors whose shape is static"),
+    },
+)
+def fold_constants(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+    ir.infer_shapes(graph)
+    limit = ctx.options["max_growth_bytes"]
+
+    def bloats(node: gs.Node) -> bool:
+        grown = growth_bytes(node)
+        if grown is not None and grown > limit:
+            log.debug("fold_constants: not folding '%s' (%s): adds %d bytes > %d",
+                      node.name, node.op, grown, limit)
+            ctx.count("not folded: would grow the model")
+            return True
+        return False
+
+    before = sum(len(g.nodes) for g in ir.walk_graphs(graph))
+    graph.fold_constants(
+        fold_shapes=ctx.options["fold_shapes"],
+        recurse_subgraphs=True,
+        partitioning="basic",  # evaluate what onnxruntime can; custom ops stay as they are
+        error_ok=True,
+        should_exclude_node=bloats,
+    )
+    ir.cleanup(graph)
+    folded = before - sum(len(g.nodes) for g in ir.walk_graphs(graph))
+    if folded > 0:
+        ctx.count("nodes folded", folded)
+    return graph

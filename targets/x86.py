@@ -1,0 +1,25 @@
+"""x86-64 CPUs. The default assumes AVX2+FMA (x86-64-v3); variants name a CPU."""
+
+from graphopt.target import Target
+from graphopt.targets.pipelines import LOSSLESS
+
+X86 = Target(
+    name="x86",
+    description="x86-64 CPU with AVX2+FMA (onnxruntime CPU, TVM llvm)",
+    tvm={"kind": "llvm", "mcpu": "x86-64-v3"},
+    vector_bits=256,
+    pipeline=LOSSLESS,
+    sparsity=("block",),
+    quant=("int8",),
+    activation_dtype="uint8",  # u8s8 is the fast path without VNNI
+    fused_activations=("Relu", "Clip", "Sigmoid", "LeakyRelu", "HardSigmoid"),
+    kernel_search=("numba", "tvm", "ref"),
+    runs_on_host=True,
+    variants={
+        "generic": {"tvm": {"mcpu": "x86-64"}, "vector_bits": 128},
+        "znver3": {"tvm": {"mcpu": "znver3"}},
+        "skylake-avx512": {"tvm": {"mcpu": "skylake-avx512"}, "vector_bits": 512},
+        "cascadelake": {"tvm": {"mcpu": "cascadelake"}, "vector_bits": 512,
+                        "activation_dtype": "int8"},  # VNNI
+    },
+)
