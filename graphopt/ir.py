@@ -169,6 +169,8 @@ def save(
     if external_data is None:
         external_data = is_large(graph) or (like is not None and uses_external_data(like))
     model = to_onnx(graph, like)
+    # Intermediate shapes are cheap to re-infer; keeping them only grows the file.
+    del model.graph.value_info[:]
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".graphopt-", dir=path.parent))
     try:
@@ -303,18 +305,22 @@ def constant_value(tensor: gs.Tensor | None) -> np.ndarray | None:
     return None
 
 
-_name_counters: weakref.WeakKeyDictionary[gs.Graph, tuple[set[str], itertools.count[int]]] = (
-    weakref.WeakKeyDictionary()
-)
+# Names in use per graph, built once per graph and kept up to date by fresh_name.
+# Keyed by id(); the weak reference tells when an id was reused by a new graph.
+_used_names: dict[int, tuple[weakref.ref, set[str], itertools.count]] = {}
 
 
 def fresh_name(graph: gs.Graph, hint: str) -> str:
-    """A tensor name unused anywhere in the graph (subgraphs included)."""
-    if graph not in _name_counters:
+    """A tensor/node name unused anywhere in the graph (subgraphs included)."""
+    entry = _used_names.get(id(graph))
+    if entry is None or entry[0]() is not graph:
+        for key in [k for k, (ref, _, _) in _used_names.items() if ref() is None]:
+            del _used_names[key]
         used = {name for g in walk_graphs(graph) for name in g.tensors()}
         used.update(node.name for g in walk_graphs(graph) for node in g.nodes if node.name)
-        _name_counters[graph] = (used, itertools.count())
-    used, counter = _name_counters[graph]
+        entry = (weakref.ref(graph), used, itertools.count())
+        _used_names[id(graph)] = entry
+    _, used, counter = entry
     name = hint
     while name in used or not name:
         name = f"{hint}__{next(counter)}"

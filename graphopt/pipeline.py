@@ -232,7 +232,7 @@ def run_pipeline(
         _check_model(graph, p.name, like)
         new_stats = analysis.graph_stats(graph, shapes)
         error = cumulative = None
-        verified = f"skipped: {verification.skipped_reason}"
+        verified = "skipped"
         if verification.enabled and outputs is not None:
             try:
                 new_outputs = verify.run_graph(graph, verification.feeds)

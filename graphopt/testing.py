@@ -214,3 +214,148 @@ def example_cnn(opset: int = 17, seed: int = 0) -> onnx.ModelProto:
                transB=1)
     b.output(y, shape=["batch", 10])
     return b.build()
+
+
+# ------------------------------------------------------------------------------------- corpus
+def mlp_opset11() -> onnx.ModelProto:
+    """Opset 11, dynamic batch, MatMul+Add layers with exporter leftovers (Identity, Cast)."""
+    b = ModelBuilder(opset=11, seed=1, name="mlp_opset11")
+    x = b.input("x", ["batch", 64])
+    h = b.node("Cast", [x], to=onnx.TensorProto.FLOAT)  # no-op cast
+    for cin, cout in ((64, 128), (128, 64)):
+        h = b.node("MatMul", [h, b.weight(b.randn(cin, cout, scale=cin ** -0.5))])
+        h = b.node("Relu", [b.node("Add", [h, b.weight(b.randn(cout, scale=0.1))])])
+        h = b.node("Identity", [h])
+    y = b.node("Mul", [h, b.weight(np.ones((1,), np.float32))], outputs=["y"])
+    b.output(y, shape=["batch", 64])
+    return b.build()
+
+
+def constant_node_weights_opset13() -> onnx.ModelProto:
+    """Opset 13 with every weight given as a Constant node, and a constant-foldable Reshape."""
+    b = ModelBuilder(opset=13, seed=2, name="constant_node_weights")
+    x = b.input("x", [2, 4, 8, 8])
+    h = b.node("Relu", [b.conv(x, 4, 8, as_node=True)])
+    shape = b.node("Concat", [b.weight(np.array([2], np.int64), "n", as_node=True),
+                              b.weight(np.array([-1], np.int64), "rest", as_node=True)], axis=0)
+    h = b.node("Reshape", [h, shape])
+    w = b.weight(b.randn(8 * 8 * 8, 16, scale=0.05), "fc", as_node=True)
+    y = b.node("MatMul", [h, w], outputs=["y"])
+    b.output(y, shape=[2, 16])
+    return b.build()
+
+
+def encoder_opset21() -> onnx.ModelProto:
+    """Opset 21 transformer block: attention, decomposed LayerNorm, Erf GELU; batch and seq
+    dynamic."""
+    d, heads = 32, 4
+    b = ModelBuilder(opset=21, seed=3, name="encoder_opset21")
+    x = b.input("x", ["batch", "seq", d])
+
+    def linear(h: str, cin: int, cout: int) -> str:
+        return b.node("Add", [b.node("MatMul", [h, b.weight(b.randn(cin, cout, scale=cin ** -0.5))]),
+                              b.weight(b.randn(cout, scale=0.02))])
+
+    def split_heads(h: str) -> str:
+        shape = b.weight(np.array([0, 0, heads, d // heads], np.int64), "heads_shape")
+        return b.node("Transpose", [b.node("Reshape", [h, shape])], perm=[0, 2, 1, 3])
+
+    q, k, v = (split_heads(linear(x, d, d)) for _ in range(3))
+    scores = b.node("Div", [b.node("MatMul", [q, b.node("Transpose", [k], perm=[0, 1, 3, 2])]),
+                            b.weight(np.float32(np.sqrt(d // heads)), "scale")])
+    ctx = b.node("MatMul", [b.node("Softmax", [scores], axis=-1), v])
+    ctx = b.node("Reshape", [b.node("Transpose", [ctx], perm=[0, 2, 1, 3]),
+                             b.weight(np.array([0, 0, d], np.int64), "merge_shape")])
+    h = b.node("Add", [x, linear(ctx, d, d)])
+    # LayerNorm as exporters decompose it
+    mean = b.node("ReduceMean", [h, b.weight(np.array([-1], np.int64), "axes")], keepdims=1)
+    centered = b.node("Sub", [h, mean])
+    var = b.node("ReduceMean", [b.node("Pow", [centered, b.weight(np.float32(2), "two")]),
+                                b.weight(np.array([-1], np.int64), "axes")], keepdims=1)
+    normed = b.node("Div", [centered, b.node("Sqrt", [b.node(
+        "Add", [var, b.weight(np.float32(1e-5), "eps")])])])
+    h = b.node("Add", [b.node("Mul", [normed, b.weight(1 + 0.1 * b.randn(d), "gamma")]),
+                       b.weight(0.1 * b.randn(d), "beta")])
+    # Erf GELU
+    f = linear(h, d, 4 * d)
+    erf = b.node("Erf", [b.node("Div", [f, b.weight(np.float32(np.sqrt(2)), "sqrt2")])])
+    gelu = b.node("Mul", [b.node("Mul", [f, b.node("Add", [erf, b.weight(np.float32(1), "one")])]),
+                          b.weight(np.float32(0.5), "half")])
+    y = b.node("Add", [h, linear(gelu, 4 * d, d)], outputs=["y"])
+    b.output(y, shape=["batch", "seq", d])
+    return b.build()
+
+
+def custom_domain_op() -> onnx.ModelProto:
+    """An op from a domain nobody here knows: it must pass through untouched."""
+    b = ModelBuilder(opset=17, seed=4, name="custom_domain")
+    x = b.input("x", ["batch", 8])
+    h = b.node("Identity", [x])
+    h = b.node("FancyNorm", [h, b.weight(b.randn(8), "fancy_w")], domain="com.example.custom",
+               name="fancy", alpha=0.5, mode="fast")
+    y = b.node("Relu", [b.node("Identity", [h])], outputs=["y"])
+    b.output(y, shape=["batch", 8])
+    return b.build()
+
+
+def control_flow_opset16() -> onnx.ModelProto:
+    """If and Loop with subgraphs that read outer-scope tensors; Identity inside a branch."""
+    b = ModelBuilder(opset=16, seed=5, name="control_flow")
+    x = b.input("x", ["batch", 4])
+    cond = b.input("cond", [], dtype=np.bool_)
+    w = b.weight(b.randn(4, 4), "shared_w")
+    h = b.node("MatMul", [x, w])
+    then_out = helper.make_tensor_value_info("then_out", onnx.TensorProto.FLOAT, None)
+    else_out = helper.make_tensor_value_info("else_out", onnx.TensorProto.FLOAT, None)
+    then_g = helper.make_graph([helper.make_node("Identity", [h], ["t0"]),
+                                helper.make_node("Relu", ["t0"], ["then_out"])],
+                               "then", [], [then_out])
+    else_g = helper.make_graph([helper.make_node("Neg", [h], ["else_out"])], "else", [],
+                               [else_out])
+    branched = b.node("If", [cond], then_branch=then_g, else_branch=else_g)
+    # Loop: 3 iterations of acc = acc * 0.5 + h
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Mul", ["acc_in", "half"], ["scaled"]),
+         helper.make_node("Add", ["scaled", h], ["acc_out"])],
+        "body",
+        [helper.make_tensor_value_info("iter", onnx.TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", onnx.TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_in", onnx.TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("cond_out", onnx.TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.float32(0.5), "half")],
+    )
+    looped = b.node("Loop", [b.weight(np.array(3, np.int64), "trips"), "", branched], body=body)
+    y = b.node("Add", [looped, b.node("Identity", [h])], outputs=["y"])
+    b.output(y, shape=["batch", 4])
+    return b.build()
+
+
+def exporter_noops_opset12() -> onnx.ModelProto:
+    """Opset 12: Dropout with a ratio input, zero Pad, whole Slice, no-op Transpose/Reshape."""
+    b = ModelBuilder(opset=12, seed=6, name="exporter_noops")
+    x = b.input("x", ["batch", 3, 16, 16])
+    h = b.node("Pad", [x, b.weight(np.zeros(8, np.int64), "pads")], mode="constant")
+    h = b.node("Relu", [b.conv(h, 3, 8)])
+    h = b.node("Slice", [h, b.weight(np.array([0, 0], np.int64)),
+                         b.weight(np.array([2**63 - 1, 16], np.int64)),
+                         b.weight(np.array([1, 2], np.int64))])
+    h = b.node("Transpose", [h], perm=[0, 1, 2, 3])
+    h = b.node("Reshape", [h, b.weight(np.array([0, 8, 16, 16], np.int64))])
+    h = b.node("Dropout", [h, b.weight(np.float32(0.1), "ratio")])
+    y = b.node("Add", [h, b.weight(np.zeros((1, 1, 1, 1), np.float32), "zero")], outputs=["y"])
+    b.output(y, shape=["batch", 8, 16, 16])
+    return b.build()
+
+
+# Models of many kinds that every lossless pipeline must leave numerically unchanged.
+CORPUS = {
+    "example_cnn": example_cnn,
+    "mlp_opset11": mlp_opset11,
+    "constant_node_weights_opset13": constant_node_weights_opset13,
+    "encoder_opset21": encoder_opset21,
+    "custom_domain_op": custom_domain_op,
+    "control_flow_opset16": control_flow_opset16,
+    "exporter_noops_opset12": exporter_noops_opset12,
+}

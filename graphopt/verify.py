@@ -132,7 +132,7 @@ def random_feeds(graph: gs.Graph, shapes: Mapping[str, Sequence[int]], seed: int
         dtype = np.dtype(tensor.dtype if tensor.dtype is not None else np.float32)
         shape = tuple(shapes[tensor.name])
         if dtype == np.bool_:
-            feeds[tensor.name] = rng.random(shape) < 0.5
+            feeds[tensor.name] = np.asarray(rng.random(shape) < 0.5)
         elif np.issubdtype(dtype, np.integer):
             feeds[tensor.name] = rng.integers(0, INT_HIGH, size=shape).astype(dtype)
         else:
@@ -171,8 +171,13 @@ def load_feeds(path: str | os.PathLike[str], graph: gs.Graph) -> list[Feeds]:
             f"(it has: {', '.join(sorted(arrays)) or 'nothing'})"
         )
     feeds = {}
+    samples = 1
     for tensor in graph.inputs:
         array = arrays[tensor.name]
+        fixed = tensor.shape[0] if tensor.shape else None
+        if (isinstance(fixed, int) and fixed > 0 and array.ndim == len(tensor.shape)
+                and array.shape[0] != fixed and array.shape[0] % fixed == 0):
+            samples = max(samples, array.shape[0] // fixed)  # a fixed batch: split the data
         if tensor.dtype is not None:
             want = np.dtype(tensor.dtype)
             if array.dtype != want:
@@ -182,9 +187,24 @@ def load_feeds(path: str | os.PathLike[str], graph: gs.Graph) -> list[Feeds]:
                     )
                 array = array.astype(want)
         if tensor.shape is not None:
-            _check_fits(tensor.name, list(tensor.shape), list(array.shape))
+            shape = list(array.shape)
+            if isinstance(fixed, int) and fixed > 0 and shape and shape[0] % fixed == 0:
+                shape[0] = fixed
+            _check_fits(tensor.name, list(tensor.shape), shape)
         feeds[tensor.name] = array
-    return [feeds]
+    if samples == 1:
+        return [feeds]
+    out = []
+    for i in range(samples):
+        part = {}
+        for tensor in graph.inputs:
+            array = feeds[tensor.name]
+            fixed = tensor.shape[0] if tensor.shape else None
+            if isinstance(fixed, int) and fixed > 0 and array.shape[0] == samples * fixed:
+                array = array[i * fixed:(i + 1) * fixed]
+            part[tensor.name] = array
+        out.append(part)
+    return out
 
 
 # ----------------------------------------------------------------------------------- running

@@ -1,0 +1,392 @@
+"""The `graphopt` command: compile, passes, inspect, run.
+
+Exit codes: 0 success, 2 bad input or usage, 1 failure (a pass broke verification, or a bug).
+Errors are one line on stderr; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import tempfile
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import numpy as np
+import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.logger import G_LOGGER
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from graphopt import __version__, analysis, ir, report, testing, verify
+from graphopt.errors import GraphoptError, UserError
+from graphopt.pipeline import PassContext, Verification, check_order, run_pipeline
+from graphopt.registry import Registry, load_registry
+
+app = typer.Typer(
+    help="graphopt: optimize ONNX models for a target, verifying every pass numerically.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+OUTPUT_MODEL = "model.opt.onnx"
+EXAMPLE_MODEL = "example_cnn.onnx"
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"graphopt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log what passes do.")] = False,
+    version: Annotated[Optional[bool], typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version.")] = None,
+) -> None:
+    _state["debug"] = debug
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s", force=True,
+                        handlers=[RichHandler(console=err_console, show_path=False)])
+    G_LOGGER.severity = G_LOGGER.DEBUG if debug else G_LOGGER.ERROR
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """One clear line and the right exit code; the traceback only with --debug."""
+    try:
+        yield
+    except GraphoptError as exc:
+        if _state["debug"]:
+            raise
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if _state["debug"]:
+            raise
+        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} "
+                          "(rerun with --debug for the traceback, and please report it)",
+                          highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _progress() -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                    TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                    console=err_console, transient=True)
+
+
+# ------------------------------------------------------------------------------------ config
+def read_config(path: Path | None) -> dict[str, Any]:
+    """TOML: [pipeline] passes = [...], skip = [...]; [passes.NAME] option = value."""
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise UserError(f"config file '{path}' not found: check the path")
+    try:
+        config = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"config file '{path}' is not valid TOML: {exc}") from exc
+    unknown = sorted(set(config) - {"pipeline", "passes"})
+    if unknown:
+        raise UserError(f"config '{path}': unknown section(s) {', '.join(unknown)} "
+                        "(allowed: [pipeline], [passes.NAME])")
+    pipeline = config.get("pipeline", {})
+    bad = sorted(set(pipeline) - {"passes", "skip"})
+    if bad:
+        raise UserError(f"config '{path}': [pipeline] has unknown key(s) {', '.join(bad)} "
+                        "(allowed: passes, skip)")
+    return config
+
+
+def _split(values: list[str] | None) -> list[str]:
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+def plan_pipeline(
+    registry: Registry, target_pipeline: tuple[str, ...], passes: list[str],
+    skip: list[str], config: dict[str, Any], config_path: Path | None,
+) -> tuple[list[str], dict[str, dict[str, Any]], list[str]]:
+    """Pass names in order, their resolved options, and warnings. Checks everything first."""
+    pipeline_cfg = config.get("pipeline", {})
+    names = passes or list(pipeline_cfg.get("passes", target_pipeline))
+    skip = skip + list(pipeline_cfg.get("skip", []))
+    for name in names + skip:
+        registry.get_pass(name)  # unknown names fail here, with a suggestion
+    for name in skip:
+        if name not in names:
+            raise UserError(f"--skip {name}: '{name}' is not in the pipeline "
+                            f"({', '.join(names)})")
+    names = [n for n in names if n not in skip]
+    warnings = []
+    where = f"config '{config_path}'" if config_path else "config"
+    per_pass = config.get("passes", {})
+    for name in per_pass:
+        registry.get_pass(name)
+        if name not in names:
+            warnings.append(f"{where} sets options for pass '{name}', which is not in the "
+                            "pipeline: they are unused")
+    options = {n: registry.get_pass(n).resolve_options(per_pass.get(n, {}), where)
+               for n in names}
+    check_order(registry.resolve(names), registry.passes)
+    return names, options, warnings
+
+
+def _output_dir(output: Path, model: Path | None) -> Path:
+    if output.exists() and not output.is_dir():
+        raise UserError(f"-o {output} is a file: give a directory for the outputs")
+    if model is not None and (output / OUTPUT_MODEL).resolve() == model.resolve():
+        raise UserError(f"-o {output} would overwrite the input model {model}: "
+                        "choose another output directory")
+    return output
+
+
+# ----------------------------------------------------------------------------------- compile
+@app.command()
+def compile(
+    model: Annotated[Optional[Path], typer.Argument(help="The ONNX model to optimize.")] = None,
+    target: Annotated[str, typer.Option("--target", "-t", help="x86, arm or cuda; a variant "
+                                        "refines it (arm:cortex-a76, cuda:sm_80).")] = "x86",
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory.")] = Path("out"),
+    example: Annotated[bool, typer.Option("--example", help="Use the bundled example CNN "
+                                          "instead of MODEL.")] = False,
+    passes: Annotated[Optional[list[str]], typer.Option(
+        "--passes", help="Run these passes (comma-separated, in order) instead of the "
+        "target's pipeline.")] = None,
+    skip: Annotated[Optional[list[str]], typer.Option(
+        "--skip", help="Leave these passes out of the pipeline.")] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", help="TOML file: [pipeline] passes/skip and [passes.NAME] options.")] = None,
+    plugin: Annotated[Optional[list[str]], typer.Option(
+        "--plugin", help="Import this module and register the passes it defines.")] = None,
+    calibration: Annotated[Optional[Path], typer.Option(
+        "--calibration", help="Inputs to verify (and calibrate) on: .npz, .npy, or a "
+        "directory of NAME.npy.")] = None,
+    input_shape: Annotated[Optional[list[str]], typer.Option(
+        "--input-shape", help="Shape for a dynamic input, e.g. input=1x3x224x224.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random verification inputs.")] = 0,
+    measure: Annotated[bool, typer.Option(
+        "--measure", help="Measure onnxruntime latency of input vs output model.")] = False,
+    runs: Annotated[int, typer.Option(help="Timed runs for --measure.", min=1)] = 50,
+    no_verify: Annotated[bool, typer.Option(
+        "--no-verify", help="Skip per-pass numerical verification.")] = False,
+) -> None:
+    """Optimize MODEL for a target: writes OUT/model.opt.onnx, report.json and report.md."""
+    with _errors():
+        _compile(model, target, output, example, _split(passes), _split(skip), config,
+                 plugin or [], calibration, input_shape or [], seed, measure, runs, no_verify)
+
+
+def _compile(model_path: Path | None, target_spec: str, output: Path, example: bool,
+             passes: list[str], skip: list[str], config_path: Path | None, plugins: list[str],
+             calibration: Path | None, input_shapes: list[str], seed: int, measure: bool,
+             runs: int, no_verify: bool) -> None:
+    if example == (model_path is not None):
+        raise UserError("give either a MODEL path or --example (not both, not neither)")
+    registry = load_registry(plugins)
+    target = registry.get_target(target_spec)
+    config = read_config(config_path)
+    names, options, warnings = plan_pipeline(registry, target.pipeline, passes, skip, config,
+                                             config_path)
+    warnings = registry.warnings + warnings
+    given_shapes = verify.parse_input_shapes(input_shapes)
+    out_dir = _output_dir(output, model_path)
+
+    if model_path is None:
+        # The bundled example is written next to the outputs, so it can be run and compared.
+        example_proto = testing.example_cnn()
+        model_path = ir.save(ir.import_graph(example_proto), out_dir / EXAMPLE_MODEL,
+                             like=example_proto)
+    with _status("loading and checking the model"):
+        proto = ir.load_model(model_path)
+        graph = ir.import_graph(proto)
+    shapes = verify.concrete_shapes(graph, given_shapes)
+    if calibration is not None:
+        feeds = verify.load_feeds(calibration, graph)
+        source = f"calibration data {calibration}"
+        shapes = {k: list(v.shape) for k, v in feeds[0].items()}
+    else:
+        feeds = [verify.random_feeds(graph, shapes, seed)]
+        source = f"random inputs (seed {seed})"
+    verification = Verification(feeds, source, enabled=not no_verify,
+                                skipped_reason="--no-verify" if no_verify else None)
+    lossy = [n for n in names if not registry.get_pass(n).lossless]
+    if lossy:
+        warnings.append(f"lossy passes requested: {', '.join(lossy)}")
+    base = PassContext(target=target, input_shapes=shapes,
+                       calibration=feeds if calibration is not None else None)
+    with _progress() as bar:
+        task = bar.add_task("compiling", total=len(names))
+
+        def step(name: str, index: int, total: int) -> None:
+            bar.update(task, completed=index, description=f"pass {name}")
+
+        result = run_pipeline(graph, registry.resolve(names), options, verification, base,
+                              like=proto, progress=step)
+    if not verification.enabled and verification.skipped_reason != "--no-verify":
+        warnings.append(f"verification skipped: {verification.skipped_reason}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out_model = ir.save(result.graph, out_dir / OUTPUT_MODEL, like=proto)
+    latency = _measure(model_path, out_model, feeds[0], runs) if measure else None
+    data = report.build_report(
+        result=result, input_path=model_path, input_opset=ir.default_opset(proto),
+        output_path=out_model, target=target.as_dict(), lossy=lossy,
+        command=sys.argv, measure=latency, warnings=warnings)
+    json_path, md_path = report.write_reports(out_dir, data)
+    report.print_report(data, console)
+    console.print(f"wrote {out_model}, {json_path}, {md_path}")
+
+
+@contextlib.contextmanager
+def _status(message: str) -> Iterator[None]:
+    with err_console.status(message):
+        yield
+
+
+def _measure(model_in: Path, model_out: Path, feeds: verify.Feeds, runs: int) -> dict[str, Any]:
+    with _progress() as bar:
+        task = bar.add_task("measuring latency", total=runs + 5)
+        return report.measure_latency(str(model_in), str(model_out), feeds, runs=runs,
+                                      step=lambda: bar.advance(task))
+
+
+# ------------------------------------------------------------------------------------ passes
+@app.command("passes")
+def list_passes(
+    plugin: Annotated[Optional[list[str]], typer.Option(
+        "--plugin", help="Also load the passes of this module.")] = None,
+) -> None:
+    """List built-in and plugin passes, and each target's pipeline in order."""
+    with _errors():
+        registry = load_registry(plugin or [])
+        table = Table(title="passes")
+        for column in ("pass", "lossless", "from", "description"):
+            table.add_column(column)
+        for name, p in registry.passes.items():
+            table.add_row(name, "yes" if p.lossless else "no", registry.pass_sources[name],
+                          p.description)
+        console.print(table)
+        for t in registry.targets.values():
+            console.print(f"[bold]{t.name}[/] pipeline: " + " -> ".join(t.pipeline))
+        for w in registry.warnings:
+            err_console.print(f"[yellow]warning:[/] {w}")
+
+
+# ----------------------------------------------------------------------------------- inspect
+@app.command()
+def inspect(
+    model: Annotated[Path, typer.Argument(help="The ONNX model to describe.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    input_shape: Annotated[Optional[list[str]], typer.Option(
+        "--input-shape", help="Shape for a dynamic input (for FLOPs).")] = None,
+) -> None:
+    """Opset, inputs/outputs, op histogram, parameters, bytes, FLOPs, weight sparsity."""
+    with _errors():
+        proto = ir.load_model(model)
+        graph = ir.import_graph(proto)
+        shapes = verify.concrete_shapes(graph, verify.parse_input_shapes(input_shape or []))
+        stats = analysis.graph_stats(graph, shapes)
+        sparsity = analysis.weight_sparsity(graph)
+        data = {
+            "path": str(model), "opset": ir.default_opset(proto),
+            "opset_imports": {(i.domain or "ai.onnx"): i.version for i in proto.opset_import},
+            "ir_version": proto.ir_version, "producer": proto.producer_name,
+            "external_data": ir.uses_external_data(proto),
+            "inputs": [_io(t) for t in graph.inputs], "outputs": [_io(t) for t in graph.outputs],
+            "shapes_for_flops": shapes, **stats.as_dict(), "weight_sparsity": sparsity,
+        }
+        if as_json:
+            print(json.dumps(data, indent=2))
+            return
+        console.print(f"[bold]{model}[/]: opset {data['opset']}, IR {proto.ir_version}, "
+                      f"producer {proto.producer_name or '?'}")
+        io = Table(title="inputs and outputs")
+        for column in ("", "name", "dtype", "shape"):
+            io.add_column(column)
+        for kind, items in (("input", data["inputs"]), ("output", data["outputs"])):
+            for t in items:
+                io.add_row(kind, t["name"], t["dtype"], str(t["shape"]))
+        console.print(io)
+        summary = Table(title=f"totals (MACs at {shapes})")
+        summary.add_column("")
+        summary.add_column("value", justify="right")
+        for key, value in report.stats_table(stats):
+            summary.add_row(key, value)
+        console.print(summary)
+        ops = Table(title="operators")
+        ops.add_column("op")
+        ops.add_column("count", justify="right")
+        for op, n in sorted(stats.ops.items(), key=lambda kv: -kv[1]):
+            ops.add_row(op, str(n))
+        console.print(ops)
+        sparse = {k: v for k, v in sparsity.items() if v > 0}
+        console.print(f"weights with zeros: {len(sparse)} of {len(sparsity)}" + "".join(
+            f"\n  {k}: {v:.1%}" for k, v in sorted(sparse.items(), key=lambda kv: -kv[1])[:20]))
+
+
+def _io(t: gs.Tensor) -> dict[str, Any]:
+    return {"name": t.name, "dtype": str(np.dtype(t.dtype)) if t.dtype is not None else "?",
+            "shape": None if t.shape is None else list(t.shape)}
+
+
+# --------------------------------------------------------------------------------------- run
+@app.command()
+def run(
+    model: Annotated[Path, typer.Argument(help="An ONNX model, or a compile output dir.")],
+    input: Annotated[Path, typer.Option("--input", "-i", help="Inputs: .npz (by input "
+                                        "name), .npy (one input) or a dir of NAME.npy.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the "
+                                         "outputs (.npz).")] = Path("outputs.npz"),
+) -> None:
+    """Run a model (or what compile produced) in onnxruntime and save its outputs."""
+    with _errors():
+        path = model / OUTPUT_MODEL if model.is_dir() else model
+        if model.is_dir() and not path.exists():
+            raise UserError(f"'{model}' is a directory without {OUTPUT_MODEL}: give a model "
+                            "file or a graphopt compile output directory")
+        graph = ir.load(path)
+        feeds = verify.load_feeds(input, graph)[0]
+        try:
+            outputs = verify.run_graph(graph, [feeds])[0]
+        except verify.Unrunnable as exc:
+            raise UserError(f"onnxruntime cannot run '{path}' on '{input}': {exc}") from exc
+        if output.suffix != ".npz":
+            raise UserError(f"-o {output}: outputs are written as .npz; use a .npz name")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".npz", dir=output.parent)
+        with open(fd, "wb") as f:
+            np.savez(f, **outputs)
+        Path(tmp).replace(output)
+        table = Table(title=f"outputs of {path}")
+        for column in ("name", "dtype", "shape", "min", "max"):
+            table.add_column(column)
+        for name, value in outputs.items():
+            numeric = value.dtype.kind in "fiub" and value.size
+            table.add_row(name, str(value.dtype), str(list(value.shape)),
+                          f"{value.min():.4g}" if numeric else "-",
+                          f"{value.max():.4g}" if numeric else "-")
+        console.print(table)
+        console.print(f"wrote {output}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""The compile report: report.json (versioned schema), report.md, and the terminal table.
+
+Schema "graphopt.report/1" (top-level keys): graphopt_version, created, command, input, output,
+target, pipeline, lossy_passes, verification, passes[], final_error, measure, warnings.
+Each pass: name, lossless, options, seconds, before/after {nodes, ops, params, bytes, macs,
+flops}, error and cumulative_error {max_abs, max_rel, cosine} (vs the previous stage and vs the
+input model), verified, notes, counters.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from graphopt import __version__, verify
+from graphopt.analysis import GraphStats
+from graphopt.pipeline import LOSSLESS_MAX_REL, PipelineResult
+
+SCHEMA = "graphopt.report/1"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_files_bytes(path: Path) -> int:
+    """The model file plus its external data file, if any."""
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+def build_report(
+    *,
+    result: PipelineResult,
+    input_path: Path,
+    input_opset: int | None,
+    output_path: Path,
+    target: dict[str, Any],
+    lossy: Sequence[str],
+    command: Sequence[str],
+    measure: dict[str, Any] | None,
+    warnings: Sequence[str],
+) -> dict[str, Any]:
+    v = result.verification
+    return {
+        "schema": SCHEMA,
+        "graphopt_version": __version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": list(command),
+        "input": {"path": str(input_path), "sha256": file_sha256(input_path),
+                  "opset": input_opset, "file_bytes": model_files_bytes(input_path),
+                  "stats": result.input_stats.as_dict()},
+        "output": {"path": str(output_path), "file_bytes": model_files_bytes(output_path),
+                   "external_data": output_path.with_name(output_path.name + ".data").exists(),
+                   "stats": result.output_stats.as_dict()},
+        "target": target,
+        "pipeline": [r.name for r in result.records],
+        "lossy_passes": list(lossy),
+        "verification": {
+            "enabled": v.enabled,
+            "inputs": v.source,
+            "input_shapes": {k: list(a.shape) for k, a in (v.feeds[0] if v.feeds else {}).items()},
+            "samples": len(v.feeds),
+            "skipped_reason": v.skipped_reason,
+            "lossless_max_rel": LOSSLESS_MAX_REL,
+        },
+        "passes": [r.as_dict() for r in result.records],
+        "final_error": None if result.final_error is None else {
+            k: (val if np.isfinite(val) else str(val))
+            for k, val in result.final_error.as_dict().items()},
+        "measure": measure,
+        "warnings": list(warnings),
+    }
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_reports(out_dir: Path, report: dict[str, Any]) -> tuple[Path, Path]:
+    json_path, md_path = out_dir / "report.json", out_dir / "report.md"
+    write_text_atomic(json_path, json.dumps(report, indent=2) + "\n")
+    write_text_atomic(md_path, to_markdown(report))
+    return json_path, md_path
+
+
+# ---------------------------------------------------------------------------------- formatting
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def human_count(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def fmt_error(e: Mapping[str, Any] | None, key: str) -> str:
+    if e is None:
+        return "-"
+    value = e[key]
+    if isinstance(value, str):
+        return value
+    return f"{value:.7f}" if key == "cosine" else f"{value:.2e}"
+
+
+def pass_rows(report: Mapping[str, Any]) -> list[list[str]]:
+    rows = []
+    for p in report["passes"]:
+        b, a = p["before"], p["after"]
+        rows.append([
+            p["name"], "yes" if p["lossless"] else "NO",
+            f"{b['nodes']} -> {a['nodes']}", f"{human_bytes(b['bytes'])} -> {human_bytes(a['bytes'])}",
+            f"{human_count(b['macs'])} -> {human_count(a['macs'])}", f"{p['seconds'] * 1e3:.1f}",
+            fmt_error(p["error"], "max_abs"), fmt_error(p["error"], "max_rel"),
+            fmt_error(p["error"], "cosine"), p["verified"],
+        ])
+    return rows
+
+
+PASS_HEADER = ["pass", "lossless", "nodes", "weights", "MACs", "ms", "max abs err",
+               "max rel err", "cosine", "verified"]
+
+
+def summary_rows(report: Mapping[str, Any]) -> list[list[str]]:
+    i, o = report["input"]["stats"], report["output"]["stats"]
+    rows = [
+        ["nodes", str(i["nodes"]), str(o["nodes"])],
+        ["parameters", human_count(i["params"]), human_count(o["params"])],
+        ["weight bytes", human_bytes(i["bytes"]), human_bytes(o["bytes"])],
+        ["file bytes", human_bytes(report["input"]["file_bytes"]),
+         human_bytes(report["output"]["file_bytes"])],
+        ["MACs", human_count(i["macs"]), human_count(o["macs"])],
+    ]
+    m = report.get("measure")
+    if m:
+        rows.append(["latency (ORT, median ms)", f"{m['input_ms']:.3f}", f"{m['output_ms']:.3f}"])
+    return rows
+
+
+def to_markdown(report: Mapping[str, Any]) -> str:
+    t = report["target"]
+    v = report["verification"]
+    lines = [
+        "# graphopt report", "",
+        f"- input: `{report['input']['path']}` (opset {report['input']['opset']})",
+        f"- output: `{report['output']['path']}`",
+        f"- target: `{t['full_name']}`",
+        f"- pipeline: {', '.join(report['pipeline']) or '(empty)'}",
+        f"- lossy passes: {', '.join(report['lossy_passes']) or 'none (every pass is lossless)'}",
+        f"- verification: " + (f"on {v['inputs']}, shapes {v['input_shapes']}" if v["enabled"]
+                               else f"skipped ({v['skipped_reason']})"),
+        f"- output vs input: max abs {fmt_error(report['final_error'], 'max_abs')}, "
+        f"max rel {fmt_error(report['final_error'], 'max_rel')}, "
+        f"cosine {fmt_error(report['final_error'], 'cosine')}",
+        "", "## Summary", "", "| | input | output |", "|---|---:|---:|",
+    ]
+    lines += [f"| {r[0]} | {r[1]} | {r[2]} |" for r in summary_rows(report)]
+    m = report.get("measure")
+    if m:
+        lines += ["", f"Latency: onnxruntime CPU, {m['runs']} interleaved runs, "
+                  f"{m['threads'] or 'default'} threads; speedup x{m['speedup']:.2f}."]
+    lines += ["", "## Passes", "", "| " + " | ".join(PASS_HEADER) + " |",
+              "|" + "---|" * len(PASS_HEADER)]
+    lines += ["| " + " | ".join(row) + " |" for row in pass_rows(report)]
+    lines += ["", "## Operators", "", "| op | input | output |", "|---|---:|---:|"]
+    before, after = report["input"]["stats"]["ops"], report["output"]["stats"]["ops"]
+    for op in sorted(set(before) | set(after)):
+        lines.append(f"| {op} | {before.get(op, 0)} | {after.get(op, 0)} |")
+    notes = [(p["name"], n) for p in report["passes"] for n in p["notes"]]
+    counters = [(p["name"], k, c) for p in report["passes"] for k, c in p["counters"].items()]
+    if notes or counters:
+        lines += ["", "## What the passes did", ""]
+        lines += [f"- {name}: {k}: {c}" for name, k, c in counters]
+        lines += [f"- {name}: {n}" for name, n in notes]
+    if report["warnings"]:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
+    return "\n".join(lines) + "\n"
+
+
+TERMINAL_HEADER = ["pass", "nodes", "weights", "ms", "max rel err", "cosine", "verified"]
+
+
+def print_report(report: Mapping[str, Any], console: Console) -> None:
+    """A compact per-pass table (the full one is in report.md) and the before/after summary."""
+    table = Table(title=f"graphopt: {report['target']['full_name']} pipeline (* = lossy)",
+                  title_justify="left")
+    for i, head in enumerate(TERMINAL_HEADER):
+        table.add_column(head, justify="left" if i in (0, 6) else "right")
+    for p in report["passes"]:
+        b, a = p["before"], p["after"]
+        table.add_row(p["name"] + ("" if p["lossless"] else " *"), f"{b['nodes']}->{a['nodes']}",
+                      human_bytes(a["bytes"]), f"{p['seconds'] * 1e3:.0f}",
+                      fmt_error(p["error"], "max_rel"), fmt_error(p["error"], "cosine"),
+                      p["verified"])
+    console.print(table)
+    summary = Table(show_header=True)
+    summary.add_column("")
+    summary.add_column("input", justify="right")
+    summary.add_column("output", justify="right")
+    for row in summary_rows(report):
+        summary.add_row(*row)
+    console.print(summary)
+    for w in report["warnings"]:
+        console.print(f"[yellow]warning:[/] {w}")
+
+
+# ----------------------------------------------------------------------------------- latency
+def measure_latency(
+    src_in: str | bytes, src_out: str | bytes, feeds: verify.Feeds, runs: int = 50,
+    warmup: int = 5, threads: int = 0, step: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Median onnxruntime latency of both models, runs interleaved so drift hits both alike."""
+    sessions = [verify.session(src_in, optimize=True, threads=threads),
+                verify.session(src_out, optimize=True, threads=threads)]
+    times: list[list[float]] = [[], []]
+    for i in range(warmup + runs):
+        for k, sess in enumerate(sessions):
+            start = time.perf_counter()
+            sess.run(None, feeds)
+            if i >= warmup:
+                times[k].append(time.perf_counter() - start)
+        if step is not None:
+            step()
+    med_in, med_out = (statistics.median(t) * 1e3 for t in times)
+    return {"runs": runs, "warmup": warmup, "threads": threads, "input_ms": med_in,
+            "output_ms": med_out, "speedup": med_in / med_out if med_out else None,
+            "input_p90_ms": float(np.percentile(times[0], 90) * 1e3),
+            "output_p90_ms": float(np.percentile(times[1], 90) * 1e3)}
+
+
+def stats_table(stats: GraphStats) -> list[tuple[str, str]]:
+    return [("nodes", str(stats.nodes)), ("parameters", human_count(stats.params)),
+            ("weight bytes", human_bytes(stats.bytes)), ("MACs", human_count(stats.macs)),
+            ("FLOPs", human_count(stats.flops))]
