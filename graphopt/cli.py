@@ -241,7 +241,9 @@ def _compile(model_path: Path | None, target_spec: str, output: Path, example: b
     if not verification.enabled and verification.skipped_reason != "--no-verify":
         warnings.append(f"verification skipped: {verification.skipped_reason}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    out_model = ir.save(result.graph, out_dir / OUTPUT_MODEL, like=proto)
+    # An input with external data gives an output with external data (and so do big ones).
+    external = ir.file_uses_external_data(model_path) or ir.is_large(result.graph)
+    out_model = ir.save(result.graph, out_dir / OUTPUT_MODEL, like=proto, external_data=external)
     latency = _measure(model_path, out_model, feeds[0], runs) if measure else None
     data = report.build_report(
         result=result, input_path=model_path, input_opset=ir.default_opset(proto),

@@ -103,6 +103,11 @@ def uses_external_data(model: onnx.ModelProto) -> bool:
     )
 
 
+def file_uses_external_data(path: str | os.PathLike[str]) -> bool:
+    """Whether a model file keeps its weights in external data files (read without them)."""
+    return uses_external_data(onnx.load(str(path), load_external_data=False))
+
+
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
     """ModelProto -> gs.Graph, with Constant-node weights turned into gs.Constant tensors."""
     graph = gs.import_onnx(model)
@@ -162,12 +167,12 @@ def save(
 ) -> Path:
     """Write the graph atomically: the final files appear whole or not at all.
 
-    external_data=None decides by size (and keeps it when the input model had it).
+    external_data=None decides by size; callers pass True to keep an input's external data.
     Weights go to `<name>.data` beside the model.
     """
     path = Path(path)
     if external_data is None:
-        external_data = is_large(graph) or (like is not None and uses_external_data(like))
+        external_data = is_large(graph)
     model = to_onnx(graph, like)
     # Intermediate shapes are cheap to re-infer; keeping them only grows the file.
     del model.graph.value_info[:]

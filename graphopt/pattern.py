@@ -167,7 +167,7 @@ def _match_node(pattern: P, node: gs.Node, graph: gs.Graph, captures: dict) -> d
     orders = [pattern.inputs]
     if pattern.commutative:
         orders.append(pattern.inputs[::-1])
-    last: Reject | None = None
+    first: Reject | None = None  # the written order's reason reads best in the log
     for order in orders:
         try:
             bound = captures
@@ -176,9 +176,9 @@ def _match_node(pattern: P, node: gs.Node, graph: gs.Graph, captures: dict) -> d
                 bound = _match_input(sub, tensor, graph, bound)
             return bound
         except Reject as why:
-            last = why
-    assert last is not None
-    raise last
+            first = first or why
+    assert first is not None
+    raise first
 
 
 def _match_input(pattern: P, tensor: gs.Tensor | None, graph: gs.Graph, captures: dict) -> dict:

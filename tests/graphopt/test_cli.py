@@ -1,0 +1,176 @@
+"""The command line: the main job, every command, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from graphopt import testing
+
+
+def test_compile_example_writes_model_and_reports(cli, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = cli("compile", "--example", "--target", "x86", "-o", out, "--measure", "--runs", 3)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["schema"] == "graphopt.report/1"
+    assert report["pipeline"] == ["fold_constants", "eliminate_noops", "cleanup"]
+    assert report["lossy_passes"] == []
+    assert all(p["verified"] == "passed" for p in report["passes"])
+    assert report["output"]["stats"]["nodes"] < report["input"]["stats"]["nodes"]
+    assert report["measure"]["input_ms"] > 0 and report["measure"]["output_ms"] > 0
+    assert "## Passes" in (out / "report.md").read_text()
+    testing.assert_same_outputs(out / "example_cnn.onnx", out / "model.opt.onnx")
+
+
+def test_compile_model_with_passes_skip_and_config(cli, save_model, tmp_path: Path) -> None:
+    model = save_model(testing.exporter_noops_opset12())
+    config = tmp_path / "graphopt.toml"
+    config.write_text('[pipeline]\nskip = ["cleanup"]\n\n'
+                      '[passes.fold_constants]\nmax_growth_bytes = 64\n')
+    out = tmp_path / "out"
+    result = cli("compile", model, "-o", out, "--config", config)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["pipeline"] == ["fold_constants", "eliminate_noops"]
+    assert report["passes"][0]["options"]["max_growth_bytes"] == 64
+    result = cli("compile", model, "-o", out, "--passes", "eliminate_noops")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "report.json").read_text())["pipeline"] == ["eliminate_noops"]
+
+
+def test_compile_with_calibration_data_and_input_shape(cli, save_model, tmp_path) -> None:
+    model = save_model(testing.encoder_opset21())
+    np.savez(tmp_path / "cal.npz", x=np.random.default_rng(0).standard_normal(
+        (3, 5, 32)).astype(np.float32))
+    result = cli("compile", model, "-o", tmp_path / "a", "--calibration", tmp_path / "cal.npz")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["verification"]["input_shapes"] == {"x": [3, 5, 32]}
+    result = cli("compile", model, "-o", tmp_path / "b", "--input-shape", "x=2x9x32")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert report["verification"]["input_shapes"] == {"x": [2, 9, 32]}
+
+
+def test_target_variants(cli, tmp_path: Path) -> None:
+    result = cli("compile", "--example", "-t", "arm:cortex-a76", "-o", tmp_path / "o")
+    assert result.exit_code == 0, result.output
+    target = json.loads((tmp_path / "o" / "report.json").read_text())["target"]
+    assert target["full_name"] == "arm:cortex-a76" and target["tvm"]["mcpu"] == "cortex-a76"
+
+
+def test_no_verify(cli, tmp_path: Path) -> None:
+    result = cli("compile", "--example", "-o", tmp_path / "o", "--no-verify")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert not report["verification"]["enabled"]
+    assert {p["verified"] for p in report["passes"]} == {"skipped"}
+
+
+def test_passes_lists_builtins_and_pipelines(cli) -> None:
+    result = cli("passes")
+    assert result.exit_code == 0
+    for name in ("fold_constants", "eliminate_noops", "cleanup", "x86 pipeline"):
+        assert name in result.output
+
+
+def test_inspect_json(cli, save_model) -> None:
+    model = save_model(testing.example_cnn())
+    result = cli("inspect", model, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["opset"] == 17 and data["ops"]["Conv"] == 5
+    assert data["inputs"][0] == {"name": "input", "dtype": "float32",
+                                 "shape": ["batch", 3, 32, 32]}
+    assert data["macs"] > 0 and data["params"] > 0
+    assert all(0 <= v <= 1 for v in data["weight_sparsity"].values())
+    assert cli("inspect", model).exit_code == 0
+
+
+def test_run_model_and_output_dir(cli, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    assert cli("compile", "--example", "-o", out).exit_code == 0
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", input=x)
+    for target, name in ((out, "opt.npz"), (out / "example_cnn.onnx", "ref.npz")):
+        result = cli("run", target, "--input", tmp_path / "x.npz", "-o", tmp_path / name)
+        assert result.exit_code == 0, result.output
+    opt, ref = np.load(tmp_path / "opt.npz"), np.load(tmp_path / "ref.npz")
+    assert opt["logits"].shape == (2, 10)
+    np.testing.assert_allclose(opt["logits"], ref["logits"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["compile", "missing.onnx"], "not found"),
+    (["compile", "."], "is a directory"),
+    (["compile", "--example", "--target", "risc5"], "unknown target 'risc5'"),
+    (["compile", "--example", "--target", "arm:cortex-z9"], "unknown variant"),
+    (["compile", "--example", "--passes", "fold_constant"], "did you mean 'fold_constants'"),
+    (["compile", "--example", "--skip", "nothing"], "unknown pass 'nothing'"),
+    (["compile", "--example", "--input-shape", "input=1x3"], "does not fit"),
+    (["compile", "--example", "--config", "missing.toml"], "config file"),
+    (["compile", "--example", "--plugin", "no_such_module_xyz"], "cannot be imported"),
+    (["compile"], "either a MODEL path or --example"),
+    (["run", "missing_dir_or_model", "--input", "x.npz"], "not found"),
+])
+def test_bad_input_gives_one_line_and_exit_2(cli, tmp_path, monkeypatch, args, message) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = cli(*args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_config_option(cli, tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[passes.fold_constants]\nmax_growth = 1\n")
+    result = cli("compile", "--example", "-o", tmp_path / "o", "--config", config)
+    assert result.exit_code == 2
+    assert "has no option 'max_growth'" in result.output
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage" * 50])
+def test_corrupt_model_file(cli, tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(content)
+    result = cli("compile", path, "-o", tmp_path / "o")
+    assert result.exit_code == 2, result.output
+    assert "bad.onnx" in result.output
+
+
+def test_output_dir_cannot_overwrite_input(cli, tmp_path: Path) -> None:
+    path = tmp_path / "model.opt.onnx"
+    onnx.save(testing.example_cnn(), str(path))
+    before = path.read_bytes()
+    result = cli("compile", path, "-o", tmp_path)
+    assert result.exit_code == 2 and "would overwrite the input" in result.output
+    assert path.read_bytes() == before
+
+
+def test_input_model_is_never_modified(cli, save_model, tmp_path: Path) -> None:
+    path = save_model(testing.mlp_opset11())
+    before = path.read_bytes()
+    assert cli("compile", path, "-o", tmp_path / "o").exit_code == 0
+    assert path.read_bytes() == before
+
+
+def test_console_script_exit_codes(tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("graphopt")
+    ok = subprocess.run([exe, "compile", "--example", "-o", tmp_path / "o"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    bad = subprocess.run([exe, "compile", tmp_path / "none.onnx"], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "not found" in bad.stderr
+    usage = subprocess.run([exe, "compile", "--no-such-flag"], capture_output=True, text=True)
+    assert usage.returncode == 2
+    for command in ("compile", "passes", "inspect", "run"):
+        help_text = subprocess.run([exe, command, "--help"], capture_output=True, text=True)
+        assert help_text.returncode == 0 and "Usage" in help_text.stdout

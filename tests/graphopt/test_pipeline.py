@@ -1,0 +1,127 @@
+"""The pipeline: ordering checks, options, and per-pass verification."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+import pytest
+
+from graphopt import ir, testing, verify
+from graphopt.errors import UserError, VerificationError
+from graphopt.pipeline import (Option, Pass, PassContext, Verification, check_order, graph_pass,
+                               run_pipeline)
+
+
+def _noop(name: str, requires=(), produces=()) -> Pass:
+    return Pass(name, "does nothing", lambda g, ctx: g, lossless=True,
+                requires=tuple(requires), produces=tuple(produces))
+
+
+def test_order_requires_an_earlier_producer() -> None:
+    a = _noop("a", produces=["folded"])
+    b = _noop("b", requires=["folded"])
+    check_order([a, b])
+    with pytest.raises(UserError, match="put 'a' before 'b'"):
+        check_order([b, a])
+    with pytest.raises(UserError, match="add a before it"):
+        check_order([b], {"a": a, "b": b})
+    with pytest.raises(UserError, match="more than once"):
+        check_order([a, a])
+
+
+def test_options_are_validated() -> None:
+    p = Pass("p", "d", lambda g, ctx: g, lossless=True,
+             options={"limit": Option(10, "a limit"), "mode": Option("x", "m", ("x", "y"))})
+    assert p.resolve_options({}) == {"limit": 10, "mode": "x"}
+    assert p.resolve_options({"limit": 3}) == {"limit": 3, "mode": "x"}
+    with pytest.raises(UserError, match="has no option 'limt'"):
+        p.resolve_options({"limt": 3})
+    with pytest.raises(UserError, match="must be a int"):
+        p.resolve_options({"limit": "3"})
+    with pytest.raises(UserError, match="must be one of"):
+        p.resolve_options({"mode": "z"})
+
+
+@graph_pass("scale_outputs", lossless=True)
+def _breaks_numerics(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+    """Claims to be lossless but scales the first output by 1.001 (a bug to be caught)."""
+    out = graph.outputs[0]
+    producer = ir.producer(out)
+    scaled = ir.var(graph, "scaled", out.dtype)
+    producer.outputs[0] = scaled
+    ir.add_node(graph, "Mul", [scaled, ir.const(graph, np.float32(1.001))], [out])
+    return graph
+
+
+@graph_pass("round_weights", lossless=False, max_error=1e-9)
+def _lossy(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+    """Rounds weights to 2 decimals (a lossy pass)."""
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Constant) and t.values.dtype == np.float32 and t.values.ndim == 2:
+            t.values = np.round(t.values, 2)
+    ctx.note("rounded 2-D weights to 2 decimals")
+    return graph
+
+
+def _run(passes: list[Pass], model=None):
+    model = model or testing.mlp_opset11()
+    graph = ir.import_graph(model)
+    shapes = verify.concrete_shapes(graph, {})
+    feeds = [verify.random_feeds(graph, shapes)]
+    opts = {p.name: p.resolve_options({}) for p in passes}
+    return run_pipeline(graph, passes, opts, Verification(feeds, "random"),
+                        PassContext(input_shapes=shapes), like=model)
+
+
+def test_lossless_pass_that_changes_outputs_fails_naming_it() -> None:
+    with pytest.raises(VerificationError, match="lossless pass 'scale_outputs' changed"):
+        _run([_breaks_numerics])
+
+
+def test_lossy_pass_error_is_recorded_and_judged_against_its_declaration() -> None:
+    result = _run([_lossy])
+    record = result.records[0]
+    assert not record.lossless
+    assert 0 < record.error.max_rel < 0.1 and record.error.cosine > 0.99
+    assert record.verified.startswith("exceeded declared error")
+    assert record.notes == ["rounded 2-D weights to 2 decimals"]
+    assert result.final_error == record.cumulative
+
+
+def test_records_stats_before_and_after() -> None:
+    from graphopt.passes import eliminate_noops
+    result = _run([eliminate_noops])
+    record = result.records[0]
+    assert record.before.ops["Identity"] == 2 and "Identity" not in record.after.ops
+    assert record.before.macs == record.after.macs == 2 * 64 * 128
+    assert record.verified == "passed" and record.error.max_rel == 0
+
+
+def test_changing_the_model_outputs_is_caught() -> None:
+    @graph_pass("rename_output", lossless=True)
+    def rename(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+        """Renames the output (breaks users' code)."""
+        graph.outputs[0].name = "renamed"
+        return graph
+
+    with pytest.raises(VerificationError, match="changed the model's outputs"):
+        _run([rename])
+
+
+def test_invalid_model_from_a_pass_is_caught() -> None:
+    @graph_pass("bad_attr", lossless=True)
+    def bad(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+        """Turns Relu into an op that does not exist."""
+        next(n for n in graph.nodes if n.op == "Relu").op = "NoSuchOp"
+        return graph
+
+    with pytest.raises(VerificationError, match="bad_attr"):
+        _run([bad])
+
+
+def test_unrunnable_input_skips_verification_with_reason() -> None:
+    from graphopt.passes import eliminate_noops
+    result = _run([eliminate_noops], testing.custom_domain_op())
+    assert not result.verification.enabled
+    assert "FancyNorm" in result.verification.skipped_reason
+    assert result.records[0].verified == "skipped"
