@@ -218,7 +218,7 @@ def print_report(report: Mapping[str, Any], console: Console) -> None:
     table = Table(title=f"graphopt: {report['target']['full_name']} pipeline (* = lossy)",
                   title_justify="left")
     for i, head in enumerate(TERMINAL_HEADER):
-        table.add_column(head, justify="left" if i in (0, 6) else "right")
+        table.add_column(head, justify="left" if i in (0, 6) else "right", no_wrap=i == 0)
     for p in report["passes"]:
         b, a = p["before"], p["after"]
         table.add_row(p["name"] + ("" if p["lossless"] else " *"), f"{b['nodes']}->{a['nodes']}",
