@@ -25,7 +25,6 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
-from onnx import numpy_helper
 
 from graphopt.errors import UserError
 
@@ -337,7 +336,9 @@ def const(graph: gs.Graph, array: np.ndarray | float | int, hint: str = "const")
     return gs.Constant(fresh_name(graph, hint), np.asarray(array))
 
 
-def var(graph: gs.Graph, hint: str, dtype: np.dtype | type | None = None, shape=None) -> gs.Variable:
+def var(
+    graph: gs.Graph, hint: str, dtype: np.dtype | type | None = None, shape=None
+) -> gs.Variable:
     return gs.Variable(fresh_name(graph, hint), dtype=dtype, shape=shape)
 
 
@@ -426,7 +427,3 @@ def constants_from_nodes(graph: gs.Graph) -> gs.Graph:
             out.to_constant(np.asarray(values))
         g.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=False)
     return graph
-
-
-def numpy_from_tensor_proto(tensor: onnx.TensorProto) -> np.ndarray:
-    return numpy_helper.to_array(tensor)

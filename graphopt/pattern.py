@@ -163,7 +163,8 @@ def _match_node(pattern: P, node: gs.Node, graph: gs.Graph, captures: dict) -> d
     captures = _bind(captures, pattern.name, node)
     actual = list(node.inputs)
     if len(actual) > len(pattern.inputs):
-        raise Reject(f"'{node.name}' has {len(actual)} inputs, pattern allows {len(pattern.inputs)}")
+        raise Reject(
+            f"'{node.name}' has {len(actual)} inputs, pattern allows {len(pattern.inputs)}")
     orders = [pattern.inputs]
     if pattern.commutative:
         orders.append(pattern.inputs[::-1])

@@ -142,7 +142,8 @@ def pass_rows(report: Mapping[str, Any]) -> list[list[str]]:
         b, a = p["before"], p["after"]
         rows.append([
             p["name"], "yes" if p["lossless"] else "NO",
-            f"{b['nodes']} -> {a['nodes']}", f"{human_bytes(b['bytes'])} -> {human_bytes(a['bytes'])}",
+            f"{b['nodes']} -> {a['nodes']}",
+            f"{human_bytes(b['bytes'])} -> {human_bytes(a['bytes'])}",
             f"{human_count(b['macs'])} -> {human_count(a['macs'])}", f"{p['seconds'] * 1e3:.1f}",
             fmt_error(p["error"], "max_abs"), fmt_error(p["error"], "max_rel"),
             fmt_error(p["error"], "cosine"), p["verified"],
@@ -180,7 +181,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
         f"- target: `{t['full_name']}`",
         f"- pipeline: {', '.join(report['pipeline']) or '(empty)'}",
         f"- lossy passes: {', '.join(report['lossy_passes']) or 'none (every pass is lossless)'}",
-        f"- verification: " + (f"on {v['inputs']}, shapes {v['input_shapes']}" if v["enabled"]
+        "- verification: " + (f"on {v['inputs']}, shapes {v['input_shapes']}" if v["enabled"]
                                else f"skipped ({v['skipped_reason']})"),
         f"- output vs input: max abs {fmt_error(report['final_error'], 'max_abs')}, "
         f"max rel {fmt_error(report['final_error'], 'max_rel')}, "

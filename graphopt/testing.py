@@ -253,8 +253,8 @@ def encoder_opset21() -> onnx.ModelProto:
     x = b.input("x", ["batch", "seq", d])
 
     def linear(h: str, cin: int, cout: int) -> str:
-        return b.node("Add", [b.node("MatMul", [h, b.weight(b.randn(cin, cout, scale=cin ** -0.5))]),
-                              b.weight(b.randn(cout, scale=0.02))])
+        w = b.weight(b.randn(cin, cout, scale=cin ** -0.5))
+        return b.node("Add", [b.node("MatMul", [h, w]), b.weight(b.randn(cout, scale=0.02))])
 
     def split_heads(h: str) -> str:
         shape = b.weight(np.array([0, 0, heads, d // heads], np.int64), "heads_shape")

@@ -41,7 +41,7 @@ def test_truncated_file(tmp_path: Path, save_model) -> None:
 
 def test_checker_failure_names_the_problem(save_model) -> None:
     b = testing.ModelBuilder()
-    x = b.input("x", [1, 4])
+    b.input("x", [1, 4])
     b.node("Relu", ["undefined_tensor"], outputs=["y"])
     b.output("y", shape=[1, 4])
     with pytest.raises(UserError, match="fails the ONNX checker"):
