@@ -399,6 +399,18 @@ def replace_all_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> bool:
     return True
 
 
+def convert_opset(graph: gs.Graph, opset: int) -> gs.Graph:
+    """The same model at another default-domain opset (onnx's version converter)."""
+    from onnx import version_converter
+
+    model = to_onnx(graph)
+    try:
+        converted = version_converter.convert_version(model, opset)
+    except Exception as exc:  # the converter raises RuntimeError/ValueError/its own types
+        raise UserError(f"cannot convert the model to opset {opset}: {_first_line(exc)}") from exc
+    return import_graph(converted)
+
+
 def cleanup(graph: gs.Graph) -> gs.Graph:
     """Drop dead nodes and unused initializers (graph inputs stay: they are the interface)."""
     return graph.cleanup(remove_unused_graph_inputs=False).toposort()

@@ -60,6 +60,7 @@ class PassContext:
     calibration: list[verify.Feeds] | None = None
     notes: list[str] = field(default_factory=list)
     counters: Counter[str] = field(default_factory=Counter)
+    skipped: dict[tuple[str, str], None] = field(default_factory=dict)
 
     def note(self, message: str) -> None:
         """A line for the report (what the pass decided, skipped, and why)."""
@@ -68,6 +69,13 @@ class PassContext:
 
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] += n
+
+    def skip(self, node: gs.Node, reason: str) -> None:
+        """A candidate the pass left alone, and why (each node and reason counted once)."""
+        if (node.name, reason) not in self.skipped:
+            self.skipped[(node.name, reason)] = None
+            self.counters[f"kept {node.op}: {reason}"] += 1
+            log.debug("%s: kept %s '%s': %s", self.pass_name, node.op, node.name, reason)
 
 
 PassFn = Callable[[gs.Graph, PassContext], "gs.Graph | None"]
@@ -125,10 +133,6 @@ def graph_pass(
 def check_order(passes: Sequence[Pass], available: Mapping[str, Pass] | None = None) -> None:
     """Every required property must be produced by a pass that runs earlier."""
     produced: set[str] = set()
-    names = [p.name for p in passes]
-    if len(set(names)) != len(names):
-        twice = sorted({n for n in names if names.count(n) > 1})
-        raise UserError(f"pipeline lists pass(es) {', '.join(twice)} more than once")
     for index, p in enumerate(passes):
         for prop in p.requires:
             if prop in produced:

@@ -1,7 +1,7 @@
 """A target is data: what to generate code for and which optimizations pay off there.
 
 The core never branches on a target's name; a field decides. Variants refine a target
-(`arm:cortex-a76`, `cuda:sm_80`) through the overrides in its `variants` table: the "tvm"
+(`arm:cortex-a76`, `cuda:sm_80`, several joined: `arm:cortex-a76+ort`) through the overrides in its `variants` table: the "tvm"
 key is merged into the TVM target dict, other keys replace fields.
 """
 
@@ -34,13 +34,17 @@ class Target:
     variant: str | None = None
 
     def refine(self, variant: str) -> Target:
-        if variant not in self.variants:
-            known = ", ".join(f"{self.name}:{v}" for v in sorted(self.variants)) or "none"
-            raise UserError(f"unknown variant '{variant}' of target '{self.name}' "
-                            f"(known: {known})")
-        overrides = dict(self.variants[variant])
-        tvm = {**self.tvm, **overrides.pop("tvm", {})}
-        return dataclasses.replace(self, tvm=tvm, variant=variant, **overrides)
+        """Apply variants in order; several join with '+' (arm:cortex-a76+ort)."""
+        target = self
+        for name in variant.split("+"):
+            if name not in self.variants:
+                known = ", ".join(f"{self.name}:{v}" for v in sorted(self.variants)) or "none"
+                raise UserError(f"unknown variant '{name}' of target '{self.name}' "
+                                f"(known: {known}; join several with '+')")
+            overrides = dict(self.variants[name])
+            tvm = {**target.tvm, **overrides.pop("tvm", {})}
+            target = dataclasses.replace(target, tvm=tvm, **overrides)
+        return dataclasses.replace(target, variant=variant)
 
     @property
     def full_name(self) -> str:

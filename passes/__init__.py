@@ -1,9 +1,23 @@
 """Built-in passes (installed as graphopt.passes). The registry reads PASSES by name."""
 
 from graphopt.passes.cleanup import cleanup
+from graphopt.passes.convert_opset import convert_opset
 from graphopt.passes.eliminate_noops import eliminate_noops
+from graphopt.passes.fold_batchnorm import fold_batchnorm
 from graphopt.passes.fold_constants import fold_constants
+from graphopt.passes.fuse_activation import fuse_activation
+from graphopt.passes.fuse_bias_and_scale import fuse_bias_and_scale
+from graphopt.passes.fuse_consecutive_elementwise import fuse_consecutive_elementwise
+from graphopt.passes.fuse_gelu import fuse_gelu
+from graphopt.passes.fuse_hard_activations import fuse_hard_activations
+from graphopt.passes.fuse_layer_norm import fuse_layer_norm
+from graphopt.passes.fuse_pad_into_conv import fuse_pad_into_conv
+from graphopt.passes.fuse_transpose import fuse_transpose
 
-PASSES = [fold_constants, eliminate_noops, cleanup]
+PASSES = [
+    fold_constants, eliminate_noops, fuse_transpose, fuse_pad_into_conv, fold_batchnorm,
+    fuse_consecutive_elementwise, fuse_bias_and_scale, fuse_layer_norm, fuse_gelu,
+    fuse_hard_activations, fuse_activation, convert_opset, cleanup,
+]
 
-__all__ = ["PASSES", "cleanup", "eliminate_noops", "fold_constants"]
+__all__ = ["PASSES"] + [p.name for p in PASSES]

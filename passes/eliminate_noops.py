@@ -92,11 +92,11 @@ def _input(m: Match, ctx: PassContext) -> list[gs.Tensor]:
 def _dropout(m: Match, ctx: PassContext) -> list[gs.Tensor] | None:
     if len(m.root.outputs) > 1 and (m.root.outputs[1].outputs or
                                     ir.is_graph_output(m.graph, m.root.outputs[1])):
-        ctx.count("kept Dropout: mask output used")
+        ctx.skip(m.root, "mask output used")
         return None
     training = m.value("training")
     if training is not None and bool(np.asarray(training).any()):
-        ctx.count("kept Dropout: training mode")
+        ctx.skip(m.root, "training mode")
         return None
     if m.root.attrs.get("is_test", 1) == 0 and "ratio" in m.root.attrs:  # opset < 7
         return None

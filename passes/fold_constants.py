@@ -10,16 +10,11 @@ ConstantOfShape of a small tensor into a big one): folding must never bloat the 
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
 from graphopt.pipeline import Option, PassContext, graph_pass
-
-log = logging.getLogger("graphopt.passes.fold_constants")
-
 
 def growth_bytes(node: gs.Node) -> int | None:
     """Bytes a folded node adds: its outputs minus its inputs; None if shapes are unknown."""
@@ -51,9 +46,7 @@ def fold_constants(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
     def bloats(node: gs.Node) -> bool:
         grown = growth_bytes(node)
         if grown is not None and grown > limit:
-            log.debug("fold_constants: not folding '%s' (%s): adds %d bytes > %d",
-                      node.name, node.op, grown, limit)
-            ctx.count("not folded: would grow the model")
+            ctx.skip(node, f"folding would add {grown} bytes (> max_growth_bytes)")
             return True
         return False
 

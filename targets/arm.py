@@ -1,7 +1,7 @@
 """64-bit ARM CPUs with NEON, cross-compiled on any host."""
 
 from graphopt.target import Target
-from graphopt.targets.pipelines import LOSSLESS
+from graphopt.targets.pipelines import LOSSLESS, ONNXRUNTIME
 
 ARM = Target(
     name="arm",
@@ -16,6 +16,7 @@ ARM = Target(
     kernel_search=("tvm", "ref"),
     runs_on_host=False,
     variants={
+        "ort": {"pipeline": ONNXRUNTIME},  # onnxruntime deployments: fused kernels
         "cortex-a72": {"tvm": {"mcpu": "cortex-a72"}},
         "cortex-a76": {"tvm": {"mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"]}},
         "neoverse-n1": {"tvm": {"mcpu": "neoverse-n1", "mattr": ["+neon", "+dotprod"]}},

@@ -1,7 +1,7 @@
 """NVIDIA GPUs, built here (no GPU needed) and run on a machine that has one."""
 
 from graphopt.target import Target
-from graphopt.targets.pipelines import LOSSLESS
+from graphopt.targets.pipelines import LOSSLESS, ONNXRUNTIME
 
 CUDA = Target(
     name="cuda",
@@ -16,6 +16,7 @@ CUDA = Target(
     kernel_search=("tvm", "ref"),
     runs_on_host=False,
     variants={
+        "ort": {"pipeline": ONNXRUNTIME},  # onnxruntime deployments: fused kernels
         "sm_75": {"tvm": {"arch": "sm_75"}, "sparsity": ()},
         "sm_80": {"tvm": {"arch": "sm_80"}},
         "sm_86": {"tvm": {"arch": "sm_86"}},

@@ -1,3 +1,23 @@
 """Default pass pipelines shared by targets. Lossless only: lossy passes are opt-in."""
 
-LOSSLESS = ("fold_constants", "eliminate_noops", "cleanup")
+# Order matters: constants first (transposed weights become constants), no-ops out, layout
+# shuffles merged, pads moved into convs before BatchNorm folding (BN -> Conv folds only
+# without padding), constant chains merged before they are folded into weights, then the
+# higher-level op fusions, and a last sweep for no-ops the fusions exposed.
+LOSSLESS = (
+    "fold_constants",
+    "eliminate_noops",
+    "fuse_transpose",
+    "fuse_pad_into_conv",
+    "fold_batchnorm",
+    "fuse_consecutive_elementwise",
+    "fuse_bias_and_scale",
+    "fuse_layer_norm",
+    "fuse_gelu",
+    "fuse_hard_activations",
+    "eliminate_noops",
+    "cleanup",
+)
+
+# For deployments on onnxruntime: its fused Conv/Gemm+activation kernels (com.microsoft ops).
+ONNXRUNTIME = LOSSLESS[:-1] + ("fuse_activation", "cleanup")

@@ -1,7 +1,7 @@
 """x86-64 CPUs. The default assumes AVX2+FMA (x86-64-v3); variants name a CPU."""
 
 from graphopt.target import Target
-from graphopt.targets.pipelines import LOSSLESS
+from graphopt.targets.pipelines import LOSSLESS, ONNXRUNTIME
 
 X86 = Target(
     name="x86",
@@ -16,6 +16,7 @@ X86 = Target(
     kernel_search=("numba", "tvm", "ref"),
     runs_on_host=True,
     variants={
+        "ort": {"pipeline": ONNXRUNTIME},  # onnxruntime deployments: fused kernels
         "generic": {"tvm": {"mcpu": "x86-64"}, "vector_bits": 128},
         "znver3": {"tvm": {"mcpu": "znver3"}},
         "skylake-avx512": {"tvm": {"mcpu": "skylake-avx512"}, "vector_bits": 512},

@@ -20,7 +20,9 @@ def test_compile_example_writes_model_and_reports(cli, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["schema"] == "graphopt.report/1"
-    assert report["pipeline"] == ["fold_constants", "eliminate_noops", "cleanup"]
+    from graphopt.targets import X86
+    assert report["pipeline"] == list(X86.pipeline)
+    assert report["output"]["stats"]["ops"].get("BatchNormalization", 0) == 0
     assert report["lossy_passes"] == []
     assert all(p["verified"] == "passed" for p in report["passes"])
     assert report["output"]["stats"]["nodes"] < report["input"]["stats"]["nodes"]
@@ -32,8 +34,8 @@ def test_compile_example_writes_model_and_reports(cli, tmp_path: Path) -> None:
 def test_compile_model_with_passes_skip_and_config(cli, save_model, tmp_path: Path) -> None:
     model = save_model(testing.exporter_noops_opset12())
     config = tmp_path / "graphopt.toml"
-    config.write_text('[pipeline]\nskip = ["cleanup"]\n\n'
-                      '[passes.fold_constants]\nmax_growth_bytes = 64\n')
+    config.write_text('[pipeline]\npasses = ["fold_constants", "eliminate_noops", "cleanup"]\n'
+                      'skip = ["cleanup"]\n\n[passes.fold_constants]\nmax_growth_bytes = 64\n')
     out = tmp_path / "out"
     result = cli("compile", model, "-o", out, "--config", config)
     assert result.exit_code == 0, result.output

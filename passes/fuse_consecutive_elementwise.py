@@ -1,0 +1,67 @@
+"""Merge chains of elementwise arithmetic with constants.
+
+    Mul(Mul(x, a), b)  ==>  Mul(x, a * b)        Div(x, a) counts as Mul(x, 1/a)  (floats)
+    Add(Add(x, a), b)  ==>  Add(x, a + b)        Sub(x, a) counts as Add(x, -a)   (floats)
+
+The merged constant broadcasts to the same output shape: bcast(bcast(x, a), b) ==
+bcast(x, bcast(a, b)). The inner node must have no other readers. Integer Div and Sub are
+left alone (integer division does not invert).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphopt import ir
+from graphopt.pattern import Match, P, apply_rules
+from graphopt.pipeline import PassContext, graph_pass
+
+GROUP = {"Mul": "Mul", "Div": "Mul", "Add": "Add", "Sub": "Add"}
+
+
+def as_operand(op: str, c: np.ndarray) -> np.ndarray | None:
+    """The constant that `op` applies, as a Mul or Add operand (None where not exact)."""
+    if op in ("Mul", "Add"):
+        return c
+    if c.dtype.kind != "f" or (op == "Div" and not np.all(c)):
+        return None
+    return (1 / c).astype(c.dtype) if op == "Div" else -c
+
+
+def combine(kind: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a64, b64 = a.astype(np.float64) if a.dtype.kind == "f" else a, b
+    merged = a64 * b64 if kind == "Mul" else a64 + b64
+    return np.asarray(merged).astype(a.dtype)
+
+
+def _merge(m: Match, ctx: PassContext) -> list[gs.Tensor] | None:
+    outer, inner = m.root, m.node("inner")
+    kind = GROUP[outer.op]
+    if GROUP[inner.op] != kind:
+        return None
+    a, b = as_operand(inner.op, m.value("a")), as_operand(outer.op, m.value("b"))
+    if a is None or b is None or a.dtype != b.dtype:
+        return None
+    if inner.op in ("Sub", "Div") and inner.inputs[0] is not m["x"]:
+        return None  # c - x and c / x are not of this form
+    if outer.op in ("Sub", "Div") and outer.inputs[0] is not inner.outputs[0]:
+        return None
+    y = ir.var(m.graph, f"merged_{kind.lower()}", outer.outputs[0].dtype)
+    ir.add_node(m.graph, kind, [m["x"], ir.const(m.graph, combine(kind, a, b), "merged")], [y])
+    return [y]
+
+
+def _inner() -> P:
+    return P(("Mul", "Div", "Add", "Sub"), P.var("x"), P.const("a"), name="inner",
+             single_use=True, commutative=True)
+
+
+RULES = [(P(("Mul", "Div", "Add", "Sub"), _inner(), P.const("b"), commutative=True), _merge)]
+
+
+@graph_pass("fuse_consecutive_elementwise", lossless=True,
+            description="Merge chains of Mul/Div and of Add/Sub with constants.")
+def fuse_consecutive_elementwise(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+    apply_rules(graph, RULES, ctx)
+    return graph
