@@ -41,9 +41,9 @@ def _inference_bn(node: gs.Node, ctx: PassContext) -> bool:
     return True
 
 
-def _affine(m: Match) -> tuple[np.ndarray, np.ndarray]:
+def _affine(m: Match, bn: gs.Node) -> tuple[np.ndarray, np.ndarray]:
     return batchnorm_affine(m.value("scale"), m.value("bias"), m.value("mean"), m.value("var"),
-                            float(m.root.attrs.get("epsilon", 1e-5)))
+                            float(bn.attrs.get("epsilon", 1e-5)))
 
 
 def _weight_shared_too_big(layer: gs.Node, ctx: PassContext) -> bool:
@@ -66,7 +66,7 @@ def _fold_after_layer(m: Match, ctx: PassContext) -> list[gs.Tensor] | None:
         if shape is None or len(shape) != 2:
             ctx.skip(bn, "after a MatMul whose output is not 2-D")
             return None
-    s, t = _affine(m)
+    s, t = _affine(m, bn)
     new = absorb_output_affine(m.graph, layer, s, t, "bn_folded")
     if new is None:
         ctx.skip(bn, f"{layer.op} weight or bias not foldable")
@@ -83,7 +83,7 @@ def _fold_before_conv(m: Match, ctx: PassContext) -> list[gs.Tensor] | None:
             pads is not None and any(pads)):
         ctx.skip(bn, "the Conv after it pads (folding would be inexact)")
         return None
-    s, t = _affine(m)
+    s, t = _affine(m, bn)
     w, b = fold_input_affine_into_conv(m.value("w"), m.value("b"), s, t,
                                        int(conv.attrs.get("group", 1)))
     y = ir.var(m.graph, "bn_folded_conv", conv.outputs[0].dtype)
@@ -105,7 +105,7 @@ def _to_mul_add(m: Match, ctx: PassContext) -> list[gs.Tensor] | None:
             isinstance(i, gs.Constant) for i in n.inputs) for n in neighbours):
         ctx.skip(bn, "standalone, nothing to merge its Mul+Add into")
         return None
-    s, t = _affine(m)
+    s, t = _affine(m, bn)
     dtype = m.value("scale").dtype
     shape = (-1,) + (1,) * (len(x.shape) - 2)
     scaled = ir.var(m.graph, "bn_scaled", bn.outputs[0].dtype)
