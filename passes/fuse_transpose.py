@@ -78,9 +78,12 @@ def _squeeze_pair(m: Match, ctx: PassContext) -> list[gs.Tensor] | None:
     a_in, a_out = _axes(inner, m, "a1"), _axes(outer, m, "a2")
     if a_in is None or a_out is None:
         return None
-    # Squeeze's axes count in its input's rank, Unsqueeze's in its output's: both are x's rank.
+    # Squeeze's axes count in its input's rank, Unsqueeze's in its output's: for both nodes
+    # that is the rank of the bigger tensor, x for Squeeze-first, the middle one otherwise.
     x = m["x"]
     rank = len(x.shape) if x.shape is not None else None
+    if rank is not None and inner.op == "Unsqueeze":
+        rank += len(np.ravel(a_in))
     n1, n2 = normalized_axes(a_in, rank), normalized_axes(a_out, rank)
     if n1 is None or n1 != n2:
         return None
