@@ -1,8 +1,9 @@
 """A target is data: what to generate code for and which optimizations pay off there.
 
 The core never branches on a target's name; a field decides. Variants refine a target
-(`arm:cortex-a76`, `cuda:sm_80`, several joined: `arm:cortex-a76+ort`) through the overrides in its `variants` table: the "tvm"
-key is merged into the TVM target dict, other keys replace fields.
+(`arm:cortex-a76`, `cuda:sm_80`; several joined: `arm:cortex-a76+ort`) through the overrides
+in its `variants` table: the "tvm" key is merged into the TVM target dict, other keys replace
+fields.
 """
 
 from __future__ import annotations

@@ -245,12 +245,19 @@ def constant_node_weights_opset13() -> onnx.ModelProto:
     return b.build()
 
 
-def encoder_opset21() -> onnx.ModelProto:
-    """Opset 21 transformer block: attention, decomposed LayerNorm, Erf GELU; batch and seq
-    dynamic."""
-    d, heads = 32, 4
-    b = ModelBuilder(opset=21, seed=3, name="encoder_opset21")
+def encoder(opset: int = 21, d: int = 32, heads: int = 4, layers: int = 1,
+            seed: int = 3) -> onnx.ModelProto:
+    """A BERT-style encoder as exporters write it: attention, decomposed LayerNorm, Erf GELU;
+    batch and seq dynamic. `encoder()` is small; `encoder(d=768, heads=12)` is BERT-base
+    sized."""
+    b = ModelBuilder(opset=opset, seed=seed, name=f"encoder_opset{opset}")
     x = b.input("x", ["batch", "seq", d])
+
+    def reduce_mean(t: str) -> str:
+        if opset >= 18:
+            return b.node("ReduceMean", [t, b.weight(np.array([-1], np.int64), "axes")],
+                          keepdims=1)
+        return b.node("ReduceMean", [t], axes=[-1], keepdims=1)
 
     def linear(h: str, cin: int, cout: int) -> str:
         w = b.weight(b.randn(cin, cout, scale=cin ** -0.5))
@@ -260,28 +267,34 @@ def encoder_opset21() -> onnx.ModelProto:
         shape = b.weight(np.array([0, 0, heads, d // heads], np.int64), "heads_shape")
         return b.node("Transpose", [b.node("Reshape", [h, shape])], perm=[0, 2, 1, 3])
 
-    q, k, v = (split_heads(linear(x, d, d)) for _ in range(3))
-    scores = b.node("Div", [b.node("MatMul", [q, b.node("Transpose", [k], perm=[0, 1, 3, 2])]),
-                            b.weight(np.float32(np.sqrt(d // heads)), "scale")])
-    ctx = b.node("MatMul", [b.node("Softmax", [scores], axis=-1), v])
-    ctx = b.node("Reshape", [b.node("Transpose", [ctx], perm=[0, 2, 1, 3]),
-                             b.weight(np.array([0, 0, d], np.int64), "merge_shape")])
-    h = b.node("Add", [x, linear(ctx, d, d)])
-    # LayerNorm as exporters decompose it
-    mean = b.node("ReduceMean", [h, b.weight(np.array([-1], np.int64), "axes")], keepdims=1)
-    centered = b.node("Sub", [h, mean])
-    var = b.node("ReduceMean", [b.node("Pow", [centered, b.weight(np.float32(2), "two")]),
-                                b.weight(np.array([-1], np.int64), "axes")], keepdims=1)
-    normed = b.node("Div", [centered, b.node("Sqrt", [b.node(
-        "Add", [var, b.weight(np.float32(1e-5), "eps")])])])
-    h = b.node("Add", [b.node("Mul", [normed, b.weight(1 + 0.1 * b.randn(d), "gamma")]),
-                       b.weight(0.1 * b.randn(d), "beta")])
-    # Erf GELU
-    f = linear(h, d, 4 * d)
-    erf = b.node("Erf", [b.node("Div", [f, b.weight(np.float32(np.sqrt(2)), "sqrt2")])])
-    gelu = b.node("Mul", [b.node("Mul", [f, b.node("Add", [erf, b.weight(np.float32(1), "one")])]),
-                          b.weight(np.float32(0.5), "half")])
-    y = b.node("Add", [h, linear(gelu, 4 * d, d)], outputs=["y"])
+    def layer_norm(h: str) -> str:  # decomposed, as exporters write it
+        centered = b.node("Sub", [h, reduce_mean(h)])
+        var = reduce_mean(b.node("Pow", [centered, b.weight(np.float32(2), "two")]))
+        std = b.node("Sqrt", [b.node("Add", [var, b.weight(np.float32(1e-5), "eps")])])
+        normed = b.node("Div", [centered, std])
+        scaled = b.node("Mul", [normed, b.weight(1 + 0.1 * b.randn(d), "gamma")])
+        return b.node("Add", [scaled, b.weight(0.1 * b.randn(d), "beta")])
+
+    def gelu(f: str) -> str:  # Erf form
+        erf = b.node("Erf", [b.node("Div", [f, b.weight(np.float32(np.sqrt(2)), "sqrt2")])])
+        one_plus = b.node("Add", [erf, b.weight(np.float32(1), "one")])
+        return b.node("Mul", [b.node("Mul", [f, one_plus]), b.weight(np.float32(0.5), "half")])
+
+    def block(x: str) -> str:
+        q, k, v = (split_heads(linear(x, d, d)) for _ in range(3))
+        k_t = b.node("Transpose", [k], perm=[0, 1, 3, 2])
+        scores = b.node("Div", [b.node("MatMul", [q, k_t]),
+                                b.weight(np.float32(np.sqrt(d // heads)), "scale")])
+        ctx = b.node("MatMul", [b.node("Softmax", [scores], axis=-1), v])
+        ctx = b.node("Reshape", [b.node("Transpose", [ctx], perm=[0, 2, 1, 3]),
+                                 b.weight(np.array([0, 0, d], np.int64), "merge_shape")])
+        h = layer_norm(b.node("Add", [x, linear(ctx, d, d)]))
+        return layer_norm(b.node("Add", [h, linear(gelu(linear(h, d, 4 * d)), 4 * d, d)]))
+
+    h = x
+    for _ in range(layers):
+        h = block(h)
+    y = b.node("Identity", [h], outputs=["y"])
     b.output(y, shape=["batch", "seq", d])
     return b.build()
 
@@ -354,7 +367,7 @@ CORPUS = {
     "example_cnn": example_cnn,
     "mlp_opset11": mlp_opset11,
     "constant_node_weights_opset13": constant_node_weights_opset13,
-    "encoder_opset21": encoder_opset21,
+    "encoder_opset21": encoder,
     "custom_domain_op": custom_domain_op,
     "control_flow_opset16": control_flow_opset16,
     "exporter_noops_opset12": exporter_noops_opset12,

@@ -1,8 +1,8 @@
 """Fold an explicit zero Pad into the Conv or pooling after it.
 
     Pad(x, zeros on spatial dims) -> Conv(pads=p)        ==>  Conv(x, pads = p + pad)
-    Pad(x, zeros) -> AveragePool(count_include_pad=1 or no pads of its own)
-                                                          ==>  AveragePool(x, pads, count_include_pad=1)
+    Pad(x, zeros) -> AveragePool(count_include_pad=1, or no pads of its own)
+                                              ==>  AveragePool(x, pads, count_include_pad=1)
     Pad(x >= 0, zeros) -> MaxPool                        ==>  MaxPool(x, pads)
     Pad(x, -inf) -> MaxPool                              ==>  MaxPool(x, pads)
 

@@ -70,7 +70,7 @@ def test_custom_domain_op_passes_through(cli, save_model, tmp_path) -> None:
 
 
 def test_external_data_model_compiles_to_external_data(cli, tmp_path) -> None:
-    model = testing.encoder_opset21()
+    model = testing.encoder()
     src = tmp_path / "ext.onnx"
     onnx.save_model(model, str(src), save_as_external_data=True, all_tensors_to_one_file=True,
                     location="ext.onnx.data", size_threshold=1024)
@@ -78,14 +78,14 @@ def test_external_data_model_compiles_to_external_data(cli, tmp_path) -> None:
     assert report["output"]["external_data"]
     assert ir.file_uses_external_data(tmp_path / "out" / "model.opt.onnx")
     # save_model moved `model`'s weights out; compare against a fresh copy.
-    testing.assert_same_outputs(testing.encoder_opset21(), tmp_path / "out" / "model.opt.onnx")
+    testing.assert_same_outputs(testing.encoder(), tmp_path / "out" / "model.opt.onnx")
 
 
 def test_large_model_path_end_to_end(cli, tmp_path, monkeypatch) -> None:
     """With the 2 GB threshold lowered, compile goes through files and external data."""
     monkeypatch.setattr(ir, "LARGE_MODEL_BYTES", 4096)
     src = tmp_path / "m.onnx"
-    onnx.save(testing.encoder_opset21(), str(src))
+    onnx.save(testing.encoder(), str(src))
     report = _compile(cli, src, tmp_path / "out", "x86")
     assert report["output"]["external_data"]
     assert all(p["verified"] == "passed" for p in report["passes"])

@@ -48,7 +48,7 @@ def test_compile_model_with_passes_skip_and_config(cli, save_model, tmp_path: Pa
 
 
 def test_compile_with_calibration_data_and_input_shape(cli, save_model, tmp_path) -> None:
-    model = save_model(testing.encoder_opset21())
+    model = save_model(testing.encoder())
     np.savez(tmp_path / "cal.npz", x=np.random.default_rng(0).standard_normal(
         (3, 5, 32)).astype(np.float32))
     result = cli("compile", model, "-o", tmp_path / "a", "--calibration", tmp_path / "cal.npz")

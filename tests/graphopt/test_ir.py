@@ -166,7 +166,7 @@ def test_failed_save_keeps_the_previous_file(tmp_path: Path, monkeypatch) -> Non
 
 
 def _external_copy(tmp_path: Path) -> Path:
-    model = testing.encoder_opset21()
+    model = testing.encoder()
     path = tmp_path / "ext.onnx"
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location="ext.onnx.data", size_threshold=1024)
@@ -181,7 +181,7 @@ def test_external_data_loads_and_saves_as_external_data(tmp_path: Path) -> None:
                   external_data=True)
     assert (out.parent / "m.onnx.data").exists()
     assert ir.file_uses_external_data(out)
-    testing.assert_same_outputs(testing.encoder_opset21(), out, rtol=0, atol=0)
+    testing.assert_same_outputs(testing.encoder(), out, rtol=0, atol=0)
 
 
 def test_large_models_never_go_through_one_protobuf(tmp_path: Path, monkeypatch) -> None:
@@ -195,7 +195,7 @@ def test_large_models_never_go_through_one_protobuf(tmp_path: Path, monkeypatch)
         assert not inline, f"a large model was serialized with its weights: {inline}"
         return serialize(self, *args, **kwargs)
 
-    graph = ir.import_graph(testing.encoder_opset21())
+    graph = ir.import_graph(testing.encoder())
     monkeypatch.setattr(onnx.ModelProto, "SerializeToString", weights_must_be_external)
     with ir.as_file_or_bytes(graph) as src:
         assert isinstance(src, str)
@@ -203,4 +203,4 @@ def test_large_models_never_go_through_one_protobuf(tmp_path: Path, monkeypatch)
     out = ir.save(graph, tmp_path / "big.onnx")
     assert (tmp_path / "big.onnx.data").exists()
     monkeypatch.undo()
-    testing.assert_same_outputs(testing.encoder_opset21(), out, rtol=0, atol=0)
+    testing.assert_same_outputs(testing.encoder(), out, rtol=0, atol=0)

@@ -19,13 +19,13 @@ def test_parse_input_shapes() -> None:
 
 
 def test_symbolic_dims_get_defaults_and_stay_consistent() -> None:
-    graph = ir.import_graph(testing.encoder_opset21())
+    graph = ir.import_graph(testing.encoder())
     assert verify.concrete_shapes(graph, {}) == {"x": [1, 32, 32]}
     assert verify.concrete_shapes(graph, {"x": [2, 7, 32]}) == {"x": [2, 7, 32]}
 
 
 def test_given_shape_must_fit_fixed_dims() -> None:
-    graph = ir.import_graph(testing.encoder_opset21())
+    graph = ir.import_graph(testing.encoder())
     with pytest.raises(UserError, match="does not fit"):
         verify.concrete_shapes(graph, {"x": [2, 7, 31]})
     with pytest.raises(UserError, match="does not have"):
