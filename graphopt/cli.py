@@ -11,7 +11,6 @@ import json
 import logging
 import sys
 import tempfile
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -25,10 +24,10 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from graphopt import __version__, analysis, ir, report, testing, verify
+from graphopt import __version__, analysis, ir, report, verify
 from graphopt.errors import GraphoptError, UserError
-from graphopt.pipeline import PassContext, Verification, check_order, run_pipeline
-from graphopt.registry import Registry, load_registry
+from graphopt.compiler import OUTPUT_MODEL, CompileOptions, compile_model
+from graphopt.registry import load_registry
 
 app = typer.Typer(
     help="graphopt: optimize ONNX models for a target, verifying every pass numerically.",
@@ -40,8 +39,6 @@ console = Console()
 err_console = Console(stderr=True)
 _state = {"debug": False}
 
-OUTPUT_MODEL = "model.opt.onnx"
-EXAMPLE_MODEL = "example_cnn.onnx"
 
 
 def _version(value: bool) -> None:
@@ -91,69 +88,8 @@ def _progress() -> Progress:
                     console=err_console, transient=True)
 
 
-# ------------------------------------------------------------------------------------ config
-def read_config(path: Path | None) -> dict[str, Any]:
-    """TOML: [pipeline] passes = [...], skip = [...]; [passes.NAME] option = value."""
-    if path is None:
-        return {}
-    if not path.is_file():
-        raise UserError(f"config file '{path}' not found: check the path")
-    try:
-        config = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"config file '{path}' is not valid TOML: {exc}") from exc
-    unknown = sorted(set(config) - {"pipeline", "passes"})
-    if unknown:
-        raise UserError(f"config '{path}': unknown section(s) {', '.join(unknown)} "
-                        "(allowed: [pipeline], [passes.NAME])")
-    pipeline = config.get("pipeline", {})
-    bad = sorted(set(pipeline) - {"passes", "skip"})
-    if bad:
-        raise UserError(f"config '{path}': [pipeline] has unknown key(s) {', '.join(bad)} "
-                        "(allowed: passes, skip)")
-    return config
-
-
 def _split(values: list[str] | None) -> list[str]:
     return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
-
-
-def plan_pipeline(
-    registry: Registry, target_pipeline: tuple[str, ...], passes: list[str],
-    skip: list[str], config: dict[str, Any], config_path: Path | None,
-) -> tuple[list[str], dict[str, dict[str, Any]], list[str]]:
-    """Pass names in order, their resolved options, and warnings. Checks everything first."""
-    pipeline_cfg = config.get("pipeline", {})
-    names = passes or list(pipeline_cfg.get("passes", target_pipeline))
-    skip = skip + list(pipeline_cfg.get("skip", []))
-    for name in names + skip:
-        registry.get_pass(name)  # unknown names fail here, with a suggestion
-    for name in skip:
-        if name not in names:
-            raise UserError(f"--skip {name}: '{name}' is not in the pipeline "
-                            f"({', '.join(names)})")
-    names = [n for n in names if n not in skip]
-    warnings = []
-    where = f"config '{config_path}'" if config_path else "config"
-    per_pass = config.get("passes", {})
-    for name in per_pass:
-        registry.get_pass(name)
-        if name not in names:
-            warnings.append(f"{where} sets options for pass '{name}', which is not in the "
-                            "pipeline: they are unused")
-    options = {n: registry.get_pass(n).resolve_options(per_pass.get(n, {}), where)
-               for n in names}
-    check_order(registry.resolve(names), registry.passes)
-    return names, options, warnings
-
-
-def _output_dir(output: Path, model: Path | None) -> Path:
-    if output.exists() and not output.is_dir():
-        raise UserError(f"-o {output} is a file: give a directory for the outputs")
-    if model is not None and (output / OUTPUT_MODEL).resolve() == model.resolve():
-        raise UserError(f"-o {output} would overwrite the input model {model}: "
-                        "choose another output directory")
-    return output
 
 
 # ----------------------------------------------------------------------------------- compile
@@ -188,83 +124,29 @@ def compile(
 ) -> None:
     """Optimize MODEL for a target: writes OUT/model.opt.onnx, report.json and report.md."""
     with _errors():
-        _compile(model, target, output, example, _split(passes), _split(skip), config,
-                 plugin or [], calibration, input_shape or [], seed, measure, runs, no_verify)
+        options = CompileOptions(
+            target=target, passes=_split(passes), skip=_split(skip), config=config,
+            plugins=plugin or [], calibration=calibration, input_shapes=input_shape or [],
+            seed=seed, measure=measure, runs=runs, verify=not no_verify)
+        _compile(model, output, example, options)
 
 
-def _compile(model_path: Path | None, target_spec: str, output: Path, example: bool,
-             passes: list[str], skip: list[str], config_path: Path | None, plugins: list[str],
-             calibration: Path | None, input_shapes: list[str], seed: int, measure: bool,
-             runs: int, no_verify: bool) -> None:
-    if example == (model_path is not None):
-        raise UserError("give either a MODEL path or --example (not both, not neither)")
-    registry = load_registry(plugins)
-    target = registry.get_target(target_spec)
-    config = read_config(config_path)
-    names, options, warnings = plan_pipeline(registry, target.pipeline, passes, skip, config,
-                                             config_path)
-    warnings = registry.warnings + warnings
-    given_shapes = verify.parse_input_shapes(input_shapes)
-    out_dir = _output_dir(output, model_path)
-
-    if model_path is None:
-        # The bundled example is written next to the outputs, so it can be run and compared.
-        example_proto = testing.example_cnn()
-        model_path = ir.save(ir.import_graph(example_proto), out_dir / EXAMPLE_MODEL,
-                             like=example_proto)
-    with _status("loading and checking the model"):
-        proto = ir.load_model(model_path)
-        graph = ir.import_graph(proto)
-    shapes = verify.concrete_shapes(graph, given_shapes)
-    if calibration is not None:
-        feeds = verify.load_feeds(calibration, graph)
-        source = f"calibration data {calibration}"
-        shapes = {k: list(v.shape) for k, v in feeds[0].items()}
-    else:
-        feeds = [verify.random_feeds(graph, shapes, seed)]
-        source = f"random inputs (seed {seed})"
-    verification = Verification(feeds, source, enabled=not no_verify,
-                                skipped_reason="--no-verify" if no_verify else None)
-    lossy = [n for n in names if not registry.get_pass(n).lossless]
-    if lossy:
-        warnings.append(f"lossy passes requested: {', '.join(lossy)}")
-    base = PassContext(target=target, input_shapes=shapes,
-                       calibration=feeds if calibration is not None else None)
+def _compile(model_path: Path | None, output: Path, example: bool,
+             options: CompileOptions) -> None:
     with _progress() as bar:
-        task = bar.add_task("compiling", total=len(names))
+        passes = bar.add_task("compiling", total=None)
+        latency = bar.add_task("measuring latency", total=options.runs + 5, visible=False)
 
         def step(name: str, index: int, total: int) -> None:
-            bar.update(task, completed=index, description=f"pass {name}")
+            bar.update(passes, total=total, completed=index, description=f"pass {name}")
 
-        result = run_pipeline(graph, registry.resolve(names), options, verification, base,
-                              like=proto, progress=step)
-    if not verification.enabled and verification.skipped_reason != "--no-verify":
-        warnings.append(f"verification skipped: {verification.skipped_reason}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # An input with external data gives an output with external data (and so do big ones).
-    external = ir.file_uses_external_data(model_path) or ir.is_large(result.graph)
-    out_model = ir.save(result.graph, out_dir / OUTPUT_MODEL, like=proto, external_data=external)
-    latency = _measure(model_path, out_model, feeds[0], runs) if measure else None
-    data = report.build_report(
-        result=result, input_path=model_path, input_opset=ir.default_opset(proto),
-        output_path=out_model, target=target.as_dict(), lossy=lossy,
-        command=sys.argv, measure=latency, warnings=warnings)
-    json_path, md_path = report.write_reports(out_dir, data)
-    report.print_report(data, console)
-    console.print(f"wrote {out_model}, {json_path}, {md_path}")
+        def measured() -> None:
+            bar.update(latency, visible=True, advance=1)
 
-
-@contextlib.contextmanager
-def _status(message: str) -> Iterator[None]:
-    with err_console.status(message):
-        yield
-
-
-def _measure(model_in: Path, model_out: Path, feeds: verify.Feeds, runs: int) -> dict[str, Any]:
-    with _progress() as bar:
-        task = bar.add_task("measuring latency", total=runs + 5)
-        return report.measure_latency(str(model_in), str(model_out), feeds, runs=runs,
-                                      step=lambda: bar.advance(task))
+        result = compile_model(model_path, output, options, example=example, progress=step,
+                               measure_step=measured, command=sys.argv)
+    report.print_report(result.report, console)
+    console.print(f"wrote {result.model}, {result.report_json}, {result.report_md}")
 
 
 # ------------------------------------------------------------------------------------ passes

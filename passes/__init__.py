@@ -16,8 +16,8 @@ from graphopt.passes.fuse_transpose import fuse_transpose
 
 PASSES = [
     fold_constants, eliminate_noops, fuse_transpose, fuse_pad_into_conv, fold_batchnorm,
-    fuse_consecutive_elementwise, fuse_bias_and_scale, fuse_layer_norm, fuse_gelu,
-    fuse_hard_activations, fuse_activation, convert_opset, cleanup,
+    fuse_layer_norm, fuse_gelu, fuse_hard_activations, fuse_consecutive_elementwise,
+    fuse_bias_and_scale, fuse_activation, convert_opset, cleanup,
 ]
 
 __all__ = ["PASSES"] + [p.name for p in PASSES]

@@ -2,19 +2,20 @@
 
 # Order matters: constants first (transposed weights become constants), no-ops out, layout
 # shuffles merged, pads moved into convs before BatchNorm folding (BN -> Conv folds only
-# without padding), constant chains merged before they are folded into weights, then the
-# higher-level op fusions, and a last sweep for no-ops the fusions exposed.
+# without padding); then the op-recognition fusions, before bias folding would eat their
+# constants (Conv -> +3 -> Clip(0, 6) / 6 is a HardSigmoid only while the +3 is there);
+# constant chains merged before they are folded into weights; a last sweep for no-ops.
 LOSSLESS = (
     "fold_constants",
     "eliminate_noops",
     "fuse_transpose",
     "fuse_pad_into_conv",
     "fold_batchnorm",
-    "fuse_consecutive_elementwise",
-    "fuse_bias_and_scale",
     "fuse_layer_norm",
     "fuse_gelu",
     "fuse_hard_activations",
+    "fuse_consecutive_elementwise",
+    "fuse_bias_and_scale",
     "eliminate_noops",
     "cleanup",
 )

@@ -1,0 +1,171 @@
+"""The main job as a library call: `compile_model(model, output, options)`.
+
+The CLI's `graphopt compile` is a thin layer over this; benchmarks and users' scripts call it
+directly. It loads and checks the model, plans the pipeline (target, --passes/--skip, config),
+runs it with per-pass verification, writes OUT/model.opt.onnx atomically and the reports.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from graphopt import ir, report, testing, verify
+from graphopt.errors import UserError
+from graphopt.pipeline import PassContext, ProgressHook, Verification, check_order, run_pipeline
+from graphopt.registry import Registry, load_registry
+
+OUTPUT_MODEL = "model.opt.onnx"
+EXAMPLE_MODEL = "example_cnn.onnx"
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """What `graphopt compile` takes besides the model and the output directory."""
+
+    target: str = "x86"
+    passes: Sequence[str] = ()
+    skip: Sequence[str] = ()
+    config: Path | None = None
+    plugins: Sequence[str] = ()
+    calibration: Path | None = None
+    input_shapes: Sequence[str] = ()
+    seed: int = 0
+    measure: bool = False
+    runs: int = 50
+    verify: bool = True
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    report: dict[str, Any]
+    model: Path
+    report_json: Path
+    report_md: Path
+
+
+# ------------------------------------------------------------------------------------ config
+def read_config(path: Path | None) -> dict[str, Any]:
+    """TOML: [pipeline] passes = [...], skip = [...]; [passes.NAME] option = value."""
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise UserError(f"config file '{path}' not found: check the path")
+    try:
+        config = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"config file '{path}' is not valid TOML: {exc}") from exc
+    unknown = sorted(set(config) - {"pipeline", "passes"})
+    if unknown:
+        raise UserError(f"config '{path}': unknown section(s) {', '.join(unknown)} "
+                        "(allowed: [pipeline], [passes.NAME])")
+    pipeline = config.get("pipeline", {})
+    bad = sorted(set(pipeline) - {"passes", "skip"})
+    if bad:
+        raise UserError(f"config '{path}': [pipeline] has unknown key(s) {', '.join(bad)} "
+                        "(allowed: passes, skip)")
+    return config
+
+
+def plan_pipeline(
+    registry: Registry, target_pipeline: tuple[str, ...], passes: list[str],
+    skip: list[str], config: dict[str, Any], config_path: Path | None,
+) -> tuple[list[str], dict[str, dict[str, Any]], list[str]]:
+    """Pass names in order, their resolved options, and warnings. Checks everything first."""
+    pipeline_cfg = config.get("pipeline", {})
+    names = passes or list(pipeline_cfg.get("passes", target_pipeline))
+    skip = skip + list(pipeline_cfg.get("skip", []))
+    for name in names + skip:
+        registry.get_pass(name)  # unknown names fail here, with a suggestion
+    for name in skip:
+        if name not in names:
+            raise UserError(f"--skip {name}: '{name}' is not in the pipeline "
+                            f"({', '.join(names)})")
+    names = [n for n in names if n not in skip]
+    warnings = []
+    where = f"config '{config_path}'" if config_path else "config"
+    per_pass = config.get("passes", {})
+    for name in per_pass:
+        registry.get_pass(name)
+        if name not in names:
+            warnings.append(f"{where} sets options for pass '{name}', which is not in the "
+                            "pipeline: they are unused")
+    options = {n: registry.get_pass(n).resolve_options(per_pass.get(n, {}), where)
+               for n in names}
+    check_order(registry.resolve(names), registry.passes)
+    return names, options, warnings
+
+
+def output_dir(output: Path, model: Path | None) -> Path:
+    if output.exists() and not output.is_dir():
+        raise UserError(f"-o {output} is a file: give a directory for the outputs")
+    if model is not None and (output / OUTPUT_MODEL).resolve() == model.resolve():
+        raise UserError(f"-o {output} would overwrite the input model {model}: "
+                        "choose another output directory")
+    return output
+
+
+def compile_model(
+    model_path: Path | None,
+    output: Path,
+    options: CompileOptions = CompileOptions(),
+    *,
+    example: bool = False,
+    progress: ProgressHook | None = None,
+    measure_step: Callable[[], None] | None = None,
+    command: Sequence[str] = (),
+) -> CompileResult:
+    """Optimize a model (or the bundled example) into `output`; see the module docstring."""
+    o = options
+    if example == (model_path is not None):
+        raise UserError("give either a MODEL path or --example (not both, not neither)")
+    registry = load_registry(o.plugins)
+    target = registry.get_target(o.target)
+    config = read_config(o.config)
+    names, pass_options, warnings = plan_pipeline(registry, target.pipeline, list(o.passes),
+                                                  list(o.skip), config, o.config)
+    warnings = registry.warnings + warnings
+    given_shapes = verify.parse_input_shapes(o.input_shapes)
+    out_dir = output_dir(output, model_path)
+
+    if model_path is None:
+        # The bundled example is written next to the outputs, so it can be run and compared.
+        example_proto = testing.example_cnn()
+        model_path = ir.save(ir.import_graph(example_proto), out_dir / EXAMPLE_MODEL,
+                             like=example_proto)
+    proto = ir.load_model(model_path)
+    graph = ir.import_graph(proto)
+    shapes = verify.concrete_shapes(graph, given_shapes)
+    if o.calibration is not None:
+        feeds = verify.load_feeds(o.calibration, graph)
+        source = f"calibration data {o.calibration}"
+        shapes = {k: list(v.shape) for k, v in feeds[0].items()}
+    else:
+        feeds = [verify.random_feeds(graph, shapes, o.seed)]
+        source = f"random inputs (seed {o.seed})"
+    verification = Verification(feeds, source, enabled=o.verify,
+                                skipped_reason=None if o.verify else "--no-verify")
+    lossy = [n for n in names if not registry.get_pass(n).lossless]
+    if lossy:
+        warnings.append(f"lossy passes requested: {', '.join(lossy)}")
+    base = PassContext(target=target, input_shapes=shapes,
+                       calibration=feeds if o.calibration is not None else None)
+    result = run_pipeline(graph, registry.resolve(names), pass_options, verification, base,
+                          like=proto, progress=progress)
+    if not verification.enabled and verification.skipped_reason != "--no-verify":
+        warnings.append(f"verification skipped: {verification.skipped_reason}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # An input with external data gives an output with external data (and so do big ones).
+    external = ir.file_uses_external_data(model_path) or ir.is_large(result.graph)
+    out_model = ir.save(result.graph, out_dir / OUTPUT_MODEL, like=proto, external_data=external)
+    latency = report.measure_latency(str(model_path), str(out_model), feeds[0], runs=o.runs,
+                                     step=measure_step) if o.measure else None
+    data = report.build_report(
+        result=result, input_path=model_path, input_opset=ir.default_opset(proto),
+        output_path=out_model, target=target.as_dict(), lossy=lossy,
+        command=list(command), measure=latency, warnings=warnings)
+    json_path, md_path = report.write_reports(out_dir, data)
+    return CompileResult(data, out_model, json_path, md_path)
