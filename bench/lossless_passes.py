@@ -13,7 +13,7 @@ For each model of graphopt.zoo (realistic shapes, exporter-style graphs) it reco
 - onnxruntime latency, all sessions interleaved round by round in one process: input and
   graphopt output at ORT_ENABLE_ALL and at ORT_DISABLE_ALL, and the input at ORT_ENABLE_BASIC.
   Ratios are what count: graphopt@ALL / input@ALL (goal <= 1) and graphopt@DISABLE /
-  input@BASIC (goal <= 1).
+  input@BASIC (goal <= 1), as medians of per-round ratios with bootstrap 95% intervals.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import argparse
 import inspect
 import json
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -103,8 +102,8 @@ def max_rel_error(reference: Path, candidate: Path, feeds: dict[str, np.ndarray]
 
 
 def latencies(paths: dict[str, tuple[Path, str]], feeds: dict[str, np.ndarray], rounds: int,
-              threads: int) -> dict[str, float]:
-    """Median ms per session; each round runs every session once, in turn."""
+              threads: int) -> dict[str, np.ndarray]:
+    """ms per round for each session; each round runs every session once, in turn."""
     sessions = {k: session(p, level, threads) for k, (p, level) in paths.items()}
     times: dict[str, list[float]] = {k: [] for k in sessions}
     for i in range(rounds + 3):
@@ -113,7 +112,27 @@ def latencies(paths: dict[str, tuple[Path, str]], feeds: dict[str, np.ndarray], 
             sess.run(None, feeds)
             if i >= 3:  # warm-up rounds
                 times[key].append((time.perf_counter() - start) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: np.array(v) for k, v in times.items()}
+
+
+def paired_ratio(new: np.ndarray, old: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """Median of per-round ratios new/old (drift cancels within a round) with a bootstrap
+    95% confidence interval of that median."""
+    ratios = new / old
+    rng = np.random.default_rng(seed)
+    boots = np.median(rng.choice(ratios, size=(2000, ratios.size)), axis=1)
+    low, high = np.percentile(boots, [2.5, 97.5])
+    return {"median": float(np.median(ratios)), "ci95": [float(low), float(high)]}
+
+
+def verdict(ratio: dict[str, float]) -> str:
+    """'yes' (<= 1 with 95% confidence or at the median within noise), or 'NO'."""
+    low, high = ratio["ci95"]
+    if high <= 1.0:
+        return "yes (faster)"
+    if low <= 1.0:
+        return "yes (within noise)"
+    return "NO"
 
 
 def bench_model(name: str, quick: bool, rounds: int, threads: int, tmp: Path) -> dict:
@@ -170,9 +189,9 @@ def bench_model(name: str, quick: bool, rounds: int, threads: int, tmp: Path) ->
     ms = latencies({"input@ALL": (src, "ALL"), "graphopt@ALL": (opt, "ALL"),
                     "input@DISABLE": (src, "DISABLE"), "graphopt@DISABLE": (opt, "DISABLE"),
                     "input@BASIC": (src, "BASIC")}, feeds, rounds, threads)
-    row["latency_ms"] = {k: round(v, 3) for k, v in ms.items()}
-    row["ratio_all"] = ms["graphopt@ALL"] / ms["input@ALL"]
-    row["ratio_disable_vs_input_basic"] = ms["graphopt@DISABLE"] / ms["input@BASIC"]
+    row["latency_ms"] = {k: round(float(np.median(v)), 3) for k, v in ms.items()}
+    row["ratio_all"] = paired_ratio(ms["graphopt@ALL"], ms["input@ALL"])
+    row["ratio_disable_vs_input_basic"] = paired_ratio(ms["graphopt@DISABLE"], ms["input@BASIC"])
     return row
 
 
@@ -193,6 +212,10 @@ def machine_info(threads: int) -> dict:
         except (ImportError, AttributeError):
             pass
     return {"cpu": cpu, "machine": platform.machine(), "threads": threads, "versions": versions}
+
+
+def fmt_ratio(ratio: dict) -> str:
+    return f"{ratio['median']:.3f} [{ratio['ci95'][0]:.3f}, {ratio['ci95'][1]:.3f}]"
 
 
 def to_markdown(data: dict) -> str:
@@ -219,23 +242,24 @@ def to_markdown(data: dict) -> str:
         cells = [f"{r['max_rel'][t]:.1e}" if t in r["max_rel"] else "-" for t in tools]
         lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
     lines += ["", "## onnxruntime latency (median ms) and ratios", "",
-              "| model | input@ALL | graphopt@ALL | ratio (goal <= 1) | input@BASIC | "
-              "graphopt@DISABLE | ratio (goal <= 1) | input@DISABLE | BN left |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "Ratios are medians of per-round ratios, [95% bootstrap CI]; goal <= 1.", "",
+              "| model | input@ALL | graphopt@ALL | ratio | goal met | input@BASIC | "
+              "graphopt@DISABLE | ratio | goal met | input@DISABLE | BN left |",
+              "|---|---:|---:|---:|---|---:|---:|---:|---|---:|---:|"]
     for r in data["models"]:
-        ms = r["latency_ms"]
+        ms, a, d = r["latency_ms"], r["ratio_all"], r["ratio_disable_vs_input_basic"]
         lines.append(
             f"| {r['model']} | {ms['input@ALL']:.2f} | {ms['graphopt@ALL']:.2f} | "
-            f"{r['ratio_all']:.3f} | {ms['input@BASIC']:.2f} | {ms['graphopt@DISABLE']:.2f} | "
-            f"{r['ratio_disable_vs_input_basic']:.3f} | {ms['input@DISABLE']:.2f} | "
-            f"{r['batchnorm_left']['graphopt']} |")
+            f"{fmt_ratio(a)} | {verdict(a)} | {ms['input@BASIC']:.2f} | "
+            f"{ms['graphopt@DISABLE']:.2f} | {fmt_ratio(d)} | {verdict(d)} | "
+            f"{ms['input@DISABLE']:.2f} | {r['batchnorm_left']['graphopt']} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes (a smoke run)")
-    parser.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds")
+    parser.add_argument("--rounds", type=int, default=60, help="interleaved timing rounds")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     parser.add_argument("--models", default=",".join(zoo.ZOO), help="comma-separated")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
@@ -247,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             with console.status(f"benchmarking {name}"):
                 rows.append(bench_model(name, args.quick, args.rounds, args.threads, Path(tmp)))
             console.print(f"{name}: nodes {rows[-1]['nodes']}, ratio@ALL "
-                          f"{rows[-1]['ratio_all']:.3f}")
+                          f"{fmt_ratio(rows[-1]['ratio_all'])}")
     data = {"benchmark": "lossless_passes", "quick": args.quick, "rounds": args.rounds,
             "machine": machine_info(args.threads), "models": rows}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -260,8 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         table.add_column(column)
     for r in rows:
         table.add_row(r["model"], str(r["input_nodes"]), str(r["nodes"]["graphopt"]),
-                      str(r["best_portable_peer"]), f"{r['ratio_all']:.3f}",
-                      f"{r['ratio_disable_vs_input_basic']:.3f}")
+                      str(r["best_portable_peer"]), fmt_ratio(r["ratio_all"]),
+                      fmt_ratio(r["ratio_disable_vs_input_basic"]))
     console.print(table)
     console.print(f"wrote {args.out / (stem + '.md')}")
     return 0
