@@ -273,11 +273,24 @@ def pattern_pass(
     produces: Sequence[str] = (),
     options: Mapping[str, Option] | None = None,
     max_error: float | None = None,
+    infer_shapes: bool = False,
+    min_opset: int | None = None,
 ) -> Pass:
-    """A Pass that applies local rewrites until none matches."""
+    """A Pass that applies local rewrites until none matches.
+
+    infer_shapes: fill in tensor shapes first (for rules that read them).
+    min_opset: the default-domain opset the replacement ops need; below it the pass notes
+    why and changes nothing (`convert_opset` raises it).
+    """
     rules = tuple(rules)
 
     def run(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+        if min_opset is not None and (graph.opset or 0) < min_opset:
+            ctx.note(f"opset {graph.opset} < {min_opset}: the ops this pass emits are not "
+                     "available (run convert_opset first to raise it)")
+            return graph
+        if infer_shapes:
+            ir.infer_shapes(graph)
         apply_rules(graph, rules, ctx)
         return graph
 

@@ -16,10 +16,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir
-from graphopt.pattern import Match, P, apply_rules
+from graphopt.pattern import Match, P, pattern_pass
 from graphopt.passes.affine import absorb_output_affine, channel_axis, output_channels, per_channel
-from graphopt.pipeline import PassContext, graph_pass
+from graphopt.pipeline import PassContext
 
 
 def _output_rank(layer: gs.Node, w: np.ndarray) -> int | None:
@@ -75,10 +74,7 @@ RULES = [
 ]
 
 
-@graph_pass("fuse_bias_and_scale", lossless=True,
-            description="Fold per-channel constant Add/Sub/Mul/Div after Conv/ConvTranspose/"
-                        "Gemm/MatMul into weights and bias; 2-D MatMul+Add to Gemm.")
-def fuse_bias_and_scale(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
-    ir.infer_shapes(graph)
-    apply_rules(graph, RULES, ctx)
-    return graph
+fuse_bias_and_scale = pattern_pass(
+    "fuse_bias_and_scale", RULES, lossless=True, infer_shapes=True,
+    description="Fold per-channel constant Add/Sub/Mul/Div after Conv/ConvTranspose/Gemm/"
+                "MatMul into weights and bias; 2-D MatMul+Add to Gemm.")

@@ -14,8 +14,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt.pattern import Match, P, apply_rules
-from graphopt.pipeline import PassContext, graph_pass
+from graphopt.pattern import Match, P, pattern_pass
+from graphopt.pipeline import PassContext
 
 GROUP = {"Mul": "Mul", "Div": "Mul", "Add": "Add", "Sub": "Add"}
 
@@ -60,8 +60,6 @@ def _inner() -> P:
 RULES = [(P(("Mul", "Div", "Add", "Sub"), _inner(), P.const("b"), commutative=True), _merge)]
 
 
-@graph_pass("fuse_consecutive_elementwise", lossless=True,
-            description="Merge chains of Mul/Div and of Add/Sub with constants.")
-def fuse_consecutive_elementwise(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
-    apply_rules(graph, RULES, ctx)
-    return graph
+fuse_consecutive_elementwise = pattern_pass(
+    "fuse_consecutive_elementwise", RULES, lossless=True,
+    description="Merge chains of Mul/Div and of Add/Sub with constants.")

@@ -16,8 +16,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt.pattern import Match, P, apply_rules
-from graphopt.pipeline import PassContext, graph_pass
+from graphopt.pattern import Match, P, pattern_pass
+from graphopt.pipeline import PassContext
 
 MIN_OPSET = 20
 
@@ -72,12 +72,5 @@ RULES += [(root, _gelu("tanh")) for arg in TANH_ARG
           for root in _products(_one_plus(P("Tanh", arg, single_use=True)))]
 
 
-@graph_pass("fuse_gelu", lossless=True,
-            description="Decomposed GELU (Erf or Tanh form) -> Gelu (opset >= 20).")
-def fuse_gelu(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
-    if (graph.opset or 0) < MIN_OPSET:
-        ctx.note(f"opset {graph.opset} < {MIN_OPSET}: Gelu not available "
-                 "(run convert_opset first to raise it)")
-        return graph
-    apply_rules(graph, RULES, ctx)
-    return graph
+fuse_gelu = pattern_pass("fuse_gelu", RULES, lossless=True, min_opset=MIN_OPSET,
+                         description="Decomposed GELU (Erf or Tanh form) -> Gelu (opset >= 20).")

@@ -14,9 +14,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt.pattern import Match, P, apply_rules
+from graphopt.pattern import Match, P, pattern_pass
 from graphopt.passes.fuse_gelu import near
-from graphopt.pipeline import PassContext, graph_pass
+from graphopt.pipeline import PassContext
 
 HARD_SWISH_OPSET = 14
 
@@ -90,8 +90,6 @@ RULES = [
 ]
 
 
-@graph_pass("fuse_hard_activations", lossless=True,
-            description="Decomposed HardSigmoid/HardSwish -> HardSigmoid/HardSwish.")
-def fuse_hard_activations(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
-    apply_rules(graph, RULES, ctx)
-    return graph
+fuse_hard_activations = pattern_pass(
+    "fuse_hard_activations", RULES, lossless=True,
+    description="Decomposed HardSigmoid/HardSwish -> HardSigmoid/HardSwish.")

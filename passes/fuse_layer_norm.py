@@ -17,8 +17,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt.pattern import Match, P, apply_rules
-from graphopt.pipeline import PassContext, graph_pass
+from graphopt.pattern import Match, P, pattern_pass
+from graphopt.pipeline import PassContext
 
 MIN_OPSET = 17
 
@@ -137,13 +137,6 @@ RULES = [(P("Div", _centered(), _std(sq)), _normalize) for sq in SQUARES] + [
 ]
 
 
-@graph_pass("fuse_layer_norm", lossless=True,
-            description="Decomposed layer normalization -> LayerNormalization (opset >= 17).")
-def fuse_layer_norm(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
-    if (graph.opset or 0) < MIN_OPSET:
-        ctx.note(f"opset {graph.opset} < {MIN_OPSET}: LayerNormalization not available "
-                 "(run convert_opset first to raise it)")
-        return graph
-    ir.infer_shapes(graph)
-    apply_rules(graph, RULES, ctx)
-    return graph
+fuse_layer_norm = pattern_pass(
+    "fuse_layer_norm", RULES, lossless=True, infer_shapes=True, min_opset=MIN_OPSET,
+    description="Decomposed layer normalization -> LayerNormalization (opset >= 17).")

@@ -17,8 +17,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt.pattern import Match, P, apply_rules
-from graphopt.pipeline import PassContext, graph_pass
+from graphopt.pattern import Match, P, pattern_pass
+from graphopt.pipeline import PassContext
 
 
 def spatial_pads(pads: np.ndarray, axes: np.ndarray | None, rank: int) -> list[int] | None:
@@ -144,9 +144,6 @@ RULES = [
 ]
 
 
-@graph_pass("fuse_pad_into_conv", lossless=True,
-            description="Fold explicit zero Pad into Conv padding (and into pooling where exact).")
-def fuse_pad_into_conv(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
-    ir.infer_shapes(graph)
-    apply_rules(graph, RULES, ctx)
-    return graph
+fuse_pad_into_conv = pattern_pass(
+    "fuse_pad_into_conv", RULES, lossless=True, infer_shapes=True,
+    description="Fold explicit zero Pad into Conv padding (and into pooling where exact).")

@@ -14,8 +14,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt.pattern import Match, P, apply_rules
-from graphopt.pipeline import PassContext, graph_pass
+from graphopt.pattern import Match, P, pattern_pass
+from graphopt.pipeline import PassContext
 
 
 def compose_perms(first: list[int], second: list[int]) -> list[int]:
@@ -105,10 +105,7 @@ RULES = [
 ]
 
 
-@graph_pass("fuse_transpose", lossless=True,
-            description="Fold Transpose into Gemm transA/transB; merge or drop consecutive "
-                        "Transposes, Reshapes and Squeeze/Unsqueeze pairs.")
-def fuse_transpose(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
-    ir.infer_shapes(graph)
-    apply_rules(graph, RULES, ctx)
-    return graph
+fuse_transpose = pattern_pass(
+    "fuse_transpose", RULES, lossless=True, infer_shapes=True,
+    description="Fold Transpose into Gemm transA/transB; merge or drop consecutive "
+                "Transposes, Reshapes and Squeeze/Unsqueeze pairs.")
