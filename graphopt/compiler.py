@@ -136,8 +136,10 @@ def compile_model(
         example_proto = testing.example_cnn()
         model_path = ir.save(ir.import_graph(example_proto), out_dir / EXAMPLE_MODEL,
                              like=example_proto)
-    proto = ir.load_model(model_path)
-    graph = ir.import_graph(proto)
+    # Weights go straight into arrays (external ones read from disk); `proto` keeps only the
+    # structure and model-level fields, so a big model is held once.
+    proto = ir.load_model(model_path, load_external=False)
+    graph = ir.import_graph(proto, model_path.parent, release=True)
     shapes = verify.concrete_shapes(graph, given_shapes)
     if o.calibration is not None:
         feeds = verify.load_feeds(o.calibration, graph)
@@ -157,9 +159,10 @@ def compile_model(
                           like=proto, progress=progress)
     if not verification.enabled and verification.skipped_reason != "--no-verify":
         warnings.append(f"verification skipped: {verification.skipped_reason}")
+    warnings += verification.warnings
     out_dir.mkdir(parents=True, exist_ok=True)
     # An input with external data gives an output with external data (and so do big ones).
-    external = ir.file_uses_external_data(model_path) or ir.is_large(result.graph)
+    external = ir.uses_external_data(proto) or ir.is_large(result.graph)
     out_model = ir.save(result.graph, out_dir / OUTPUT_MODEL, like=proto, external_data=external)
     latency = report.measure_latency(str(model_path), str(out_model), feeds[0], runs=o.runs,
                                      step=measure_step) if o.measure else None

@@ -5,40 +5,54 @@ Only this module touches protobuf. Passes see `gs.Graph`, `gs.Node`, `gs.Variabl
 rewire with `replace_all_uses()`, and leave dead nodes to `cleanup()`.
 
 Weights given as `Constant` nodes become `gs.Constant` tensors on import, exactly like
-initializers, so every pass sees one kind of weight. Models whose weights exceed protobuf's
-2 GB limit are loaded, checked, shape-inferred, run and saved through files with external data;
-they are never serialized into one protobuf.
+initializers, so every pass sees one kind of weight.
+
+Weights live once, as NumPy arrays on the gs.Constants. Protobufs are built *without* the
+bytes of large weights (a "skeleton": dims, dtype and an external-data stub) for shape
+inference, the checker and onnxruntime sessions, which get the arrays zero-copy
+(`add_external_initializers`). Saving streams the arrays into the external data file. So no
+step serializes a model's weights into one protobuf, models over 2 GB work, and memory stays
+near one copy of the weights.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from graphopt.errors import UserError
 
-# Protobuf cannot serialize a message of 2 GiB or more. Past this estimate (weights + headroom
-# for the graph itself) models travel as files with external data. Tests lower it.
+# Constants up to this size stay inside protobufs (shape tensors, scalars): shape inference
+# with data propagation needs their values, and they cost nothing.
+INLINE_MAX_BYTES = 1024
+# Above this many weight bytes an output model is written with external data even if the
+# input had none (protobuf cannot hold 2 GiB).
 LARGE_MODEL_BYTES = 1_800_000_000
-# onnx's own tensors-to-external-data threshold: small tensors stay inline.
-EXTERNAL_DATA_MIN_BYTES = 1024
 MIN_OPSET = 7  # the oldest default-domain opset onnxruntime still runs
+SKELETON_LOCATION = "graphopt-weights-not-included"
 
 
 # ----------------------------------------------------------------------------------- loading
-def load_model(path: str | os.PathLike[str], check: bool = True) -> onnx.ModelProto:
-    """Read and validate an ONNX file, external data included. Bad input raises UserError."""
+def load_model(path: str | os.PathLike[str], check: bool = True,
+               load_external: bool = True) -> onnx.ModelProto:
+    """Read and validate an ONNX file. Bad input raises UserError.
+
+    load_external=False leaves external weights on disk (`import_graph(model, base_dir)` reads
+    them straight into arrays); their files must still exist.
+    """
     path = Path(path)
     if not path.exists():
         raise UserError(f"model file '{path}' not found: check the path")
@@ -55,23 +69,24 @@ def load_model(path: str | os.PathLike[str], check: bool = True) -> onnx.ModelPr
         raise UserError(
             f"'{path}' holds no ONNX graph: is the file truncated, or not an ONNX model?"
         )
-    if uses_external_data(model):
+    check_opset(model, str(path))
+    if check:
+        try:
+            # The path form of the checker handles models over 2 GB and checks that external
+            # data files exist.
+            onnx.checker.check_model(str(path))
+        except onnx.checker.ValidationError as exc:
+            raise UserError(
+                f"'{path}' fails the ONNX checker: {_first_line(exc)} "
+                "(re-export the model, or fix the node named above)"
+            ) from exc
+    if load_external and uses_external_data(model):
         try:
             onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
         except (OSError, ValueError) as exc:
             raise UserError(
                 f"'{path}': its external data could not be read ({_first_line(exc)}): "
                 "keep the .data file(s) next to the model, as exported"
-            ) from exc
-    check_opset(model, str(path))
-    if check:
-        try:
-            # The path form of the checker handles models over 2 GB.
-            onnx.checker.check_model(str(path))
-        except onnx.checker.ValidationError as exc:
-            raise UserError(
-                f"'{path}' fails the ONNX checker: {_first_line(exc)} "
-                "(re-export the model, or fix the node named above)"
             ) from exc
     return model
 
@@ -95,11 +110,12 @@ def default_opset(model: onnx.ModelProto) -> int | None:
     return None
 
 
+def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    return onnx.external_data_helper._get_all_tensors(model)
+
+
 def uses_external_data(model: onnx.ModelProto) -> bool:
-    return any(
-        t.data_location == onnx.TensorProto.EXTERNAL
-        for t in onnx.external_data_helper._get_all_tensors(model)
-    )
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(model))
 
 
 def file_uses_external_data(path: str | os.PathLike[str]) -> bool:
@@ -107,15 +123,73 @@ def file_uses_external_data(path: str | os.PathLike[str]) -> bool:
     return uses_external_data(onnx.load(str(path), load_external_data=False))
 
 
-def import_graph(model: onnx.ModelProto) -> gs.Graph:
-    """ModelProto -> gs.Graph, with Constant-node weights turned into gs.Constant tensors."""
+def import_graph(model: onnx.ModelProto, base_dir: str | os.PathLike[str] | None = None,
+                 release: bool = False) -> gs.Graph:
+    """ModelProto -> gs.Graph. Constant-node weights become gs.Constant tensors; weights become
+    NumPy arrays (external ones read from `base_dir`). `release=True` drops the weight bytes
+    from `model` as they are converted (the caller's proto then keeps only the structure),
+    so that a big model is never held twice."""
     graph = gs.import_onnx(model)
+    base = Path(base_dir) if base_dir is not None else None
+    for g in walk_graphs(graph):
+        for tensor in g.tensors().values():
+            if isinstance(tensor, gs.Constant) and isinstance(tensor._values, LazyValues):
+                _to_array(tensor, base, release)
     constants_from_nodes(graph)
     return graph
 
 
+def _to_array(tensor: gs.Constant, base: Path | None, release: bool) -> None:
+    proto = tensor._values.tensor
+    if not isinstance(proto, onnx.TensorProto):
+        return  # sparse
+    dtype = _numpy_dtype(proto.data_type)
+    if dtype is None:
+        return  # e.g. bfloat16, int4: gs keeps them lazy and exports the proto as is
+    shape = tuple(proto.dims)
+    if proto.data_location == onnx.TensorProto.EXTERNAL:
+        info = {e.key: e.value for e in proto.external_data}
+        if base is None:
+            raise UserError(f"weight '{proto.name}' is in external data: load the model from "
+                            "its file (graphopt.ir.load) so that the data can be found")
+        location = base / info["location"]
+        count = int(np.prod(shape, dtype=np.int64))
+        try:
+            array = np.fromfile(location, dtype=dtype.newbyteorder("<"), count=count,
+                                offset=int(info.get("offset", 0)))
+        except OSError as exc:
+            raise UserError(f"external data '{location}' of weight '{proto.name}' cannot be "
+                            f"read ({exc}): keep the .data file next to the model") from exc
+        if array.size != count:
+            raise UserError(f"external data '{location}' is too short for weight "
+                            f"'{proto.name}': the .data file is truncated")
+        tensor.values = array.astype(dtype, copy=False).reshape(shape)
+        return
+    if proto.HasField("raw_data"):
+        tensor.values = np.frombuffer(proto.raw_data, dtype=dtype.newbyteorder("<")).astype(
+            dtype, copy=False).reshape(shape)
+        if release:
+            proto.ClearField("raw_data")
+        return
+    tensor.values = onnx.numpy_helper.to_array(proto)
+    if release:
+        for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+            proto.ClearField(field)
+
+
+def _numpy_dtype(data_type: int) -> np.dtype | None:
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return dtype if dtype.kind in "biuf" and dtype.itemsize <= 8 and dtype.type.__module__ == \
+        "numpy" else None
+
+
 def load(path: str | os.PathLike[str], check: bool = True) -> gs.Graph:
-    return import_graph(load_model(path, check=check))
+    path = Path(path)
+    return import_graph(load_model(path, check=check, load_external=False), path.parent,
+                        release=True)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -123,10 +197,12 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
-# ----------------------------------------------------------------------------------- saving
+# ------------------------------------------------------------------ protobufs, with weights
 def to_onnx(graph: gs.Graph, like: onnx.ModelProto | None = None) -> onnx.ModelProto:
-    """Export a graph; `like` carries model-level fields (metadata, doc, version) across."""
+    """Export a graph, weights included; `like` carries model-level fields across."""
     model = gs.export_onnx(graph, do_type_check=False)
+    if model.ir_version < 4:
+        _initializers_as_inputs(model.graph)
     if like is not None:
         model.doc_string = like.doc_string
         model.domain = like.domain
@@ -134,6 +210,21 @@ def to_onnx(graph: gs.Graph, like: onnx.ModelProto | None = None) -> onnx.ModelP
         del model.metadata_props[:]
         model.metadata_props.extend(like.metadata_props)
     return model
+
+
+def _initializers_as_inputs(graph: onnx.GraphProto) -> None:
+    """IR < 4 requires every initializer to be a graph input as well (old exports)."""
+    listed = {vi.name for vi in graph.input}
+    for tensor in graph.initializer:
+        if tensor.name not in listed:
+            graph.input.append(onnx.helper.make_tensor_value_info(
+                tensor.name, tensor.data_type, list(tensor.dims)))
+
+
+def tensor_nbytes(tensor: gs.Constant) -> int:
+    shape = tuple(tensor.shape or ())
+    itemsize = np.dtype(tensor.dtype).itemsize if tensor.dtype is not None else 4
+    return int(np.prod(shape, dtype=np.int64)) * itemsize
 
 
 def weight_bytes(graph: gs.Graph) -> int:
@@ -148,16 +239,98 @@ def weight_bytes(graph: gs.Graph) -> int:
     return total
 
 
-def tensor_nbytes(tensor: gs.Constant) -> int:
-    shape = tuple(tensor.shape or ())
-    itemsize = np.dtype(tensor.dtype).itemsize if tensor.dtype is not None else 4
-    return int(np.prod(shape, dtype=np.int64)) * itemsize
-
-
 def is_large(graph: gs.Graph) -> bool:
     return weight_bytes(graph) > LARGE_MODEL_BYTES
 
 
+# -------------------------------------------------------------- protobufs, without weights
+def _external_weights(graph: gs.Graph) -> list[gs.Constant]:
+    """Main-graph weights to keep out of protobufs: big, NumPy-backed, read in this graph."""
+    here = {id(n) for n in graph.nodes}
+    weights = []
+    for tensor in graph.tensors().values():
+        if (isinstance(tensor, gs.Constant) and isinstance(tensor._values, np.ndarray)
+                and tensor._values.dtype.kind in "biuf"
+                and tensor_nbytes(tensor) > INLINE_MAX_BYTES
+                and all(id(n) in here for n in tensor.outputs)):
+            weights.append(tensor)
+    return weights
+
+
+def _stub(name: str, array: np.ndarray, location: str, offset: int | None) -> onnx.TensorProto:
+    stub = onnx.TensorProto(name=name, data_type=onnx.helper.np_dtype_to_tensor_dtype(
+        array.dtype), dims=array.shape, data_location=onnx.TensorProto.EXTERNAL)
+    entries = [("location", location)]
+    if offset is not None:
+        entries += [("offset", str(offset)), ("length", str(array.nbytes))]
+    for key, value in entries:
+        entry = stub.external_data.add()
+        entry.key, entry.value = key, value
+    return stub
+
+
+@contextlib.contextmanager
+def _weights_stubbed(graph: gs.Graph, location: str = SKELETON_LOCATION,
+                     write: Callable[[np.ndarray], int] | None = None
+                     ) -> Iterator[dict[str, np.ndarray]]:
+    """While open, big weights export as external-data stubs; yields name -> array.
+    `write(array) -> offset` streams each array to a data file as its stub is made."""
+    swapped: list[tuple[gs.Constant, object]] = []
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        for tensor in _external_weights(graph):
+            array = np.ascontiguousarray(tensor._values)
+            offset = write(array) if write is not None else None
+            swapped.append((tensor, tensor._values))
+            tensor._values = LazyValues(_stub(tensor.name, array, location, offset))
+            arrays[tensor.name] = array
+        yield arrays
+    finally:
+        for tensor, values in swapped:
+            tensor._values = values
+
+
+def skeleton(graph: gs.Graph, like: onnx.ModelProto | None = None
+             ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The model with its big weights as external stubs, and those weights by name."""
+    with _weights_stubbed(graph) as arrays:
+        return to_onnx(graph, like), arrays
+
+
+def freeze_weights(graph: gs.Graph) -> None:
+    """Make every weight array read-only: a pass that wants other values makes a new array
+    (and `fingerprint` can then tell changed weights by identity, without hashing bytes)."""
+    for g in walk_graphs(graph):
+        for tensor in g.tensors().values():
+            if isinstance(tensor, gs.Constant) and isinstance(tensor._values, np.ndarray):
+                tensor._values.flags.writeable = False
+
+
+def fingerprint(graph: gs.Graph) -> str:
+    """Changes whenever the model could compute something else: structure, attributes, small
+    constants' values, and which array backs each big weight (see freeze_weights)."""
+    model, arrays = skeleton(graph)
+    del model.graph.value_info[:]  # inferred shapes are not a change
+    digest = hashlib.sha256(model.SerializeToString(deterministic=True))
+    for name, array in arrays.items():
+        digest.update(f"{name}:{id(array)}:{array.__array_interface__['data'][0]};".encode())
+    return digest.hexdigest()
+
+
+def check(graph: gs.Graph, like: onnx.ModelProto | None = None) -> None:
+    """onnx.checker on the graph (raises onnx.checker.ValidationError)."""
+    model, arrays = skeleton(graph, like)
+    if not arrays:
+        onnx.checker.check_model(model)
+        return
+    with tempfile.TemporaryDirectory(prefix="graphopt-check-") as tmp:
+        # The checker wants stubs' files to exist; their contents are not read.
+        Path(tmp, SKELETON_LOCATION).touch()
+        onnx.save_model(model, str(Path(tmp) / "model.onnx"))
+        onnx.checker.check_model(str(Path(tmp) / "model.onnx"))
+
+
+# ----------------------------------------------------------------------------------- saving
 def save(
     graph: gs.Graph,
     path: str | os.PathLike[str],
@@ -167,19 +340,29 @@ def save(
     """Write the graph atomically: the final files appear whole or not at all.
 
     external_data=None decides by size; callers pass True to keep an input's external data.
-    Weights go to `<name>.data` beside the model.
+    Weights then stream into `<name>.data` beside the model.
     """
     path = Path(path)
     if external_data is None:
         external_data = is_large(graph)
-    model = to_onnx(graph, like)
-    # Intermediate shapes are cheap to re-infer; keeping them only grows the file.
-    del model.graph.value_info[:]
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".graphopt-", dir=path.parent))
     try:
         data_name = path.name + ".data"
-        _write(model, staging / path.name, data_name if external_data else None)
+        if external_data:
+            with open(staging / data_name, "wb") as data:
+                def write(array: np.ndarray) -> int:
+                    offset = data.tell()
+                    data.write(array.astype(array.dtype.newbyteorder("<"), copy=False).data)
+                    return offset
+
+                with _weights_stubbed(graph, data_name, write):
+                    model = to_onnx(graph, like)
+        else:
+            model = to_onnx(graph, like)
+        # Intermediate shapes are cheap to re-infer; keeping them only grows the file.
+        del model.graph.value_info[:]
+        onnx.save_model(model, str(staging / path.name))
         if external_data:
             os.replace(staging / data_name, path.parent / data_name)
         os.replace(staging / path.name, path)
@@ -188,51 +371,19 @@ def save(
     return path
 
 
-def _write(model: onnx.ModelProto, path: Path, data_location: str | None) -> None:
-    if data_location is None:
-        onnx.save_model(model, str(path))
-    else:
-        onnx.save_model(
-            model,
-            str(path),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=data_location,
-            size_threshold=EXTERNAL_DATA_MIN_BYTES,
-        )
-
-
-@contextlib.contextmanager
-def as_file_or_bytes(graph: gs.Graph, like: onnx.ModelProto | None = None) -> Iterator[str | bytes]:
-    """What onnxruntime and the checker can open: bytes, or a temp file for large models."""
-    if not is_large(graph):
-        yield to_onnx(graph, like).SerializeToString()
-        return
-    with tempfile.TemporaryDirectory(prefix="graphopt-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        _write(to_onnx(graph, like), path, "model.onnx.data")
-        yield str(path)
-
-
 # --------------------------------------------------------------------------- shape inference
-def _inferred_value_infos(graph: gs.Graph, input_shapes=None) -> dict[str, onnx.ValueInfoProto]:
-    with as_file_or_bytes(graph) as src:
-        model = (onnx.load_model_from_string(src) if isinstance(src, bytes)
-                 else onnx.load(src, load_external_data=False))
-        if input_shapes:
-            for vi in model.graph.input:
-                if vi.name in input_shapes:
-                    dims = vi.type.tensor_type.shape.dim
-                    del dims[:]
-                    for d in input_shapes[vi.name]:
-                        dims.add().dim_value = int(d)
-        if isinstance(src, bytes):
-            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-        else:
-            # Large model: infer on the file (weights stay external), with the new input dims.
-            onnx.save_model(model, src)
-            onnx.shape_inference.infer_shapes_path(src, src, strict_mode=False, data_prop=True)
-            inferred = onnx.load(src, load_external_data=False)
+def _inferred_value_infos(
+    graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]] | None = None
+) -> dict[str, onnx.ValueInfoProto]:
+    model, _ = skeleton(graph)
+    if input_shapes:
+        for vi in model.graph.input:
+            if vi.name in input_shapes:
+                dims = vi.type.tensor_type.shape.dim
+                del dims[:]
+                for d in input_shapes[vi.name]:
+                    dims.add().dim_value = int(d)
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     infos = {vi.name: vi for vi in inferred.graph.value_info}
     infos.update({vi.name: vi for vi in inferred.graph.output})
     infos.update({vi.name: vi for vi in inferred.graph.input})

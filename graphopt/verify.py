@@ -208,8 +208,10 @@ def load_feeds(path: str | os.PathLike[str], graph: gs.Graph) -> list[Feeds]:
 
 
 # ----------------------------------------------------------------------------------- running
-def session(src: str | bytes, optimize: bool = False, threads: int = 0) -> ort.InferenceSession:
-    """An onnxruntime CPU session; `optimize=False` runs the graph exactly as written."""
+def session(src: str | bytes, optimize: bool = False, threads: int = 0,
+            initializers: Mapping[str, np.ndarray] | None = None) -> ort.InferenceSession:
+    """An onnxruntime CPU session; `optimize=False` runs the graph exactly as written.
+    `initializers` supplies the arrays of a skeleton model's stubbed weights (zero-copy)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -219,16 +221,22 @@ def session(src: str | bytes, optimize: bool = False, threads: int = 0) -> ort.I
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+    values = []
+    if initializers:
+        values = [ort.OrtValue.ortvalue_from_numpy(a) for a in initializers.values()]
+        options.add_external_initializers(list(initializers), values)
     try:
-        return ort.InferenceSession(src, options, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(src, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
         raise Unrunnable(_one_line(exc)) from exc
+    sess._graphopt_weights = values  # the session reads these buffers: keep them alive
+    return sess
 
 
 def run_graph(graph: gs.Graph, feeds_list: Sequence[Feeds]) -> list[dict[str, np.ndarray]]:
     """Outputs of the graph in onnxruntime (no ORT optimizations) for each feed."""
-    with ir.as_file_or_bytes(graph) as src:
-        sess = session(src)
+    model, weights = ir.skeleton(graph)
+    sess = session(model.SerializeToString(), initializers=weights)
     names = [o.name for o in sess.get_outputs()]
     results = []
     for feeds in feeds_list:

@@ -209,3 +209,63 @@ ZOO: dict[str, Callable[..., onnx.ModelProto]] = {
 BENCH_SHAPES: dict[str, dict[str, list[int]]] = {
     "bert_encoder": {"x": [1, 128, 768]},
 }
+
+
+# ------------------------------------------------------------------ real model-zoo graphs
+# The onnx wheel ships "light" copies of ONNX model-zoo models (opset 9): the real graphs as
+# their converters wrote them, with every weight replaced by a ConstantOfShape node. We give
+# them seeded random weights of the right shapes and scales, so they load, fold and run like
+# the originals, offline.
+ONNX_LIGHT = ("bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50",
+              "shufflenet", "squeezenet", "vgg19", "zfnet512")
+
+
+def onnx_light_model(name: str, seed: int = 0) -> onnx.ModelProto:
+    """A real model-zoo architecture (see ONNX_LIGHT) with seeded random weights."""
+    from pathlib import Path
+
+    import onnx_graphsurgeon as gs
+
+    from graphopt import ir
+
+    if name not in ONNX_LIGHT:
+        raise ValueError(f"unknown light model {name!r}; known: {', '.join(ONNX_LIGHT)}")
+    path = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"light_{name}.onnx"
+    graph = ir.import_graph(onnx.load(str(path)))
+    rng = np.random.default_rng(seed)
+    for node in list(graph.nodes):
+        if node.op != "ConstantOfShape" or not isinstance(node.inputs[0], gs.Constant):
+            continue
+        shape = tuple(int(d) for d in np.ravel(node.inputs[0].values))
+        fill = node.attrs.get("value")
+        fill_value = np.ravel(fill.values)[0] if isinstance(fill, gs.Constant) else np.float32(0)
+        if np.asarray(fill_value).dtype.kind != "f":
+            continue
+        out = node.outputs[0]
+        node.outputs.clear()
+        out.to_constant(_materialize(rng, shape, float(fill_value), out, ir.consumers(out)))
+    ir.cleanup(graph)
+    model = ir.to_onnx(graph)
+    model.graph.name = f"onnx_zoo_{name}"
+    return model
+
+
+def _materialize(rng: np.random.Generator, shape: tuple[int, ...], fill: float, tensor,
+                 consumers: list) -> np.ndarray:
+    """Random weights at the scale the consumer expects (He/LeCun init, BN statistics)."""
+    consumer = consumers[0] if consumers else None
+    index = None if consumer is None else next(
+        i for i, t in enumerate(consumer.inputs) if t is tensor)
+    values = rng.standard_normal(shape)
+    if consumer is not None and consumer.op in ("Conv", "Gemm", "MatMul") and len(shape) >= 2:
+        fan_in = int(np.prod(shape[1:])) if consumer.op == "Conv" else shape[-1]
+        values *= np.sqrt(2.0 / max(fan_in, 1)) if consumer.op == "Conv" else fan_in ** -0.5
+    elif consumer is not None and consumer.op == "BatchNormalization" and index == 4:
+        values = 1.0 + np.abs(0.1 * values)  # variance
+    else:
+        values = fill + 0.1 * values * max(abs(fill), 1.0)
+    return values.astype(np.float32)
+
+
+ZOO.update({f"onnx_{name}": (lambda n: lambda **_: onnx_light_model(n))(name)
+            for name in ONNX_LIGHT})

@@ -31,7 +31,8 @@ def _compile(cli, model_path: Path, out: Path, target: str) -> dict:
 def test_default_pipeline_keeps_outputs(cli, save_model, tmp_path, name, target) -> None:
     model = testing.CORPUS[name]()
     report = _compile(cli, save_model(model), tmp_path / "out", target)
-    assert [p["verified"] for p in report["passes"]] == ["passed"] * len(report["passes"])
+    assert {p["verified"] for p in report["passes"]} <= {"passed", "unchanged"}
+    assert any(p["verified"] == "passed" for p in report["passes"])
     assert report["final_error"]["max_rel"] <= 1e-5
     optimized = tmp_path / "out" / "model.opt.onnx"
     # Independently of the report: other inputs, and another batch size where it is dynamic.
@@ -88,7 +89,7 @@ def test_large_model_path_end_to_end(cli, tmp_path, monkeypatch) -> None:
     onnx.save(testing.encoder(), str(src))
     report = _compile(cli, src, tmp_path / "out", "x86")
     assert report["output"]["external_data"]
-    assert all(p["verified"] == "passed" for p in report["passes"])
+    assert all(p["verified"] in ("passed", "unchanged") for p in report["passes"])
     monkeypatch.undo()
     testing.assert_same_outputs(src, tmp_path / "out" / "model.opt.onnx")
 

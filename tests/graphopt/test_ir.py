@@ -9,7 +9,7 @@ import onnx
 import onnx_graphsurgeon as gs
 import pytest
 
-from graphopt import ir, testing
+from graphopt import ir, testing, verify
 from graphopt.errors import UserError
 
 
@@ -184,23 +184,46 @@ def test_external_data_loads_and_saves_as_external_data(tmp_path: Path) -> None:
     testing.assert_same_outputs(testing.encoder(), out, rtol=0, atol=0)
 
 
-def test_large_models_never_go_through_one_protobuf(tmp_path: Path, monkeypatch) -> None:
-    # Pretend anything over 1 KiB is "over 2 GB": every path must then use files.
-    monkeypatch.setattr(ir, "LARGE_MODEL_BYTES", 1024)
-
+def test_weights_never_go_through_a_protobuf(tmp_path: Path, monkeypatch) -> None:
+    """Shape inference, the checker, onnxruntime runs and saving a big model never serialize
+    its weights: every protobuf holds stubs, so models over 2 GB work."""
+    monkeypatch.setattr(ir, "LARGE_MODEL_BYTES", 1024)  # "big" = over 1 KiB here
     serialize = onnx.ModelProto.SerializeToString
 
     def weights_must_be_external(self, *args, **kwargs):
         inline = [t.name for t in self.graph.initializer if len(t.raw_data) > 1024]
-        assert not inline, f"a large model was serialized with its weights: {inline}"
+        assert not inline, f"weights were serialized: {inline}"
         return serialize(self, *args, **kwargs)
 
-    graph = ir.import_graph(testing.encoder())
+    model = testing.encoder()
+    graph = ir.import_graph(model)
+    feeds = testing.random_inputs(model)
+    expected = testing.run_model(model, feeds)
     monkeypatch.setattr(onnx.ModelProto, "SerializeToString", weights_must_be_external)
-    with ir.as_file_or_bytes(graph) as src:
-        assert isinstance(src, str)
     ir.infer_shapes(graph)
+    ir.static_shapes(graph, {"x": [2, 5, 32]})
+    ir.check(graph)
+    outputs = verify.run_graph(graph, [feeds])[0]
     out = ir.save(graph, tmp_path / "big.onnx")
-    assert (tmp_path / "big.onnx.data").exists()
     monkeypatch.undo()
-    testing.assert_same_outputs(testing.encoder(), out, rtol=0, atol=0)
+    np.testing.assert_array_equal(outputs["y"], expected["y"])
+    assert (tmp_path / "big.onnx.data").exists()
+    testing.assert_same_outputs(model, out, rtol=0, atol=0)
+
+
+def test_release_frees_the_protos_weight_bytes() -> None:
+    model = testing.encoder()
+    before = model.ByteSize()
+    graph = ir.import_graph(model, release=True)
+    assert model.ByteSize() < before / 10
+    testing.assert_same_outputs(testing.encoder(), graph, rtol=0, atol=0)
+
+
+def test_external_weights_are_read_from_disk(tmp_path: Path) -> None:
+    src = _external_copy(tmp_path)
+    proto = ir.load_model(src, load_external=False)
+    graph = ir.import_graph(proto, tmp_path)
+    testing.assert_same_outputs(testing.encoder(), graph, rtol=0, atol=0)
+    (tmp_path / "ext.onnx.data").write_bytes(b"short")
+    with pytest.raises(UserError, match="truncated|cannot be read"):
+        ir.import_graph(ir.load_model(src, check=False, load_external=False), tmp_path)

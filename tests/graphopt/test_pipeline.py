@@ -124,3 +124,32 @@ def test_unrunnable_input_skips_verification_with_reason() -> None:
     assert not result.verification.enabled
     assert "FancyNorm" in result.verification.skipped_reason
     assert result.records[0].verified == "skipped"
+
+
+def test_non_finite_reference_outputs_are_flagged() -> None:
+    b = testing.ModelBuilder()
+    x = b.input("x", ["n", 4])
+    b.output(b.node("Log", [b.node("Neg", [b.node("Relu", [x])])], outputs=["y"]),
+             shape=["n", 4])  # log(-relu(x)): NaN or -inf
+    from graphopt.passes import eliminate_noops
+    result = _run([eliminate_noops], b.build())
+    assert any("NaN/inf" in w and "y" in w for w in result.verification.warnings)
+
+
+def test_a_pass_that_changes_nothing_is_recorded_unchanged_without_running() -> None:
+    result = _run([_noop("nothing")])
+    record = result.records[0]
+    assert record.verified == "unchanged" and record.error == verify.EXACT
+
+
+def test_weights_are_read_only_so_changes_are_seen() -> None:
+    @graph_pass("in_place", lossless=False)
+    def in_place(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+        """Tries to scale a weight in place."""
+        w = next(t for t in graph.tensors().values() if isinstance(t, gs.Constant)
+                 and t.values.ndim == 2)
+        w.values *= 2
+        return graph
+
+    with pytest.raises(ValueError, match="read-only"):
+        _run([in_place])

@@ -34,7 +34,7 @@ def test_zoo_model(name: str, target: str, tmp_path) -> None:
     import onnx
     onnx.save(model, str(src))
     result = compile_model(src, tmp_path / "out", CompileOptions(target=target))
-    assert all(p["verified"] == "passed" for p in result.report["passes"])
+    assert all(p["verified"] in ("passed", "unchanged") for p in result.report["passes"])
     ops = set(testing.op_types(result.model))
     assert not ops & GONE, ops & GONE
     if target == "x86":
