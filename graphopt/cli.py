@@ -71,7 +71,11 @@ def _errors() -> Iterator[None]:
             raise
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
-    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:
+        err_console.print("[bold red]interrupted:[/] nothing was written (outputs are written "
+                          "whole, at the end)", highlight=False)
+        raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort):
         raise
     except Exception as exc:
         if _state["debug"]:

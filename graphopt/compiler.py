@@ -7,8 +7,12 @@ runs it with per-pass verification, writes OUT/model.opt.onnx atomically and the
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import tempfile
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,15 +164,50 @@ def compile_model(
     if not verification.enabled and verification.skipped_reason != "--no-verify":
         warnings.append(f"verification skipped: {verification.skipped_reason}")
     warnings += verification.warnings
-    out_dir.mkdir(parents=True, exist_ok=True)
     # An input with external data gives an output with external data (and so do big ones).
     external = ir.uses_external_data(proto) or ir.is_large(result.graph)
-    out_model = ir.save(result.graph, out_dir / OUTPUT_MODEL, like=proto, external_data=external)
-    latency = report.measure_latency(str(model_path), str(out_model), feeds[0], runs=o.runs,
-                                     step=measure_step) if o.measure else None
-    data = report.build_report(
-        result=result, input_path=model_path, input_opset=ir.default_opset(proto),
-        output_path=out_model, target=target.as_dict(), lossy=lossy,
-        command=list(command), measure=latency, warnings=warnings)
-    json_path, md_path = report.write_reports(out_dir, data)
-    return CompileResult(data, out_model, json_path, md_path)
+    # Everything is made in a staging folder inside OUT, then published together under a
+    # lock: an interrupt leaves no partial result, two compiles into OUT never mix theirs.
+    with locked(out_dir), tempfile.TemporaryDirectory(prefix=".graphopt-", dir=out_dir) as tmp:
+        staging = Path(tmp)
+        staged_model = ir.save(result.graph, staging / OUTPUT_MODEL, like=proto,
+                               external_data=external)
+        latency = report.measure_latency(str(model_path), str(staged_model), feeds[0],
+                                         runs=o.runs, step=measure_step) if o.measure else None
+        data = report.build_report(
+            result=result, input_path=model_path, input_opset=ir.default_opset(proto),
+            output_path=staged_model, target=target.as_dict(), lossy=lossy,
+            command=list(command), measure=latency, warnings=warnings)
+        data["output"]["path"] = str(out_dir / OUTPUT_MODEL)
+        report.write_reports(staging, data)
+        _publish(staging, out_dir)
+    return CompileResult(data, out_dir / OUTPUT_MODEL, out_dir / "report.json",
+                         out_dir / "report.md")
+
+
+OUTPUT_FILES = (OUTPUT_MODEL + ".data", OUTPUT_MODEL, "report.json", "report.md")
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    """Move staged outputs into place (data before the model that points at it); a stale
+    data file from an earlier compile goes, so nothing of an older result remains."""
+    for name in OUTPUT_FILES:
+        if (staging / name).exists():
+            os.replace(staging / name, out_dir / name)
+        elif name == OUTPUT_MODEL + ".data":
+            (out_dir / name).unlink(missing_ok=True)
+
+
+LOCK_FILE = ".graphopt.lock"
+
+
+@contextlib.contextmanager
+def locked(out_dir: Path) -> Iterator[None]:
+    """An exclusive lock on the output directory while its files are written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / LOCK_FILE, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -36,16 +36,24 @@ class Option:
     default: Any
     help: str
     choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
 
     def validate(self, value: Any, where: str) -> Any:
         kind = type(self.default)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if self.default is not None and not isinstance(value, kind):
+        if self.default is not None and (not isinstance(value, kind) or (
+                kind is int and isinstance(value, bool))):
             raise UserError(f"{where} must be a {kind.__name__}, got {value!r}")
         if self.choices is not None and value not in self.choices:
             raise UserError(f"{where} must be one of {', '.join(map(str, self.choices))}, "
                             f"got {value!r}")
+        if (self.minimum is not None and value < self.minimum) or (
+                self.maximum is not None and value > self.maximum):
+            raise UserError(f"{where} = {value!r} is out of range "
+                            f"[{self.minimum if self.minimum is not None else '-inf'}, "
+                            f"{self.maximum if self.maximum is not None else 'inf'}]")
         return value
 
 

@@ -59,6 +59,9 @@ def parse_input_shapes(specs: Sequence[str]) -> dict[str, list[int]]:
                     f"--input-shape '{item}' is not NAME=DxDx...: e.g. input=1x3x224x224"
                 )
             shapes[name] = [int(d) for d in dims.split("x")]
+            if 0 in shapes[name]:
+                raise UserError(f"--input-shape '{item}' has a zero-size dim: every dim must "
+                                "be at least 1")
     return shapes
 
 
@@ -95,8 +98,12 @@ def concrete_shapes(graph: gs.Graph, given: Mapping[str, Sequence[int]]) -> dict
                 f"--input-shape {tensor.name}=DxDx..."
             )
         shape = []
+        if any(isinstance(d, int) and d == 0 for d in model_shape):
+            raise UserError(f"input '{tensor.name}' has a zero-size dim in the model "
+                            f"({_fmt_shape(model_shape)}): nothing could be verified on it; "
+                            f"give a shape with --input-shape {tensor.name}=DxDx...")
         for axis, dim in enumerate(model_shape):
-            if isinstance(dim, int) and dim >= 0:
+            if isinstance(dim, int) and dim > 0:
                 shape.append(dim)
             elif isinstance(dim, str) and dim in by_symbol:
                 shape.append(by_symbol[dim])
@@ -219,6 +226,10 @@ def session(src: str | bytes, optimize: bool = False, threads: int = 0,
         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
     options.log_severity_level = 3
+    if not optimize:
+        # Verification runs a session once or twice: packed weight copies would only cost
+        # memory (a second copy of every MatMul/Conv weight).
+        options.add_session_config_entry("session.disable_prepacking", "1")
     if threads:
         options.intra_op_num_threads = threads
     values = []

@@ -9,6 +9,7 @@ asks for it; it never lowers an opset.
 
 from __future__ import annotations
 
+import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
@@ -17,7 +18,8 @@ from graphopt.pipeline import Option, PassContext, graph_pass
 
 @graph_pass("convert_opset", lossless=True,
             description="Raise the default ONNX opset (onnx version converter).",
-            options={"to": Option(21, "opset to raise the model to")})
+            options={"to": Option(21, "opset to raise the model to", minimum=7,
+                                  maximum=onnx.defs.onnx_opset_version())})
 def convert_opset(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
     target = ctx.options["to"]
     if (graph.opset or 0) >= target:

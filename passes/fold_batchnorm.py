@@ -132,7 +132,8 @@ STANDALONE = [(P("BatchNormalization", P.var("x"), *BN_STATS), _to_mul_add)]
     lossless=True,
     description="Fold inference BatchNormalization into Conv/ConvTranspose/Gemm/MatMul "
                 "weights (before or after the layer).",
-    options={"max_clone_bytes": Option(4 << 20, "copy a shared weight up to this size"),
+    options={"max_clone_bytes": Option(4 << 20, "copy a shared weight up to this size",
+                                       minimum=0),
              "standalone_to_mul_add": Option(True, "turn a BN left alone into Mul+Add when a "
                                                     "constant Mul/Add next to it can absorb it")},
 )

@@ -35,7 +35,8 @@ def growth_bytes(node: gs.Node) -> int | None:
     lossless=True,
     description="Evaluate constant subgraphs (never growing the model past a limit).",
     options={
-        "max_growth_bytes": Option(1 << 20, "skip a node whose folded result adds more bytes"),
+        "max_growth_bytes": Option(1 << 20, "skip a node whose folded result adds more bytes",
+                                   minimum=0),
         "fold_shapes": Option(True, "fold Shape/Size of tensors whose shape is static"),
     },
 )
