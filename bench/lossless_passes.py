@@ -149,14 +149,19 @@ def bench_model(name: str, quick: bool, rounds: int, threads: int, tmp: Path) ->
     shapes = zoo.BENCH_SHAPES.get(name, {}) if not quick else {}
     feeds = verify.random_feeds(graph, verify.concrete_shapes(graph, shapes), seed=1)
     row: dict = {"model": name, "input_nodes": node_count(model), "nodes": {}, "seconds": {},
-                 "max_rel": {}, "batchnorm_left": {}}
+                 "max_rel": {}, "batchnorm_left": {}, "failures": {}}
     shape_args = tuple(f"{k}={'x'.join(map(str, v))}" for k, v in shapes.items())
 
     def record(tool: str, out: Path, seconds: float) -> None:
         result = onnx.load(str(out))
-        row["nodes"][tool] = node_count(result)
         row["seconds"][tool] = round(seconds, 3)
-        row["max_rel"][tool] = max_rel_error(src, out, feeds)
+        try:
+            row["max_rel"][tool] = max_rel_error(src, out, feeds)
+        except Exception as exc:  # e.g. the tool changed the model's inputs
+            row["nodes"][tool] = f"invalid output: {type(exc).__name__}"
+            row["failures"][tool] = " ".join(str(exc).split())[:300]
+            return
+        row["nodes"][tool] = node_count(result)
         row["batchnorm_left"][tool] = batchnorms(result)
 
     outputs = {}
@@ -173,6 +178,7 @@ def bench_model(name: str, quick: bool, rounds: int, threads: int, tmp: Path) ->
             onnx.save(simplify(onnx.load(str(src))), str(out))
         except Exception as exc:  # a peer failing on a model is a result, not a crash
             row["nodes"][tool] = f"failed: {type(exc).__name__}"
+            row["failures"][tool] = " ".join(str(exc).split())[:300]
             continue
         record(tool, out, time.perf_counter() - start)
     for tool, level in (("onnxruntime BASIC", "BASIC"), ("onnxruntime EXTENDED", "EXTENDED")):
@@ -241,6 +247,10 @@ def to_markdown(data: dict) -> str:
     for r in data["models"]:
         cells = [f"{r['max_rel'][t]:.1e}" if t in r["max_rel"] else "-" for t in tools]
         lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+    failed = [(r["model"], t, why) for r in data["models"] for t, why in r["failures"].items()]
+    if failed:
+        lines += ["", "## Tool failures", "", "| model | tool | what happened |", "|---|---|---|"]
+        lines += [f"| {m} | {t} | {why} |" for m, t, why in failed]
     lines += ["", "## onnxruntime latency (median ms) and ratios", "",
               "Ratios are medians of per-round ratios, [95% bootstrap CI]; goal <= 1.", "",
               "| model | input@ALL | graphopt@ALL | ratio | goal met | input@BASIC | "

@@ -129,6 +129,7 @@ def import_graph(model: onnx.ModelProto, base_dir: str | os.PathLike[str] | None
     NumPy arrays (external ones read from `base_dir`). `release=True` drops the weight bytes
     from `model` as they are converted (the caller's proto then keeps only the structure),
     so that a big model is never held twice."""
+    _check_supported_types(model)
     graph = gs.import_onnx(model)
     base = Path(base_dir) if base_dir is not None else None
     for g in walk_graphs(graph):
@@ -137,6 +138,19 @@ def import_graph(model: onnx.ModelProto, base_dir: str | os.PathLike[str] | None
                 _to_array(tensor, base, release)
     constants_from_nodes(graph)
     return graph
+
+
+class UnsupportedModel(UserError):
+    """A valid model that graphopt's IR cannot carry."""
+
+
+def _check_supported_types(model: onnx.ModelProto) -> None:
+    g = model.graph
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        if vi.type.WhichOneof("value") == "optional_type":
+            raise UnsupportedModel(
+                f"value '{vi.name}' has an Optional type, which graphopt's IR "
+                "(onnx-graphsurgeon) cannot carry yet: graphopt does not support this model")
 
 
 def _to_array(tensor: gs.Constant, base: Path | None, release: bool) -> None:
@@ -390,6 +404,16 @@ def _inferred_value_infos(
     return infos
 
 
+def shapes_consistent(graph: gs.Graph) -> bool:
+    """Does strict shape inference accept the graph (no incompatible dims anywhere)?"""
+    model, _ = skeleton(graph)
+    try:
+        onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except (onnx.shape_inference.InferenceError, RuntimeError, ValueError):
+        return False
+    return True
+
+
 def infer_shapes(graph: gs.Graph) -> gs.Graph:
     """Fill in dtypes/shapes of main-graph Variables; symbolic dims (a dynamic batch) stay."""
     infos = _inferred_value_infos(graph)
@@ -560,6 +584,22 @@ def convert_opset(graph: gs.Graph, opset: int) -> gs.Graph:
     except Exception as exc:  # the converter raises RuntimeError/ValueError/its own types
         raise UserError(f"cannot convert the model to opset {opset}: {_first_line(exc)}") from exc
     return import_graph(converted)
+
+
+def detach_dead(graph: gs.Graph, node: gs.Node) -> None:
+    """Disconnect `node` if none of its outputs is read, then its producers that died with it.
+
+    cleanup() would remove them anyway; detaching at once lets replaced weights be freed
+    during a sweep instead of after it (folding every layer of a big model in one sweep
+    would otherwise hold its weights twice)."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if any(out.outputs or is_graph_output(graph, out) for out in current.outputs):
+            continue
+        producers = [producer(t) for t in current.inputs]
+        current.inputs.clear()
+        stack.extend(p for p in producers if p is not None)
 
 
 def cleanup(graph: gs.Graph) -> gs.Graph:

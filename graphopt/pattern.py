@@ -241,6 +241,7 @@ def _sweep(graph: gs.Graph, rules: Sequence[tuple[P, Rewrite]], ctx: PassContext
             if replacement is None:
                 continue
             if _replace_outputs(graph, node, list(replacement)):
+                ir.detach_dead(graph, node)
                 changed += 1
                 ctx.count(f"rewrote {node.op}")
                 break

@@ -289,7 +289,7 @@ def _initial_outputs(graph: gs.Graph, verification: Verification) -> list | None
         log.warning("verification skipped: %s", verification.skipped_reason)
         return None
     bad = sorted({name for sample in outputs for name, value in sample.items()
-                  if value.dtype.kind == "f" and not np.isfinite(value).all()})
+                  if not _finite(value)})
     if bad:
         # NaN == NaN counts as equal, so such outputs check little: say so loudly.
         verification.warnings.append(
@@ -298,6 +298,14 @@ def _initial_outputs(graph: gs.Graph, verification: Verification) -> list | None
             "inputs with --calibration")
         log.warning(verification.warnings[-1])
     return outputs
+
+
+def _finite(value) -> bool:
+    """No NaN/inf in a float output (sequence outputs: in any element)."""
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    value = np.asarray(value)
+    return value.dtype.kind != "f" or bool(np.isfinite(value).all())
 
 
 def _judge(p: Pass, error: verify.ErrorStats) -> str:

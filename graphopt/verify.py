@@ -265,14 +265,23 @@ def _one_line(exc: BaseException) -> str:
 
 
 # ----------------------------------------------------------------------------------- metrics
-def compare(reference: np.ndarray, actual: np.ndarray) -> ErrorStats:
+def compare(reference, actual) -> ErrorStats:
+    """Error metrics (module docstring). Sequence outputs compare element by element; strings,
+    integers and booleans must be equal."""
+    if isinstance(reference, (list, tuple)) or isinstance(actual, (list, tuple)):
+        if not isinstance(reference, (list, tuple)) or not isinstance(actual, (list, tuple)) \
+                or len(reference) != len(actual):
+            return ErrorStats(float("inf"), float("inf"), 0.0)
+        return _worst([compare(x, y) for x, y in zip(reference, actual)])
     a = np.asarray(reference)
     b = np.asarray(actual)
     if a.shape != b.shape:
         return ErrorStats(float("inf"), float("inf"), 0.0)
-    if a.dtype.kind in "biuU" or b.dtype.kind in "biuU":
+    if a.dtype.kind in "biuUSO" or b.dtype.kind in "biuUSO":
         equal = bool(np.array_equal(a, b))
         return EXACT if equal else ErrorStats(float("inf"), float("inf"), 0.0)
+    if np.array_equal(a, b, equal_nan=True):
+        return EXACT  # identical: no rounding noise in the cosine
     a = a.astype(np.float64).ravel()
     b = b.astype(np.float64).ravel()
     both_nan = np.isnan(a) & np.isnan(b)
@@ -302,14 +311,17 @@ def compare_all(
     reference: Sequence[Mapping[str, np.ndarray]], actual: Sequence[Mapping[str, np.ndarray]]
 ) -> ErrorStats:
     """Worst error over all outputs and samples."""
-    worst = EXACT
+    errors = []
     for ref, new in zip(reference, actual):
         if set(ref) != set(new):
             return ErrorStats(float("inf"), float("inf"), 0.0)
-        for name in ref:
-            e = compare(ref[name], new[name])
-            worst = ErrorStats(
-                max(worst.max_abs, e.max_abs), max(worst.max_rel, e.max_rel),
-                min(worst.cosine, e.cosine),
-            )
+        errors += [compare(ref[name], new[name]) for name in ref]
+    return _worst(errors)
+
+
+def _worst(errors: Sequence[ErrorStats]) -> ErrorStats:
+    worst = EXACT
+    for e in errors:
+        worst = ErrorStats(max(worst.max_abs, e.max_abs), max(worst.max_rel, e.max_rel),
+                           min(worst.cosine, e.cosine))
     return worst

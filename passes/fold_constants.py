@@ -52,14 +52,31 @@ def fold_constants(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         return False
 
     before = sum(len(g.nodes) for g in ir.walk_graphs(graph))
-    graph.fold_constants(
-        fold_shapes=ctx.options["fold_shapes"],
-        recurse_subgraphs=True,
-        partitioning="basic",  # evaluate what onnxruntime can; custom ops stay as they are
-        error_ok=True,
-        should_exclude_node=bloats,
-    )
-    ir.cleanup(graph)
+
+    def fold(g: gs.Graph, shapes: bool) -> gs.Graph:
+        g.fold_constants(
+            fold_shapes=shapes,
+            recurse_subgraphs=True,
+            partitioning="basic",  # evaluate what onnxruntime can; custom ops stay as they are
+            error_ok=True,
+            # graphsurgeon's inlining of If branches with constant conditions breaks references
+            # to branch outputs (found by the onnx conformance cases): keep If nodes.
+            flatten_subgraphs=False,
+            should_exclude_node=bloats,
+        )
+        return ir.cleanup(g)
+
+    folded = None
+    if ctx.options["fold_shapes"] and ir.shapes_consistent(graph):
+        # graphsurgeon's shape folding can compute wrong shapes (seen on onnx's expanded
+        # Attention): fold on a copy and keep it only if strict shape inference still holds.
+        trial = fold(graph.copy(), shapes=True)
+        if ir.shapes_consistent(trial):
+            folded = trial
+        else:
+            ctx.note("shape folding skipped: it gave inconsistent shapes on this model; "
+                     "constants were folded without it")
+    graph = folded if folded is not None else fold(graph, shapes=False)
     folded = before - sum(len(g.nodes) for g in ir.walk_graphs(graph))
     if folded > 0:
         ctx.count("nodes folded", folded)

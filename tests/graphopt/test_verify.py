@@ -84,3 +84,12 @@ def test_compare_metrics() -> None:
     assert verify.compare(np.array([np.nan, 1.0]), np.array([np.nan, 1.0])) == verify.EXACT
     assert verify.compare(np.array([np.nan, 1.0]), np.array([0.0, 1.0])).max_rel == float("inf")
     assert verify.compare(np.zeros((2, 3)), np.zeros((3, 2))).max_rel == float("inf")
+
+
+def test_compare_strings_and_sequences() -> None:
+    words = np.array(["a", "b"], dtype=object)
+    assert verify.compare(words, words.copy()) == verify.EXACT
+    assert verify.compare(words, np.array(["a", "c"], dtype=object)).max_rel == float("inf")
+    seq = [np.ones(2, np.float32), np.zeros(3, np.float32)]
+    assert verify.compare(seq, [s.copy() for s in seq]) == verify.EXACT
+    assert verify.compare(seq, seq[:1]).max_rel == float("inf")
