@@ -3,7 +3,8 @@
     Transpose(W) -> MatMul(x, .)        ==>  MatMul(x, W^T)
     Shape(x) -> Gather -> Concat -> Reshape  ==>  Reshape(x, const)   (when x's shape is static)
 
-onnxruntime evaluates the constant subgraphs (onnx-graphsurgeon's folder). A node is not folded
+onnxruntime evaluates the constant subgraphs (onnx-graphsurgeon's folder); if it cannot
+(an op it lacks), nothing is folded. A node is not folded
 when its result would grow the model by more than `max_growth_bytes` (Expand/Tile/
 ConstantOfShape of a small tensor into a big one): folding must never bloat the model.
 """
@@ -57,7 +58,10 @@ def fold_constants(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         g.fold_constants(
             fold_shapes=shapes,
             recurse_subgraphs=True,
-            partitioning="basic",  # evaluate what onnxruntime can; custom ops stay as they are
+            # No partitioning: graphsurgeon's "basic" mode re-partitions recursively when
+            # onnxruntime fails on the constant subgraph, which took minutes on onnx's causal
+            # Attention cases. Without it a failing constant subgraph is left unfolded.
+            partitioning=None,
             error_ok=True,
             # graphsurgeon's inlining of If branches with constant conditions breaks references
             # to branch outputs (found by the onnx conformance cases): keep If nodes.
