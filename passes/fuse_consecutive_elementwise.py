@@ -2,6 +2,8 @@
 
     Mul(Mul(x, a), b)  ==>  Mul(x, a * b)        Div(x, a) counts as Mul(x, 1/a)  (floats)
     Add(Add(x, a), b)  ==>  Add(x, a + b)        Sub(x, a) counts as Add(x, -a)   (floats)
+    Mul(Add(Mul(x, a), b), c)  ==>  Add(Mul(x, a * c), b * c)      (affine after affine;
+                                    the Add then merges with an Add after it)
 
 The merged constant broadcasts to the same output shape: bcast(bcast(x, a), b) ==
 bcast(x, bcast(a, b)). The inner node must have no other readers. Integer Div and Sub are
@@ -52,12 +54,31 @@ def _merge(m: Match, ctx: PassContext) -> list[gs.Tensor] | None:
     return [y]
 
 
+def _affine_then_scale(m: Match, ctx: PassContext) -> list[gs.Tensor] | None:
+    a, b, c = m.value("a"), m.value("b"), m.value("c")
+    if a.dtype.kind != "f" or not (a.dtype == b.dtype == c.dtype):
+        return None
+    dtype = m.root.outputs[0].dtype
+    scaled = ir.var(m.graph, "merged_mul", dtype)
+    ir.add_node(m.graph, "Mul", [m["x"], ir.const(m.graph, combine("Mul", a, c), "merged")],
+                [scaled])
+    y = ir.var(m.graph, "merged_add", dtype)
+    ir.add_node(m.graph, "Add", [scaled, ir.const(m.graph, combine("Mul", b, c), "merged")],
+                [y])
+    return [y]
+
+
 def _inner() -> P:
     return P(("Mul", "Div", "Add", "Sub"), P.var("x"), P.const("a"), name="inner",
              single_use=True, commutative=True)
 
 
-RULES = [(P(("Mul", "Div", "Add", "Sub"), _inner(), P.const("b"), commutative=True), _merge)]
+AFFINE = P("Add", P("Mul", P.var("x"), P.const("a"), commutative=True, single_use=True),
+           P.const("b"), commutative=True, single_use=True)
+RULES = [
+    (P(("Mul", "Div", "Add", "Sub"), _inner(), P.const("b"), commutative=True), _merge),
+    (P("Mul", AFFINE, P.const("c"), commutative=True), _affine_then_scale),
+]
 
 
 fuse_consecutive_elementwise = pattern_pass(

@@ -53,3 +53,16 @@ def test_integer_mul_chain() -> None:
     graph = testing.run_pass(fuse_consecutive_elementwise, model)
     assert testing.op_types(graph) == ["Mul"]
     testing.assert_same_outputs(model, graph, inputs={"x": np.arange(4, dtype=np.int64)})
+
+
+def test_affine_chains_collapse_to_one_mul_and_add() -> None:
+    """BN as Mul+Add followed by a model's own constant Mul+Add (DenseNet's pre-activation)."""
+    b = testing.ModelBuilder()
+    x = b.input("x", ["n", 3, 4, 4])
+    h = b.node("Add", [b.node("Mul", [x, b.weight(b.randn(3, 1, 1))]), b.weight(b.randn(3, 1, 1))])
+    h = b.node("Add", [b.node("Mul", [h, b.weight(b.randn(3, 1, 1))]), b.weight(b.randn(3, 1, 1))])
+    b.output(b.node("Relu", [h]), shape=None)
+    model = b.build(check=False)
+    graph = testing.run_pass(fuse_consecutive_elementwise, model)
+    assert testing.op_types(graph) == ["Mul", "Add", "Relu"]
+    testing.assert_same_outputs(model, graph)
