@@ -19,6 +19,7 @@ For each model of graphopt.zoo (realistic shapes, exporter-style graphs) it reco
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import platform
@@ -212,11 +213,9 @@ def machine_info(threads: int) -> dict:
         pass
     versions = {"graphopt": __version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
                 "numpy": np.__version__, "python": platform.python_version()}
-    for module in ("onnxsim", "onnxslim", "onnxoptimizer"):
-        try:
+    for module in ("onnxsim", "onnxslim", "onnxoptimizer"):  # peers that are installed
+        with contextlib.suppress(ImportError, AttributeError):
             versions[module] = __import__(module).__version__
-        except (ImportError, AttributeError):
-            pass
     return {"cpu": cpu, "machine": platform.machine(), "threads": threads, "versions": versions}
 
 
