@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -108,8 +108,14 @@ def compile(
     passes: Annotated[Optional[list[str]], typer.Option(
         "--passes", help="Run these passes (comma-separated, in order) instead of the "
         "target's pipeline.")] = None,
+    add: Annotated[Optional[list[str]], typer.Option(
+        "--add", help="Add these passes (e.g. lossy ones: factorize_lowrank) to the "
+        "target's pipeline, before its final cleanup.")] = None,
     skip: Annotated[Optional[list[str]], typer.Option(
         "--skip", help="Leave these passes out of the pipeline.")] = None,
+    budget: Annotated[Optional[str], typer.Option(
+        "--budget", help="Accuracy budget for lossy passes vs the input model on the "
+        "calibration data: cosine=0.99, max_abs=0.05 or max_rel=0.01.")] = None,
     config: Annotated[Optional[Path], typer.Option(
         "--config", help="TOML file: [pipeline] passes/skip and [passes.NAME] options.")] = None,
     plugin: Annotated[Optional[list[str]], typer.Option(
@@ -129,7 +135,8 @@ def compile(
     """Optimize MODEL for a target: writes OUT/model.opt.onnx, report.json and report.md."""
     with _errors():
         options = CompileOptions(
-            target=target, passes=_split(passes), skip=_split(skip), config=config,
+            target=target, passes=_split(passes), add=_split(add), skip=_split(skip),
+            budget=budget, config=config,
             plugins=plugin or [], calibration=calibration, input_shapes=input_shape or [],
             seed=seed, measure=measure, runs=runs, verify=not no_verify)
         _compile(model, output, example, options)
@@ -147,8 +154,17 @@ def _compile(model_path: Path | None, output: Path, example: bool,
         def measured() -> None:
             bar.update(latency, visible=True, advance=1)
 
+        def task(description: str, total: int) -> Callable[[int], None]:
+            task_id = bar.add_task(description, total=total)
+            done = [0]
+
+            def advance(n: int) -> None:
+                done[0] += n
+                bar.update(task_id, completed=done[0], visible=done[0] < total)
+            return advance
+
         result = compile_model(model_path, output, options, example=example, progress=step,
-                               measure_step=measured, command=sys.argv)
+                               task_progress=task, measure_step=measured, command=sys.argv)
     report.print_report(result.report, console)
     console.print(f"wrote {result.model}, {result.report_json}, {result.report_md}")
 

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from graphopt import ir, report, testing, verify
+from graphopt.budget import parse_budget
 from graphopt.errors import UserError
-from graphopt.pipeline import PassContext, ProgressHook, Verification, check_order, run_pipeline
+from graphopt.pipeline import (PassContext, ProgressHook, TaskProgress, Verification,
+                               check_order, run_pipeline)
 from graphopt.registry import Registry, load_registry
 
 OUTPUT_MODEL = "model.opt.onnx"
@@ -32,7 +34,9 @@ class CompileOptions:
 
     target: str = "x86"
     passes: Sequence[str] = ()
+    add: Sequence[str] = ()  # passes added to the target's pipeline (e.g. lossy ones)
     skip: Sequence[str] = ()
+    budget: str | None = None  # accuracy budget of lossy passes, e.g. "cosine=0.99"
     config: Path | None = None
     plugins: Sequence[str] = ()
     calibration: Path | None = None
@@ -53,7 +57,7 @@ class CompileResult:
 
 # ------------------------------------------------------------------------------------ config
 def read_config(path: Path | None) -> dict[str, Any]:
-    """TOML: [pipeline] passes = [...], skip = [...]; [passes.NAME] option = value."""
+    """TOML: [pipeline] passes/add/skip = [...], budget = "..."; [passes.NAME] option = value."""
     if path is None:
         return {}
     if not path.is_file():
@@ -67,23 +71,34 @@ def read_config(path: Path | None) -> dict[str, Any]:
         raise UserError(f"config '{path}': unknown section(s) {', '.join(unknown)} "
                         "(allowed: [pipeline], [passes.NAME])")
     pipeline = config.get("pipeline", {})
-    bad = sorted(set(pipeline) - {"passes", "skip"})
+    bad = sorted(set(pipeline) - {"passes", "add", "skip", "budget"})
     if bad:
         raise UserError(f"config '{path}': [pipeline] has unknown key(s) {', '.join(bad)} "
-                        "(allowed: passes, skip)")
+                        "(allowed: passes, add, skip, budget)")
     return config
 
 
 def plan_pipeline(
     registry: Registry, target_pipeline: tuple[str, ...], passes: list[str],
     skip: list[str], config: dict[str, Any], config_path: Path | None,
+    add: Sequence[str] = (),
 ) -> tuple[list[str], dict[str, dict[str, Any]], list[str]]:
-    """Pass names in order, their resolved options, and warnings. Checks everything first."""
+    """Pass names in order, their resolved options, and warnings. Checks everything first.
+
+    `add` puts passes into the pipeline after its lossless work, before the final cleanup
+    (a `cleanup` pass at the end stays last)."""
     pipeline_cfg = config.get("pipeline", {})
     names = passes or list(pipeline_cfg.get("passes", target_pipeline))
+    add = list(add) + list(pipeline_cfg.get("add", []))
     skip = skip + list(pipeline_cfg.get("skip", []))
-    for name in names + skip:
+    for name in names + add + skip:
         registry.get_pass(name)  # unknown names fail here, with a suggestion
+    for name in add:
+        if name in names:
+            raise UserError(f"--add {name}: '{name}' is already in the pipeline "
+                            f"({', '.join(names)})")
+    at = len(names) - 1 if names and names[-1] == "cleanup" else len(names)
+    names = names[:at] + add + names[at:]
     for name in skip:
         if name not in names:
             raise UserError(f"--skip {name}: '{name}' is not in the pipeline "
@@ -119,6 +134,7 @@ def compile_model(
     *,
     example: bool = False,
     progress: ProgressHook | None = None,
+    task_progress: TaskProgress | None = None,
     measure_step: Callable[[], None] | None = None,
     command: Sequence[str] = (),
 ) -> CompileResult:
@@ -130,7 +146,9 @@ def compile_model(
     target = registry.get_target(o.target)
     config = read_config(o.config)
     names, pass_options, warnings = plan_pipeline(registry, target.pipeline, list(o.passes),
-                                                  list(o.skip), config, o.config)
+                                                  list(o.skip), config, o.config, o.add)
+    budget_text = o.budget or config.get("pipeline", {}).get("budget")
+    accuracy_budget = parse_budget(budget_text) if budget_text else None
     warnings = registry.warnings + warnings
     given_shapes = verify.parse_input_shapes(o.input_shapes)
     out_dir = output_dir(output, model_path)
@@ -157,13 +175,22 @@ def compile_model(
     lossy = [n for n in names if not registry.get_pass(n).lossless]
     if lossy:
         warnings.append(f"lossy passes requested: {', '.join(lossy)}")
+    if lossy and o.calibration is None:
+        warnings.append("no --calibration data: lossy passes measured their error on random "
+                        "inputs, which say little about accuracy on real data")
     base = PassContext(target=target, input_shapes=shapes,
-                       calibration=feeds if o.calibration is not None else None)
+                       calibration=feeds if o.calibration is not None else None,
+                       budget=accuracy_budget, progress=task_progress)
     result = run_pipeline(graph, registry.resolve(names), pass_options, verification, base,
                           like=proto, progress=progress)
     if not verification.enabled and verification.skipped_reason != "--no-verify":
         warnings.append(f"verification skipped: {verification.skipped_reason}")
     warnings += verification.warnings
+    warnings += [w for r in result.records for w in r.warnings]
+    if accuracy_budget is not None and result.final_error is not None and \
+            not accuracy_budget.holds(result.final_error):
+        warnings.append(f"the output breaks the accuracy budget: "
+                        f"{accuracy_budget.describe(result.final_error)}")
     # An input with external data gives an output with external data (and so do big ones).
     external = ir.uses_external_data(proto) or ir.is_large(result.graph)
     # Everything is made in a staging folder inside OUT, then published together under a

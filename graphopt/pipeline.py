@@ -57,6 +57,10 @@ class Option:
         return value
 
 
+# task(description, total) -> advance(n): how a front end shows progress bars.
+TaskProgress = Callable[[str, int], Callable[[int], None]]
+
+
 @dataclass
 class PassContext:
     """What a pass may read (options, target, data) and write (notes, counters)."""
@@ -65,8 +69,17 @@ class PassContext:
     options: dict[str, Any] = field(default_factory=dict)
     target: Any = None
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
-    calibration: list[verify.Feeds] | None = None
+    calibration: list[verify.Feeds] | None = None  # the user's data (None: none given)
+    # The inputs the pipeline verifies on (calibration data, else seeded random inputs) and
+    # the input model's outputs on them (None when it could not be run): what lossy passes
+    # measure their error against.
+    feeds: list[verify.Feeds] = field(default_factory=list)
+    reference: list[dict[str, Any]] | None = None
+    budget: Any = None  # graphopt.budget.Budget from --budget, or None
+    progress: TaskProgress | None = None
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    layers: list[dict[str, Any]] = field(default_factory=list)
     counters: Counter[str] = field(default_factory=Counter)
     skipped: dict[tuple[str, str], None] = field(default_factory=dict)
 
@@ -74,6 +87,21 @@ class PassContext:
         """A line for the report (what the pass decided, skipped, and why)."""
         self.notes.append(message)
         log.info("%s: %s", self.pass_name, message)
+
+    def warn(self, message: str) -> None:
+        """A warning for the report's warnings and the terminal (e.g. no calibration data)."""
+        self.warnings.append(f"{self.pass_name}: {message}")
+        log.warning("%s: %s", self.pass_name, message)
+
+    def layer(self, **row: Any) -> None:
+        """One row of the pass's per-layer table in the report (what it did to that layer)."""
+        self.layers.append(row)
+
+    def task(self, description: str, total: int) -> Callable[[int], None]:
+        """A progress bar for long work; returns `advance(n)`."""
+        if self.progress is None:
+            return lambda n: None
+        return self.progress(f"{self.pass_name}: {description}", total)
 
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] += n
@@ -100,6 +128,9 @@ class Pass:
     options: Mapping[str, Option] = field(default_factory=dict)
     # Lossy passes: the max_rel output error they may add; exceeding it is reported.
     max_error: float | None = None
+    # Properties that must not exist yet when this pass runs (e.g. factorize_lowrank works
+    # on float weights: it runs before whatever produces "quantized").
+    before: tuple[str, ...] = ()
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         result = self.fn(graph, ctx)
@@ -126,6 +157,7 @@ def graph_pass(
     produces: Sequence[str] = (),
     options: Mapping[str, Option] | None = None,
     max_error: float | None = None,
+    before: Sequence[str] = (),
 ) -> Callable[[PassFn], Pass]:
     """Decorator: a whole-graph `run(graph, ctx) -> graph` function becomes a Pass."""
 
@@ -133,15 +165,19 @@ def graph_pass(
         doc = description or (fn.__doc__ or name).strip().splitlines()[0]
         return Pass(name=name, description=doc, fn=fn, lossless=lossless,
                     requires=tuple(requires), produces=tuple(produces),
-                    options=dict(options or {}), max_error=max_error)
+                    options=dict(options or {}), max_error=max_error, before=tuple(before))
 
     return wrap
 
 
 def check_order(passes: Sequence[Pass], available: Mapping[str, Pass] | None = None) -> None:
     """Every required property must be produced by a pass that runs earlier."""
-    produced: set[str] = set()
+    produced: dict[str, str] = {}
     for index, p in enumerate(passes):
+        for prop in p.before:
+            if prop in produced:
+                raise UserError(f"pass '{p.name}' must run before '{produced[prop]}' (which "
+                                f"makes the model '{prop}'): put '{p.name}' earlier")
         for prop in p.requires:
             if prop in produced:
                 continue
@@ -153,7 +189,8 @@ def check_order(passes: Sequence[Pass], available: Mapping[str, Pass] | None = N
             hint = f"add {' or '.join(makers)} before it" if makers else "no known pass makes it"
             raise UserError(f"pass '{p.name}' needs '{prop}', which no earlier pass "
                             f"produces: {hint}")
-        produced.update(p.produces)
+        for prop in p.produces:
+            produced.setdefault(prop, p.name)
 
 
 # ------------------------------------------------------------------------------------ running
@@ -170,6 +207,8 @@ class PassRecord:
     verified: str  # "passed", "exceeded declared error", "skipped: why"
     notes: list[str]
     counters: dict[str, int]
+    warnings: list[str] = field(default_factory=list)
+    layers: list[dict[str, Any]] = field(default_factory=list)  # per-layer table
 
     def as_dict(self) -> dict:
         return {
@@ -184,6 +223,8 @@ class PassRecord:
             "verified": self.verified,
             "notes": self.notes,
             "counters": self.counters,
+            "warnings": self.warnings,
+            "layers": self.layers,
         }
 
 
@@ -239,7 +280,9 @@ def run_pipeline(
             progress(p.name, index, len(passes))
         ctx = PassContext(pass_name=p.name, options=dict(options.get(p.name, {})),
                           target=base_ctx.target, input_shapes=shapes,
-                          calibration=base_ctx.calibration)
+                          calibration=base_ctx.calibration, feeds=verification.feeds,
+                          reference=reference, budget=base_ctx.budget,
+                          progress=base_ctx.progress)
         start = time.perf_counter()
         graph = ir.cleanup(p.run(graph, ctx))
         seconds = time.perf_counter() - start
@@ -251,7 +294,7 @@ def run_pipeline(
             cumulative = records[-1].cumulative if records else same
             records.append(PassRecord(p.name, p.lossless, ctx.options, seconds, stats, stats,
                                       same, cumulative, "unchanged", ctx.notes,
-                                      dict(ctx.counters)))
+                                      dict(ctx.counters), ctx.warnings, ctx.layers))
             continue
         fingerprint = new_fingerprint
         _check_interface(graph, p.name, interface)
@@ -267,10 +310,11 @@ def run_pipeline(
                     f"pass '{p.name}' produced a model onnxruntime cannot run: {exc}") from exc
             error = verify.compare_all(outputs, new_outputs)
             cumulative = verify.compare_all(reference, new_outputs)
-            verified = _judge(p, error)
+            verified = _judge(p, error, cumulative, base_ctx.budget)
             outputs = new_outputs
         records.append(PassRecord(p.name, p.lossless, ctx.options, seconds, stats, new_stats,
-                                  error, cumulative, verified, ctx.notes, dict(ctx.counters)))
+                                  error, cumulative, verified, ctx.notes, dict(ctx.counters),
+                                  ctx.warnings, ctx.layers))
         stats = new_stats
     if progress is not None:
         progress("done", len(passes), len(passes))
@@ -308,7 +352,8 @@ def _finite(value) -> bool:
     return value.dtype.kind != "f" or bool(np.isfinite(value).all())
 
 
-def _judge(p: Pass, error: verify.ErrorStats) -> str:
+def _judge(p: Pass, error: verify.ErrorStats, cumulative: verify.ErrorStats,
+           budget: Any) -> str:
     if p.lossless:
         if not error.max_rel <= LOSSLESS_MAX_REL:
             raise VerificationError(
@@ -320,6 +365,8 @@ def _judge(p: Pass, error: verify.ErrorStats) -> str:
         return "passed"
     if p.max_error is not None and not error.max_rel <= p.max_error:
         return f"exceeded declared error {p.max_error:g}"
+    if budget is not None and not budget.holds(cumulative):
+        return f"over budget {budget}"
     return "passed"
 
 

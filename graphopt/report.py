@@ -4,7 +4,8 @@ Schema "graphopt.report/1" (top-level keys): graphopt_version, created, command,
 target, pipeline, lossy_passes, verification, passes[], final_error, measure, warnings.
 Each pass: name, lossless, options, seconds, before/after {nodes, ops, params, bytes, macs,
 flops}, error and cumulative_error {max_abs, max_rel, cosine} (vs the previous stage and vs the
-input model), verified, notes, counters.
+input model), verified, notes, counters, warnings, layers (a lossy pass's per-layer rows:
+what it did to each layer, its sensitivity and the reason for its decision).
 """
 
 from __future__ import annotations
@@ -200,6 +201,12 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     before, after = report["input"]["stats"]["ops"], report["output"]["stats"]["ops"]
     for op in sorted(set(before) | set(after)):
         lines.append(f"| {op} | {before.get(op, 0)} | {after.get(op, 0)} |")
+    for p in report["passes"]:
+        if p.get("layers"):
+            header, rows = layer_table(p["layers"])
+            lines += ["", f"## {p['name']}: per layer", "", "| " + " | ".join(header) + " |",
+                      "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(row) + " |" for row in rows]
     notes = [(p["name"], n) for p in report["passes"] for n in p["notes"]]
     counters = [(p["name"], k, c) for p in report["passes"] for k, c in p["counters"].items()]
     if notes or counters:
@@ -210,6 +217,29 @@ def to_markdown(report: Mapping[str, Any]) -> str:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
     return "\n".join(lines) + "\n"
 
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int) and abs(value) >= 10_000:
+        return human_count(value)
+    if isinstance(value, list):
+        return "x".join(map(str, value))
+    return str(value)
+
+
+def layer_table(layers: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """A pass's per-layer rows as a table: every key any row has, in first-seen order."""
+    header = list(dict.fromkeys(k for row in layers for k in row))
+    return header, [[_cell(row.get(k)) for k in header] for row in layers]
+
+
+TERMINAL_LAYER_ROWS = 30
+# The columns of a per-layer table that fit a terminal (all of them are in report.md).
+TERMINAL_LAYER_KEYS = ("layer", "op", "decision", "macs", "macs_after", "layer_error",
+                       "sensitivity")
 
 TERMINAL_HEADER = ["pass", "nodes", "weights", "ms", "max rel err", "cosine", "verified"]
 
@@ -234,6 +264,20 @@ def print_report(report: Mapping[str, Any], console: Console) -> None:
     for row in summary_rows(report):
         summary.add_row(*row)
     console.print(summary)
+    for p in report["passes"]:
+        if p.get("layers"):
+            rows_in = [{k: row[k] for k in TERMINAL_LAYER_KEYS if k in row}
+                       for row in p["layers"]]
+            header, rows = layer_table(rows_in)
+            layers = Table(title=f"{p['name']}: per layer (all columns in report.md)",
+                           title_justify="left")
+            for head in header:
+                layers.add_column(head, no_wrap=True, overflow="ellipsis", max_width=48)
+            for row in rows[:TERMINAL_LAYER_ROWS]:
+                layers.add_row(*row)
+            console.print(layers)
+            if len(rows) > TERMINAL_LAYER_ROWS:
+                console.print(f"... {len(rows) - TERMINAL_LAYER_ROWS} more layers in report.md")
     for w in report["warnings"]:
         console.print(f"[yellow]warning:[/] {w}")
 

@@ -65,10 +65,18 @@ def assert_same_outputs(
     return new
 
 
-def run_pass(p: Pass, model: ModelLike, **options: Any) -> gs.Graph:
-    """Run one pass on a fresh copy of the model, as the pipeline would, and return the graph."""
+def run_pass(p: Pass, model: ModelLike, *, calibration: Sequence[Mapping[str, np.ndarray]]
+             | None = None, target: Any = None, ctx: PassContext | None = None,
+             **options: Any) -> gs.Graph:
+    """Run one pass on a fresh copy of the model, as the pipeline would, and return the graph.
+    `calibration` is what --calibration would give; pass `ctx` to read notes and layers."""
     graph = _as_graph(model if not isinstance(model, gs.Graph) else ir.to_onnx(model))
-    ctx = PassContext(pass_name=p.name, options=p.resolve_options(options))
+    ctx = ctx if ctx is not None else PassContext()
+    ctx.pass_name = p.name
+    ctx.options = p.resolve_options(options)
+    ctx.target = target if target is not None else ctx.target
+    if calibration is not None:
+        ctx.calibration = [dict(f) for f in calibration]
     return ir.cleanup(p.run(graph, ctx))
 
 

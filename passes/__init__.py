@@ -3,6 +3,7 @@
 from graphopt.passes.cleanup import cleanup
 from graphopt.passes.convert_opset import convert_opset
 from graphopt.passes.eliminate_noops import eliminate_noops
+from graphopt.passes.factorize_lowrank import factorize_lowrank
 from graphopt.passes.fold_batchnorm import fold_batchnorm
 from graphopt.passes.fold_constants import fold_constants
 from graphopt.passes.fuse_activation import fuse_activation
@@ -17,7 +18,7 @@ from graphopt.passes.fuse_transpose import fuse_transpose
 PASSES = [
     fold_constants, eliminate_noops, fuse_transpose, fuse_pad_into_conv, fold_batchnorm,
     fuse_layer_norm, fuse_gelu, fuse_hard_activations, fuse_consecutive_elementwise,
-    fuse_bias_and_scale, fuse_activation, convert_opset, cleanup,
+    fuse_bias_and_scale, fuse_activation, convert_opset, factorize_lowrank, cleanup,
 ]
 
 __all__ = ["PASSES"] + [p.name for p in PASSES]

@@ -1,0 +1,264 @@
+"""Accuracy budgets, and the search that keeps a lossy pass inside one.
+
+A budget bounds the model's output error against the original model on calibration data:
+`cosine=0.99` (output cosine at least 0.99), `max_abs=0.05`, `max_rel=0.01`.
+
+Lossy passes (factorize, sparsify, quantize) describe each layer they could change as a list
+of candidates, cheapest first, each replacing some weights with approximated arrays. The search:
+
+1. sensitivity: the model's output error with one layer at one candidate, every other layer
+   untouched, for every (layer, candidate);
+2. a shared threshold t: every layer takes its cheapest candidate whose sensitivity is at most
+   t; a binary search over t finds the largest one whose *combined* model stays in budget
+   (layers whose every candidate is over t fall back to the original weights);
+3. a greedy pass then tries to move single layers one candidate cheaper while the budget holds.
+
+Every evaluation runs one onnxruntime session, built once, in which the weights in play are
+graph inputs (WeightProbe): trying a candidate is one run with other arrays, no graph rebuild.
+An approximated weight computes what the rewritten layer computes (x @ (A B) = (x @ A) @ B, up
+to float rounding), so the search sees the error the pass will add.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphopt import ir, verify
+from graphopt.errors import UserError
+
+log = logging.getLogger("graphopt.budget")
+
+METRICS = ("cosine", "max_abs", "max_rel")
+
+
+@dataclass(frozen=True)
+class Budget:
+    metric: str  # one of METRICS
+    limit: float
+
+    def distance(self, error: verify.ErrorStats) -> float:
+        """How far from exact (0.0); the budget allows up to `allowance`."""
+        if self.metric == "cosine":
+            return 1.0 - error.cosine if math.isfinite(error.cosine) else math.inf
+        value = error.max_abs if self.metric == "max_abs" else error.max_rel
+        return value if math.isfinite(value) else math.inf
+
+    @property
+    def allowance(self) -> float:
+        return 1.0 - self.limit if self.metric == "cosine" else self.limit
+
+    def holds(self, error: verify.ErrorStats) -> bool:
+        return self.distance(error) <= self.allowance
+
+    def __str__(self) -> str:
+        return f"{self.metric}={self.limit:g}"
+
+    def describe(self, error: verify.ErrorStats) -> str:
+        value = {"cosine": error.cosine, "max_abs": error.max_abs,
+                 "max_rel": error.max_rel}[self.metric]
+        relation = ">=" if self.metric == "cosine" else "<="
+        verdict = "within" if self.holds(error) else "OVER"
+        return f"{self.metric} {value:.6g} ({verdict} budget {relation} {self.limit:g})"
+
+
+def parse_budget(text: str, where: str = "--budget") -> Budget:
+    """`cosine=0.99`, `max_abs=0.05` or `max_rel=0.01`."""
+    metric, sep, value = text.strip().partition("=")
+    metric = metric.strip()
+    if not sep or metric not in METRICS:
+        raise UserError(f"{where} '{text}' is not METRIC=VALUE with METRIC one of "
+                        f"{', '.join(METRICS)}: e.g. cosine=0.99")
+    try:
+        limit = float(value)
+    except ValueError:
+        raise UserError(f"{where} '{text}': '{value}' is not a number") from None
+    if metric == "cosine" and not 0.0 < limit <= 1.0:
+        raise UserError(f"{where} '{text}': a cosine budget must be in (0, 1], e.g. 0.99")
+    if metric != "cosine" and not (limit >= 0.0 and math.isfinite(limit)):
+        raise UserError(f"{where} '{text}': {metric} must be a finite number >= 0")
+    return Budget(metric, limit)
+
+
+# --------------------------------------------------------------------------------- probing
+class WeightProbe:
+    """Scores replacement weights: the model's outputs vs `reference` when the named weights
+    take other values. One onnxruntime session, in which those weights are graph inputs."""
+
+    def __init__(self, graph: gs.Graph, weights: Sequence[str], feeds: Sequence[verify.Feeds],
+                 reference: Sequence[Mapping[str, np.ndarray]]) -> None:
+        probe = graph.copy()
+        tensors = probe.tensors()
+        self.originals: dict[str, np.ndarray] = {}
+        for name in dict.fromkeys(weights):
+            tensor = tensors[name]
+            if not isinstance(tensor, gs.Constant):
+                raise ValueError(f"'{name}' is not a weight")
+            values = np.asarray(tensor.values)
+            self.originals[name] = values
+            variable = gs.Variable(name, dtype=values.dtype, shape=list(values.shape))
+            for node in list(tensor.outputs):
+                for i, t in enumerate(node.inputs):
+                    if t is tensor:
+                        node.inputs[i] = variable
+            probe.inputs.append(variable)
+        model, arrays = ir.skeleton(probe)
+        self.session = verify.session(model.SerializeToString(), initializers=arrays)
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.feeds = list(feeds)
+        self.reference = list(reference)
+        self.runs = 0
+
+    def outputs_with(self, replaced: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        unknown = set(replaced) - set(self.originals)
+        if unknown:
+            raise ValueError(f"not probed: {sorted(unknown)}")
+        weights = {**self.originals, **replaced}
+        results = []
+        for feeds in self.feeds:
+            values = self.session.run(self.outputs, {**feeds, **weights})
+            results.append(dict(zip(self.outputs, values)))
+        self.runs += 1
+        return results
+
+    def error(self, replaced: Mapping[str, np.ndarray]) -> verify.ErrorStats:
+        return verify.compare_all(self.reference, self.outputs_with(replaced))
+
+
+# ---------------------------------------------------------------------------------- search
+@dataclass
+class Candidate:
+    label: str  # what it is, e.g. "channel rank 32"
+    cost: float  # what the search minimizes (MACs, bytes); lower is better
+    make: Callable[[], dict[str, np.ndarray]]  # the replaced weights, made when scored
+
+
+@dataclass
+class Layer:
+    name: str
+    cost: float  # the cost with the original weights
+    candidates: list[Candidate]  # sorted by cost, cheapest first
+
+    def __post_init__(self) -> None:
+        self.candidates.sort(key=lambda c: c.cost)
+
+
+@dataclass
+class Decision:
+    layer: str
+    choice: int | None  # index into the layer's candidates; None = original weights
+    sensitivity: list[float]  # budget distance of each candidate alone
+    reason: str
+
+
+@dataclass
+class SearchResult:
+    decisions: dict[str, Decision]
+    error: verify.ErrorStats  # of the combined choice
+    holds: bool
+    evaluations: int
+    trace: list[tuple[float, float]] = field(default_factory=list)  # (cost, distance) tried
+
+
+Advance = Callable[[int], None]
+
+
+def search(layers: Sequence[Layer], probe: WeightProbe, budget: Budget,
+           progress: Callable[[str, int], Advance] | None = None) -> SearchResult:
+    """Choose a candidate (or none) per layer: cheapest total cost within the budget."""
+    total = sum(len(layer.candidates) for layer in layers)
+    advance = progress("sensitivity", total) if progress is not None else (lambda n: None)
+    sensitivity: dict[str, list[float]] = {}
+    for layer in layers:
+        scores = []
+        for candidate in layer.candidates:
+            scores.append(budget.distance(probe.error(candidate.make())))
+            advance(1)
+        sensitivity[layer.name] = scores
+        log.debug("sensitivity %s: %s", layer.name, scores)
+
+    trace: list[tuple[float, float]] = []
+    evaluated: dict[tuple, tuple[bool, verify.ErrorStats]] = {}
+
+    def cost_of(choice: Mapping[str, int | None]) -> float:
+        return sum(layer.cost if choice[layer.name] is None
+                   else layer.candidates[choice[layer.name]].cost for layer in layers)
+
+    def evaluate(choice: Mapping[str, int | None]) -> tuple[bool, verify.ErrorStats]:
+        key = tuple(choice[layer.name] for layer in layers)
+        if key not in evaluated:
+            replaced: dict[str, np.ndarray] = {}
+            for layer in layers:
+                if choice[layer.name] is not None:
+                    replaced.update(layer.candidates[choice[layer.name]].make())
+            error = probe.error(replaced) if replaced else verify.EXACT
+            evaluated[key] = (budget.holds(error), error)
+            trace.append((cost_of(choice), budget.distance(error)))
+        return evaluated[key]
+
+    def at_threshold(t: float) -> dict[str, int | None]:
+        choice: dict[str, int | None] = {}
+        for layer in layers:
+            fits = [i for i, s in enumerate(sensitivity[layer.name]) if s <= t]
+            choice[layer.name] = fits[0] if fits else None  # cheapest that fits
+        return choice
+
+    thresholds = sorted({s for scores in sensitivity.values() for s in scores
+                         if s <= budget.allowance})
+    # Binary search for the largest threshold whose combined model holds (-1: none).
+    lo, hi = -1, len(thresholds) - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if evaluate(at_threshold(thresholds[mid]))[0]:
+            lo = mid
+        else:
+            hi = mid - 1
+    choice = at_threshold(thresholds[lo]) if lo >= 0 else {l.name: None for l in layers}
+
+    # Greedy: one step cheaper per layer, biggest saving first, while the budget holds.
+    def step_saving(layer: Layer) -> float:
+        current = choice[layer.name]
+        now = layer.cost if current is None else layer.candidates[current].cost
+        nxt = _cheaper(layer, current, sensitivity[layer.name], budget)
+        return 0.0 if nxt is None else now - layer.candidates[nxt].cost
+
+    for layer in sorted(layers, key=step_saving, reverse=True):
+        while True:
+            nxt = _cheaper(layer, choice[layer.name], sensitivity[layer.name], budget)
+            if nxt is None:
+                break
+            trial = {**choice, layer.name: nxt}
+            if not evaluate(trial)[0]:
+                break
+            choice = trial
+
+    holds, error = evaluate(choice)
+    decisions = {}
+    for layer in layers:
+        scores = sensitivity[layer.name]
+        index = choice[layer.name]
+        if index is not None:
+            reason = "chosen"
+        elif not layer.candidates:
+            reason = "no candidate saves enough"
+        elif min(scores) > budget.allowance:
+            reason = "too sensitive: over budget alone at every candidate"
+        else:
+            reason = "needed to keep the combined model in budget"
+        decisions[layer.name] = Decision(layer.name, index, scores, reason)
+    return SearchResult(decisions, error, holds, probe.runs, trace)
+
+
+def _cheaper(layer: Layer, current: int | None, scores: Sequence[float],
+             budget: Budget) -> int | None:
+    """The next candidate cheaper than the current one that fits the budget alone."""
+    limit = len(layer.candidates) if current is None else current
+    for i in range(limit - 1, -1, -1):
+        if scores[i] <= budget.allowance:
+            return i
+    return None
