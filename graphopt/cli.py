@@ -21,6 +21,7 @@ from onnx_graphsurgeon.logger import G_LOGGER
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -69,7 +70,8 @@ def _errors() -> Iterator[None]:
     except GraphoptError as exc:
         if _state["debug"]:
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
+                          soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted:[/] nothing was written (outputs are written "
@@ -80,7 +82,8 @@ def _errors() -> Iterator[None]:
     except Exception as exc:
         if _state["debug"]:
             raise
-        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} "
+        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: "
+                          f"{escape(str(exc))} "
                           "(rerun with --debug for the traceback, and please report it)",
                           highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
@@ -188,7 +191,7 @@ def list_passes(
         for t in registry.targets.values():
             console.print(f"[bold]{t.name}[/] pipeline: " + " -> ".join(t.pipeline))
         for w in registry.warnings:
-            err_console.print(f"[yellow]warning:[/] {w}")
+            err_console.print(f"[yellow]warning:[/] {escape(w)}")
 
 
 # ----------------------------------------------------------------------------------- inspect

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from graphopt import __version__, verify
@@ -279,7 +280,7 @@ def print_report(report: Mapping[str, Any], console: Console) -> None:
             if len(rows) > TERMINAL_LAYER_ROWS:
                 console.print(f"... {len(rows) - TERMINAL_LAYER_ROWS} more layers in report.md")
     for w in report["warnings"]:
-        console.print(f"[yellow]warning:[/] {w}")
+        console.print(f"[yellow]warning:[/] {escape(w)}")
 
 
 # ----------------------------------------------------------------------------------- latency

@@ -149,7 +149,8 @@ def random_feeds(graph: gs.Graph, shapes: Mapping[str, Sequence[int]], seed: int
 
 def load_feeds(path: str | os.PathLike[str], graph: gs.Graph) -> list[Feeds]:
     """Calibration/input data: an .npz (arrays named by input), a .npy (single-input models),
-    or a directory of NAME.npy files. A leading axis of samples is kept as the batch."""
+    or a directory of NAME.npy files; one array per input holding one sample, or several
+    stacked along an extra leading axis (or, for a fixed batch B, k*B rows)."""
     path = Path(path)
     names = [t.name for t in graph.inputs]
     if not path.exists():
@@ -177,14 +178,15 @@ def load_feeds(path: str | os.PathLike[str], graph: gs.Graph) -> list[Feeds]:
             f"'{path}' has no array for input(s) {', '.join(missing)} "
             f"(it has: {', '.join(sorted(arrays)) or 'nothing'})"
         )
-    feeds = {}
-    samples = 1
+    # Samples: an extra leading axis (S, *input shape) holds S samples; with a fixed batch B,
+    # a first axis of k*B holds k batches. Otherwise the array is one sample.
+    feeds: Feeds = {}
+    splits: dict[str, int] = {}  # input -> rows per sample
+    counts: set[int] = set()
     for tensor in graph.inputs:
         array = arrays[tensor.name]
+        rank = len(tensor.shape) if tensor.shape is not None else None
         fixed = tensor.shape[0] if tensor.shape else None
-        if (isinstance(fixed, int) and fixed > 0 and array.ndim == len(tensor.shape)
-                and array.shape[0] != fixed and array.shape[0] % fixed == 0):
-            samples = max(samples, array.shape[0] // fixed)  # a fixed batch: split the data
         if tensor.dtype is not None:
             want = np.dtype(tensor.dtype)
             if array.dtype != want:
@@ -193,23 +195,33 @@ def load_feeds(path: str | os.PathLike[str], graph: gs.Graph) -> list[Feeds]:
                         f"'{path}': input '{tensor.name}' is {array.dtype}, the model wants {want}"
                     )
                 array = array.astype(want)
+        shape = list(array.shape)
+        if rank is not None and array.ndim == rank + 1 and rank > 0:
+            counts.add(shape[0])
+            splits[tensor.name] = 0  # a stacked axis of samples
+            shape = shape[1:]
+        elif (isinstance(fixed, int) and fixed > 0 and rank == array.ndim and shape
+              and shape[0] != fixed and shape[0] % fixed == 0):
+            counts.add(shape[0] // fixed)
+            splits[tensor.name] = fixed
+            shape[0] = fixed
         if tensor.shape is not None:
-            shape = list(array.shape)
-            if isinstance(fixed, int) and fixed > 0 and shape and shape[0] % fixed == 0:
-                shape[0] = fixed
             _check_fits(tensor.name, list(tensor.shape), shape)
         feeds[tensor.name] = array
-    if samples == 1:
-        return [feeds]
+    if len(counts) > 1:
+        raise UserError(f"'{path}': inputs hold different numbers of samples "
+                        f"({', '.join(map(str, sorted(counts)))}): give each the same number")
+    samples = counts.pop() if counts else 1
     out = []
     for i in range(samples):
         part = {}
-        for tensor in graph.inputs:
-            array = feeds[tensor.name]
-            fixed = tensor.shape[0] if tensor.shape else None
-            if isinstance(fixed, int) and fixed > 0 and array.shape[0] == samples * fixed:
-                array = array[i * fixed:(i + 1) * fixed]
-            part[tensor.name] = array
+        for name, array in feeds.items():
+            rows = splits.get(name)
+            if rows == 0:
+                array = array[i]
+            elif rows is not None:
+                array = array[i * rows:(i + 1) * rows]
+            part[name] = array
         out.append(part)
     return out
 

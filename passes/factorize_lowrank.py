@@ -207,6 +207,9 @@ def _site(node: gs.Node, shapes: dict, ctx: PassContext) -> Site | None:
     if len(weight.outputs) > 1:
         ctx.skip(node, f"weight shared by {len(weight.outputs)} layers")
         return None
+    if node.op == "Conv" and int(node.attrs.get("group", 1)) != 1:
+        ctx.skip(node, "grouped or depthwise conv")
+        return None
     if values.size < ctx.options["min_size"]:
         ctx.skip(node, "smaller than min_size")
         return None
@@ -225,9 +228,6 @@ def _site(node: gs.Node, shapes: dict, ctx: PassContext) -> Site | None:
         rows = None if out is None else out[0]
         return Site(node, weight, matrix.astype(np.float64), rows, input_tensor=node.inputs[0])
     # Conv
-    if int(node.attrs.get("group", 1)) != 1:
-        ctx.skip(node, "grouped or depthwise conv")
-        return None
     rows = None if out is None else out[0] * int(np.prod(out[2:]))
     site = Site(node, weight, lowrank.conv_channel_matrix(values).astype(np.float64), rows,
                 input_tensor=node.inputs[0])

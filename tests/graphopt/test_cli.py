@@ -116,10 +116,13 @@ def test_run_model_and_output_dir(cli, tmp_path: Path) -> None:
     (["compile", "--example", "--target", "arm:cortex-z9"], "unknown variant"),
     (["compile", "--example", "--passes", "fold_constant"], "did you mean 'fold_constants'"),
     (["compile", "--example", "--skip", "nothing"], "unknown pass 'nothing'"),
-    (["compile", "--example", "--input-shape", "input=1x3"], "does not fit"),
+    (["compile", "--example", "--input-shape", "input=1x3"], "does not fit the model's [batch, 3"),
     (["compile", "--example", "--config", "missing.toml"], "config file"),
     (["compile", "--example", "--plugin", "no_such_module_xyz"], "cannot be imported"),
     (["compile"], "either a MODEL path or --example"),
+    (["compile", "--example", "--budget", "accuracy=0.9"], "--budget 'accuracy=0.9'"),
+    (["compile", "--example", "--add", "fold_batchnorm"], "already in the pipeline"),
+    (["compile", "--example", "--add", "factorize_lowrnk"], "did you mean 'factorize_lowrank'"),
     (["run", "missing_dir_or_model", "--input", "x.npz"], "not found"),
 ])
 def test_bad_input_gives_one_line_and_exit_2(cli, tmp_path, monkeypatch, args, message) -> None:
@@ -128,6 +131,57 @@ def test_bad_input_gives_one_line_and_exit_2(cli, tmp_path, monkeypatch, args, m
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def _decaying_mlp() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    b = testing.ModelBuilder(seed=0)
+    h = b.input("x", ["batch", 128])
+    for i in range(3):
+        u, _ = np.linalg.qr(rng.standard_normal((128, 128)))
+        v, _ = np.linalg.qr(rng.standard_normal((128, 128)))
+        w = ((u * 0.9 ** np.arange(128)) @ v * 4).astype(np.float32)
+        h = b.node("Relu", [b.node("Add", [b.node("MatMul", [h, b.weight(w)]),
+                                           b.weight(b.randn(128, scale=0.1))])])
+    b.output(b.node("Identity", [h], outputs=["y"]), shape=["batch", 128])
+    return b.build()
+
+
+def test_compile_with_lowrank_and_budget(cli, save_model, tmp_path: Path) -> None:
+    model = save_model(_decaying_mlp())
+    data = np.random.default_rng(1).standard_normal((4, 16, 128)).astype(np.float32)
+    np.save(tmp_path / "x.npy", data)
+    out = tmp_path / "out"
+    result = cli("compile", model, "-o", out, "--add", "factorize_lowrank", "--budget",
+                 "cosine=0.995", "--calibration", tmp_path / "x.npy")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["pipeline"][-2:] == ["factorize_lowrank", "cleanup"]
+    assert report["lossy_passes"] == ["factorize_lowrank"]
+    lowrank = [p for p in report["passes"] if p["name"] == "factorize_lowrank"][0]
+    assert len(lowrank["layers"]) == 3 and lowrank["verified"] == "passed"
+    assert all("rank" in row for row in lowrank["layers"])
+    assert report["final_error"]["cosine"] >= 0.995
+    assert report["output"]["stats"]["macs"] < 0.6 * report["input"]["stats"]["macs"]
+    assert "factorize_lowrank: per layer" in (out / "report.md").read_text()
+    assert not any("random inputs" in w for w in report["warnings"])
+    # The output runs in onnxruntime, and the budget holds on the data it was searched on.
+    feeds = {"x": data[0]}
+    got = testing.run_model(out / "model.opt.onnx", feeds)["y"]
+    ref = testing.run_model(model, feeds)["y"]
+    assert np.dot(got.ravel(), ref.ravel()) / np.linalg.norm(got) / np.linalg.norm(ref) >= 0.995
+
+
+def test_compile_lossy_without_data_warns(cli, save_model, tmp_path: Path) -> None:
+    model = save_model(_decaying_mlp())
+    config = tmp_path / "c.toml"
+    config.write_text('[pipeline]\nadd = ["factorize_lowrank"]\n\n'
+                      '[passes.factorize_lowrank]\nflops = 0.5\n')
+    result = cli("compile", model, "-o", tmp_path / "out", "--config", config)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert any("no --calibration data" in w for w in report["warnings"])
+    assert report["output"]["stats"]["macs"] <= 0.5 * report["input"]["stats"]["macs"] * 1.01
 
 
 def test_bad_config_option(cli, tmp_path: Path) -> None:

@@ -28,6 +28,19 @@ def test_order_requires_an_earlier_producer() -> None:
     check_order([a, b, a, b])  # running a pass again later is allowed
 
 
+def test_order_before_a_property() -> None:
+    quantize = _noop("quantize", produces=["quantized"])
+    factorize = Pass("factorize", "d", lambda g, ctx: g, lossless=False, before=("quantized",))
+    check_order([factorize, quantize])
+    with pytest.raises(UserError, match="'factorize' must run before 'quantize'"):
+        check_order([quantize, factorize])
+
+
+def test_factorize_runs_before_quantization_and_sparsity() -> None:
+    from graphopt.passes.factorize_lowrank import factorize_lowrank
+    assert {"quantized", "sparse"} <= set(factorize_lowrank.before)
+
+
 def test_options_are_validated() -> None:
     p = Pass("p", "d", lambda g, ctx: g, lossless=True,
              options={"limit": Option(10, "a limit"), "mode": Option("x", "m", ("x", "y"))})

@@ -93,3 +93,21 @@ def test_compare_strings_and_sequences() -> None:
     seq = [np.ones(2, np.float32), np.zeros(3, np.float32)]
     assert verify.compare(seq, [s.copy() for s in seq]) == verify.EXACT
     assert verify.compare(seq, seq[:1]).max_rel == float("inf")
+
+
+def test_load_feeds_splits_a_stacked_sample_axis(tmp_path) -> None:
+    b = testing.ModelBuilder()
+    x = b.input("x", ["batch", 4])
+    m = b.input("m", ["batch", 4])
+    b.output(b.node("Add", [x, m], outputs=["y"]), shape=["batch", 4])
+    graph = ir.import_graph(b.build())
+    data = np.arange(3 * 2 * 4, dtype=np.float32).reshape(3, 2, 4)
+    np.savez(tmp_path / "d.npz", x=data, m=data + 1)
+    feeds = verify.load_feeds(tmp_path / "d.npz", graph)
+    assert len(feeds) == 3 and feeds[1]["x"].shape == (2, 4)
+    np.testing.assert_array_equal(feeds[2]["m"], data[2] + 1)
+    np.savez(tmp_path / "one.npz", x=data[0], m=data[0])  # no sample axis: one sample
+    assert len(verify.load_feeds(tmp_path / "one.npz", graph)) == 1
+    np.savez(tmp_path / "bad.npz", x=data, m=data[:2])
+    with pytest.raises(UserError, match="different numbers of samples"):
+        verify.load_feeds(tmp_path / "bad.npz", graph)

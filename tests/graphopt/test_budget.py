@@ -1,0 +1,120 @@
+"""graphopt.budget: parsing, the weight probe, and the sensitivity/threshold search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from graphopt import budget, ir, testing, verify
+from graphopt.errors import UserError
+
+
+@pytest.mark.parametrize("text, metric, limit", [
+    ("cosine=0.99", "cosine", 0.99), ("max_abs=0.5", "max_abs", 0.5),
+    (" max_rel = 1e-3 ", "max_rel", 1e-3)])
+def test_parse_budget(text: str, metric: str, limit: float) -> None:
+    assert budget.parse_budget(text) == budget.Budget(metric, limit)
+
+
+@pytest.mark.parametrize("text", ["cosine", "accuracy=0.9", "cosine=abc", "cosine=1.5",
+                                  "cosine=0", "max_abs=-1", "max_rel=inf"])
+def test_bad_budgets_are_user_errors(text: str) -> None:
+    with pytest.raises(UserError, match="--budget"):
+        budget.parse_budget(text)
+
+
+def test_budget_holds_and_distance() -> None:
+    b = budget.parse_budget("cosine=0.99")
+    assert b.holds(verify.ErrorStats(1.0, 1.0, 0.995))
+    assert not b.holds(verify.ErrorStats(0.0, 0.0, 0.98))
+    assert b.distance(verify.ErrorStats(0, 0, 0.98)) == pytest.approx(0.02)
+    m = budget.parse_budget("max_abs=0.1")
+    assert m.holds(verify.ErrorStats(0.1, 9.0, 0.0)) and not m.holds(
+        verify.ErrorStats(0.2, 0.0, 1.0))
+    assert "OVER" in m.describe(verify.ErrorStats(0.2, 0.0, 1.0))
+
+
+def _mlp() -> tuple:
+    b = testing.ModelBuilder(seed=1)
+    x = b.input("x", ["batch", 16])
+    w1 = b.weight(b.randn(16, 32))
+    w2 = b.weight(b.randn(32, 8))
+    h = b.node("Relu", [b.node("MatMul", [x, w1])])
+    b.output(b.node("MatMul", [h, w2], outputs=["y"]), shape=["batch", 8])
+    return b.build(), w1, w2
+
+
+def test_weight_probe_runs_the_model_with_replaced_weights() -> None:
+    model, w1, w2 = _mlp()
+    graph = ir.import_graph(model)
+    feeds = [testing.random_inputs(model, {"x": [4, 16]}, seed=s) for s in range(2)]
+    reference = verify.run_graph(graph, feeds)
+    probe = budget.WeightProbe(graph, [w1, w2], feeds, reference)
+    assert probe.error({}) == verify.EXACT
+    zero = np.zeros((32, 8), np.float32)
+    outputs = probe.outputs_with({w2: zero})
+    assert all(np.all(o["y"] == 0) for o in outputs)
+    # Same as changing the weight in the graph and running that.
+    halved = np.asarray(graph.tensors()[w1].values) * 0.5
+    changed = ir.import_graph(model)
+    changed.tensors()[w1].values = halved
+    expected = verify.run_graph(changed, feeds)
+    np.testing.assert_allclose(probe.outputs_with({w1: halved})[1]["y"], expected[1]["y"],
+                               rtol=1e-6)
+    # The original graph is untouched: its weights are still constants.
+    assert isinstance(graph.tensors()[w1], type(graph.tensors()[w2]))
+    assert len(graph.inputs) == 1
+
+
+class FakeProbe:
+    """Error = sum of each replaced layer's scripted error (cosine distance)."""
+
+    def __init__(self, errors: dict[str, float]) -> None:
+        self.errors = errors
+        self.runs = 0
+
+    def error(self, replaced: dict) -> verify.ErrorStats:
+        self.runs += 1
+        return verify.ErrorStats(0.0, 0.0, 1.0 - sum(self.errors[k] for k in replaced))
+
+
+def _layer(name: str, costs_and_errors: list[tuple[float, float]], errors: dict) -> budget.Layer:
+    candidates = []
+    for i, (cost, err) in enumerate(costs_and_errors):
+        key = f"{name}:{i}"
+        errors[key] = err
+        candidates.append(budget.Candidate(key, cost, (lambda k: lambda: {k: None})(key)))
+    return budget.Layer(name, 100.0, candidates)
+
+
+def test_search_picks_the_cheapest_combination_within_budget() -> None:
+    errors: dict[str, float] = {}
+    layers = [
+        _layer("a", [(10, 0.004), (30, 0.002), (60, 0.0005)], errors),
+        _layer("b", [(20, 0.02), (50, 0.004), (80, 0.001)], errors),
+        _layer("sensitive", [(10, 0.5), (50, 0.2)], errors),
+    ]
+    result = budget.search(layers, FakeProbe(errors), budget.parse_budget("cosine=0.99"))
+    d = result.decisions
+    assert result.holds and 1 - result.error.cosine <= 0.01 + 1e-12
+    assert d["sensitive"].choice is None and "too sensitive" in d["sensitive"].reason
+    # 0.004 + 0.004 = 0.008 <= 0.01 at cost 10 + 50: nothing cheaper fits.
+    assert (d["a"].choice, d["b"].choice) == (0, 1)
+    assert d["b"].sensitivity == pytest.approx([0.02, 0.004, 0.001])
+
+
+def test_search_falls_back_when_the_combination_breaks_the_budget() -> None:
+    errors: dict[str, float] = {}
+    layers = [_layer(n, [(10, 0.006)], errors) for n in ("a", "b")]
+    result = budget.search(layers, FakeProbe(errors), budget.parse_budget("cosine=0.99"))
+    chosen = [d.choice for d in result.decisions.values()]
+    assert sorted(chosen, key=str) == [0, None]  # each fits alone, not both
+    kept = [d for d in result.decisions.values() if d.choice is None][0]
+    assert "combined" in kept.reason
+    assert result.holds
+
+
+def test_search_with_nothing_to_try() -> None:
+    result = budget.search([budget.Layer("a", 1.0, [])], FakeProbe({}),
+                           budget.parse_budget("cosine=0.99"))
+    assert result.decisions["a"].choice is None and result.holds
