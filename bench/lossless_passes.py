@@ -19,10 +19,8 @@ For each model of graphopt.zoo (realistic shapes, exporter-style graphs) it reco
 from __future__ import annotations
 
 import argparse
-import contextlib
 import inspect
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -35,14 +33,12 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
 
-from graphopt import __version__, ir, verify, zoo
+from graphopt import ir, verify, zoo
 from graphopt.compiler import CompileOptions, compile_model
 
-RESULTS = Path(__file__).resolve().parent / "results"
-LEVELS = {"ALL": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-          "BASIC": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-          "EXTENDED": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-          "DISABLE": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, however run
+from common import (LEVELS, RESULTS, fmt_ratio, latencies,  # noqa: E402
+                    machine_info, paired_ratio, session, verdict)
 
 
 def node_count(model: onnx.ModelProto) -> int:
@@ -51,15 +47,6 @@ def node_count(model: onnx.ModelProto) -> int:
 
 def batchnorms(model: onnx.ModelProto) -> int:
     return sum(1 for n in model.graph.node if n.op_type == "BatchNormalization")
-
-
-def session(path: Path, level: str, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = LEVELS[level]
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def ort_offline(src: Path, dst: Path, level: str) -> onnx.ModelProto:
@@ -100,40 +87,6 @@ def max_rel_error(reference: Path, candidate: Path, feeds: dict[str, np.ndarray]
     ref = session(reference, "DISABLE", 1).run(None, feeds)
     new = session(candidate, "DISABLE", 1).run(None, feeds)
     return max(verify.compare(a, b).max_rel for a, b in zip(ref, new))
-
-
-def latencies(paths: dict[str, tuple[Path, str]], feeds: dict[str, np.ndarray], rounds: int,
-              threads: int) -> dict[str, np.ndarray]:
-    """ms per round for each session; each round runs every session once, in turn."""
-    sessions = {k: session(p, level, threads) for k, (p, level) in paths.items()}
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for i in range(rounds + 3):
-        for key, sess in sessions.items():
-            start = time.perf_counter()
-            sess.run(None, feeds)
-            if i >= 3:  # warm-up rounds
-                times[key].append((time.perf_counter() - start) * 1e3)
-    return {k: np.array(v) for k, v in times.items()}
-
-
-def paired_ratio(new: np.ndarray, old: np.ndarray, seed: int = 0) -> dict[str, float]:
-    """Median of per-round ratios new/old (drift cancels within a round) with a bootstrap
-    95% confidence interval of that median."""
-    ratios = new / old
-    rng = np.random.default_rng(seed)
-    boots = np.median(rng.choice(ratios, size=(2000, ratios.size)), axis=1)
-    low, high = np.percentile(boots, [2.5, 97.5])
-    return {"median": float(np.median(ratios)), "ci95": [float(low), float(high)]}
-
-
-def verdict(ratio: dict[str, float]) -> str:
-    """'yes' (<= 1 with 95% confidence or at the median within noise), or 'NO'."""
-    low, high = ratio["ci95"]
-    if high <= 1.0:
-        return "yes (faster)"
-    if low <= 1.0:
-        return "yes (within noise)"
-    return "NO"
 
 
 def bench_model(name: str, quick: bool, rounds: int, threads: int, tmp: Path) -> dict:
@@ -200,27 +153,6 @@ def bench_model(name: str, quick: bool, rounds: int, threads: int, tmp: Path) ->
     row["ratio_all"] = paired_ratio(ms["graphopt@ALL"], ms["input@ALL"])
     row["ratio_disable_vs_input_basic"] = paired_ratio(ms["graphopt@DISABLE"], ms["input@BASIC"])
     return row
-
-
-def machine_info(threads: int) -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {"graphopt": __version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
-                "numpy": np.__version__, "python": platform.python_version()}
-    for module in ("onnxsim", "onnxslim", "onnxoptimizer"):  # peers that are installed
-        with contextlib.suppress(ImportError, AttributeError):
-            versions[module] = __import__(module).__version__
-    return {"cpu": cpu, "machine": platform.machine(), "threads": threads, "versions": versions}
-
-
-def fmt_ratio(ratio: dict) -> str:
-    return f"{ratio['median']:.3f} [{ratio['ci95'][0]:.3f}, {ratio['ci95'][1]:.3f}]"
 
 
 def to_markdown(data: dict) -> str:

@@ -95,6 +95,7 @@ class Site:
     spatial_pixels: tuple[int, int] | None = None  # pixels of its first and second conv
     input_tensor: gs.Tensor | None = None
     covariance: np.ndarray | None = None
+    shrinkage: float | None = None  # Ledoit-Wolf weight of the covariance (see lowrank)
     decompositions: dict[str, lowrank.Decomposition] = field(default_factory=dict)
 
     @property
@@ -264,6 +265,7 @@ def _collect_covariances(graph: gs.Graph, sites: list[Site], feeds: list[verify.
     session = verify.session(model.SerializeToString(), initializers=arrays)
     outputs = [o.name for o in session.get_outputs()]
     sums = {id(s): np.zeros((s.matrix.shape[0],) * 2) for s in wanted}
+    fourth = {id(s): 0.0 for s in wanted}
     counts = {id(s): 0 for s in wanted}
     advance = ctx.task("calibrating (input covariances)", len(feeds))
     for sample in feeds:
@@ -272,11 +274,13 @@ def _collect_covariances(graph: gs.Graph, sites: list[Site], feeds: list[verify.
         for s in wanted:
             rows = _input_rows(s, np.asarray(values[s.input_tensor.name], np.float64))
             sums[id(s)] += rows.T @ rows
+            fourth[id(s)] += float(np.sum(np.einsum("ij,ij->i", rows, rows) ** 2))
             counts[id(s)] += rows.shape[0]
         advance(1)
     for s in wanted:
         if counts[id(s)]:
-            s.covariance = sums[id(s)] / counts[id(s)]
+            s.covariance, s.shrinkage = lowrank.shrink_covariance(
+                sums[id(s)] / counts[id(s)], fourth[id(s)], counts[id(s)])
 
 
 def _input_rows(site: Site, x: np.ndarray) -> np.ndarray:
@@ -479,7 +483,8 @@ def factorize_lowrank(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         compare = {}
         if covariance is not None and plan.scheme != "spatial":
             plain = Site(site.node, site.weight, site.matrix, site.rows)
-            compare = {"layer_error_plain_svd": plain.layer_error(plan, covariance)}
+            compare = {"layer_error_plain_svd": plain.layer_error(plan, covariance),
+                       "shrinkage": site.shrinkage}
         ctx.layer(**row, decision=f"{plan.scheme} rank {plan.rank}", rank=plan.rank,
                   scheme=plan.scheme, macs_after=plan.macs, params_after=plan.params,
                   layer_error=layer_error, **compare, **errors.get(id(site), {}))

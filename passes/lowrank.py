@@ -87,6 +87,30 @@ def whitened_svd(w: np.ndarray, covariance: np.ndarray) -> Decomposition:
     return Decomposition(inv_root @ u, s, vt)
 
 
+def shrink_covariance(second_moment: np.ndarray, fourth_sum: float, samples: int
+                      ) -> tuple[np.ndarray, float]:
+    """Ledoit-Wolf shrinkage of G = X^T X / N towards m I (m = trace / k), with the optimal
+    weight estimated from the same data; returns (shrunk G, weight).
+
+    With fewer rows than columns (a 3072-wide FFN input and a few hundred tokens) G is
+    singular, and whitening by it would fit the calibration rows and break on others;
+    shrinkage keeps every direction in play in proportion to how little the data says.
+    Only G, N and sum_i |x_i|^4 are needed, so it streams:
+        sum_i |x_i x_i^T - G|_F^2 = sum_i |x_i|^4 - N |G|_F^2
+    """
+    g = np.asarray(second_moment, np.float64)
+    k = g.shape[0]
+    if samples < 1 or k == 0:
+        return g, 0.0
+    m = np.trace(g) / k
+    d2 = (np.sum(g * g) - 2 * m * np.trace(g) + m * m * k) / k  # |G - mI|^2 / k
+    if d2 <= 0:
+        return g, 0.0
+    b2 = max(fourth_sum - samples * np.sum(g * g), 0.0) / (samples * samples * k)
+    weight = min(b2, d2) / d2
+    return (1 - weight) * g + weight * m * np.eye(k), float(weight)
+
+
 def energy_rank(singular: np.ndarray, energy: float) -> int:
     """The smallest rank keeping `energy` of the sum of squared singular values."""
     if not 0.0 < energy <= 1.0:

@@ -222,17 +222,17 @@ def test_global_budget_comes_from_the_context() -> None:
 # ----------------------------------------------------------------------------- data-aware
 def _anisotropic_feeds(model: onnx.ModelProto, n: int = 4) -> list[dict]:
     scale = np.geomspace(10, 0.01, 128).astype(np.float32)
-    return [{"x": (RNG.standard_normal((32, 128)) * scale).astype(np.float32)}
+    return [{"x": (RNG.standard_normal((256, 128)) * scale).astype(np.float32)}
             for _ in range(n)]
 
 
 def test_whitened_svd_has_lower_output_error_than_plain_at_the_same_rank() -> None:
     model = _mlp([0.97])
     feeds = _anisotropic_feeds(model)
-    ctx = PassContext(input_shapes={"x": [32, 128]})
+    ctx = PassContext(input_shapes={"x": [256, 128]})
     testing.run_pass(factorize_lowrank, model, ctx=ctx, calibration=feeds, energy=0.9)
     row = ctx.layers[0]
-    assert row["layer_error"] < 0.5 * row["layer_error_plain_svd"]
+    assert row["layer_error"] < 0.6 * row["layer_error_plain_svd"]
     assert any("whitened" in n for n in ctx.notes)
 
 
@@ -241,7 +241,7 @@ def test_whitened_svd_meets_the_budget_at_a_lower_rank() -> None:
     feeds = _anisotropic_feeds(model)
     ranks = {}
     for method in ("plain", "whitened"):
-        ctx = PassContext(input_shapes={"x": [32, 128]})
+        ctx = PassContext(input_shapes={"x": [256, 128]})
         graph = testing.run_pass(factorize_lowrank, model, ctx=ctx, calibration=feeds,
                                  svd=method, budget="cosine=0.999", levels=24)
         ranks[method] = sum(r.get("rank", 128) for r in ctx.layers)

@@ -121,3 +121,23 @@ def test_output_error_without_covariance_is_the_relative_weight_error() -> None:
     w = RNG.standard_normal((5, 4))
     assert lowrank.output_error(w, w, None) == 0.0
     np.testing.assert_allclose(lowrank.output_error(w, 0 * w, None), 1.0)
+
+
+def _moments(x: np.ndarray) -> tuple[np.ndarray, float, int]:
+    return x.T @ x / len(x), float(np.sum(np.sum(x * x, axis=1) ** 2)), len(x)
+
+
+def test_shrinkage_is_small_with_plenty_of_data_and_large_with_little() -> None:
+    k = 32
+    scales = np.geomspace(3, 0.1, k)
+    true = np.diag(scales ** 2)
+    plenty, w_plenty = lowrank.shrink_covariance(*_moments(RNG.standard_normal((20000, k))
+                                                           * scales))
+    assert w_plenty < 0.05
+    assert np.linalg.norm(plenty - true) < 0.05 * np.linalg.norm(true)
+    few = RNG.standard_normal((8, k)) * scales  # fewer rows than columns: singular
+    sample = few.T @ few / 8
+    shrunk, w_few = lowrank.shrink_covariance(*_moments(few))
+    assert w_few > 0.1
+    assert np.linalg.eigvalsh(shrunk).min() > 0 and np.linalg.matrix_rank(sample) == 8
+    assert np.linalg.norm(shrunk - true) < np.linalg.norm(sample - true)

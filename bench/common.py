@@ -1,0 +1,86 @@
+"""Helpers shared by the benchmarks: onnxruntime sessions, interleaved timing, paired ratios
+with bootstrap intervals, and machine info. Ratios against a peer measured in the same run are
+what the benchmarks report; absolute times are recorded for reference only."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from graphopt import __version__
+
+RESULTS = Path(__file__).resolve().parent / "results"
+LEVELS = {"ALL": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+          "BASIC": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+          "EXTENDED": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+          "DISABLE": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
+
+
+def session(path: Path, level: str, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = LEVELS[level]
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def latencies(paths: dict[str, tuple[Path, str]], feeds: dict[str, np.ndarray], rounds: int,
+              threads: int) -> dict[str, np.ndarray]:
+    """ms per round for each session; each round runs every session once, in turn."""
+    sessions = {k: session(p, level, threads) for k, (p, level) in paths.items()}
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for i in range(rounds + 3):
+        for key, sess in sessions.items():
+            start = time.perf_counter()
+            sess.run(None, feeds)
+            if i >= 3:  # warm-up rounds
+                times[key].append((time.perf_counter() - start) * 1e3)
+    return {k: np.array(v) for k, v in times.items()}
+
+
+def paired_ratio(new: np.ndarray, old: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """Median of per-round ratios new/old (drift cancels within a round) with a bootstrap
+    95% confidence interval of that median."""
+    ratios = new / old
+    rng = np.random.default_rng(seed)
+    boots = np.median(rng.choice(ratios, size=(2000, ratios.size)), axis=1)
+    low, high = np.percentile(boots, [2.5, 97.5])
+    return {"median": float(np.median(ratios)), "ci95": [float(low), float(high)]}
+
+
+def verdict(ratio: dict[str, float]) -> str:
+    """'yes' (<= 1 with 95% confidence or at the median within noise), or 'NO'."""
+    low, high = ratio["ci95"]
+    if high <= 1.0:
+        return "yes (faster)"
+    if low <= 1.0:
+        return "yes (within noise)"
+    return "NO"
+
+
+def machine_info(threads: int) -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {"graphopt": __version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
+                "numpy": np.__version__, "python": platform.python_version()}
+    for module in ("onnxsim", "onnxslim", "onnxoptimizer", "matplotlib"):  # if installed
+        with contextlib.suppress(ImportError, AttributeError):
+            versions[module] = __import__(module).__version__
+    return {"cpu": cpu, "machine": platform.machine(), "threads": threads, "versions": versions}
+
+
+def fmt_ratio(ratio: dict) -> str:
+    return f"{ratio['median']:.3f} [{ratio['ci95'][0]:.3f}, {ratio['ci95'][1]:.3f}]"
