@@ -107,8 +107,8 @@ def write_data(path: Path, graph, shapes: dict, samples: int, seed: int) -> list
 
 
 def bench_model(name: str, model: onnx.ModelProto, shapes: dict, quick: bool, rounds: int,
-                threads: int, tmp: Path, console: Console) -> dict:
-    model = impose_power_law(model, ALPHA)
+                threads: int, tmp: Path, console: Console, alpha: float = ALPHA) -> dict:
+    model = impose_power_law(model, alpha)
     src = tmp / f"{name}.onnx"
     onnx.save(model, str(src))
     graph = ir.import_graph(model)
@@ -222,7 +222,8 @@ def to_markdown(data: dict) -> str:
                       f"{g['plain_layer_macs'] / 1e6:.1f}M | {g['whitened_layer_macs'] / 1e6:.1f}M |"
                       for g in gains]
         lines.append("")
-    lines += ["![MACs vs cosine](lowrank_pareto.png)", ""]
+    stem = "lowrank" + ("" if data["alpha"] == ALPHA else f"_alpha{data['alpha']:g}")
+    lines += [f"![MACs vs cosine]({stem}_pareto.png)", ""]
     return "\n".join(lines)
 
 
@@ -261,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     parser.add_argument("--models", default="bert_encoder,resnet18", help="comma-separated")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    parser.add_argument("--alpha", type=float, default=ALPHA,
+                        help="power-law exponent of the weights' singular values")
     args = parser.parse_args(argv)
     console = Console()
     entries = []
@@ -269,14 +272,16 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models.split(","):
             model, shapes = available[name]
             entries.append(bench_model(name, model, shapes, args.quick, args.rounds,
-                                       args.threads, Path(tmp), console))
+                                       args.threads, Path(tmp), console, args.alpha))
     data = {"benchmark": "lowrank", "quick": args.quick, "rounds": args.rounds,
-            "alpha": ALPHA, "machine": machine_info(args.threads), "models": entries}
+            "alpha": args.alpha, "machine": machine_info(args.threads), "models": entries}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "lowrank_quick" if args.quick else "lowrank"
+    if args.alpha != ALPHA:
+        stem += f"_alpha{args.alpha:g}"
     (args.out / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")
     (args.out / f"{stem}.md").write_text(to_markdown(data))
-    if not args.quick and not plot(data, args.out / "lowrank_pareto.png"):
+    if not args.quick and not plot(data, args.out / f"{stem}_pareto.png"):
         console.print("matplotlib is not installed: no plot (pip install -r "
                       "bench/requirements.txt)")
     table = Table(title="factorize_lowrank")

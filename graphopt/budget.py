@@ -7,11 +7,12 @@ Lossy passes (factorize, sparsify, quantize) describe each layer they could chan
 of candidates, cheapest first, each replacing some weights with approximated arrays. The search:
 
 1. sensitivity: the model's output error with one layer at one candidate, every other layer
-   untouched, for every (layer, candidate);
+   untouched, for every (layer, candidate) (possibly on a subset of the calibration samples);
 2. a shared threshold t: every layer takes its cheapest candidate whose sensitivity is at most
    t; a binary search over t finds the largest one whose *combined* model stays in budget
    (layers whose every candidate is over t fall back to the original weights);
 3. a greedy pass then tries to move single layers one candidate cheaper while the budget holds.
+Combined models are always judged on all calibration samples, so the result holds on them.
 
 Every evaluation runs one onnxruntime session, built once, in which the weights in play are
 graph inputs (WeightProbe): trying a candidate is one run with other arrays, no graph rebuild.
@@ -114,20 +115,24 @@ class WeightProbe:
         self.reference = list(reference)
         self.runs = 0
 
-    def outputs_with(self, replaced: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    def outputs_with(self, replaced: Mapping[str, np.ndarray], samples: int | None = None
+                     ) -> list[dict[str, np.ndarray]]:
+        """Outputs on the first `samples` feeds (all by default)."""
         unknown = set(replaced) - set(self.originals)
         if unknown:
             raise ValueError(f"not probed: {sorted(unknown)}")
         weights = {**self.originals, **replaced}
         results = []
-        for feeds in self.feeds:
+        for feeds in self.feeds[:samples]:
             values = self.session.run(self.outputs, {**feeds, **weights})
             results.append(dict(zip(self.outputs, values)))
         self.runs += 1
         return results
 
-    def error(self, replaced: Mapping[str, np.ndarray]) -> verify.ErrorStats:
-        return verify.compare_all(self.reference, self.outputs_with(replaced))
+    def error(self, replaced: Mapping[str, np.ndarray], samples: int | None = None
+              ) -> verify.ErrorStats:
+        outputs = self.outputs_with(replaced, samples)
+        return verify.compare_all(self.reference[:len(outputs)], outputs)
 
 
 # ---------------------------------------------------------------------------------- search
@@ -169,15 +174,18 @@ Advance = Callable[[int], None]
 
 
 def search(layers: Sequence[Layer], probe: WeightProbe, budget: Budget,
-           progress: Callable[[str, int], Advance] | None = None) -> SearchResult:
-    """Choose a candidate (or none) per layer: cheapest total cost within the budget."""
+           progress: Callable[[str, int], Advance] | None = None,
+           sensitivity_samples: int | None = None) -> SearchResult:
+    """Choose a candidate (or none) per layer: cheapest total cost within the budget.
+    Sensitivities may use the first `sensitivity_samples` feeds only (there are many of
+    them); every combined model is judged on all of the probe's feeds."""
     total = sum(len(layer.candidates) for layer in layers)
     advance = progress("sensitivity", total) if progress is not None else (lambda n: None)
     sensitivity: dict[str, list[float]] = {}
     for layer in layers:
         scores = []
         for candidate in layer.candidates:
-            scores.append(budget.distance(probe.error(candidate.make())))
+            scores.append(budget.distance(probe.error(candidate.make(), sensitivity_samples)))
             advance(1)
         sensitivity[layer.name] = scores
         log.debug("sensitivity %s: %s", layer.name, scores)

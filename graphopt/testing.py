@@ -380,3 +380,71 @@ CORPUS = {
     "control_flow_opset16": control_flow_opset16,
     "exporter_noops_opset12": exporter_noops_opset12,
 }
+
+
+# ------------------------------------------------------------------------ operator conformance
+def onnx_node_cases(one_per_operator: bool = False) -> list:
+    """onnx's own single-operator test cases (onnx.backend.test), optionally the first one of
+    each operator type."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the case generators overflow casts on purpose
+        from onnx.backend.test.case.node import collect_testcases
+        cases = collect_testcases(None)
+    if not one_per_operator:
+        return cases
+    seen, picked = set(), []
+    for case in cases:
+        op = case.model.graph.node[0].op_type if case.model.graph.node else case.name
+        if op not in seen:
+            seen.add(op)
+            picked.append(case)
+    return picked
+
+
+def distinct_pipelines(registry: Any) -> dict[tuple[str, ...], str]:
+    """Each distinct default pipeline of the registry's targets (and their `ort` variants),
+    with the first target spec that has it."""
+    pipelines: dict[tuple[str, ...], str] = {}
+    for spec in [*registry.targets, *(f"{t}:ort" for t in registry.targets)]:
+        pipelines.setdefault(registry.get_target(spec).pipeline, spec)
+    return pipelines
+
+
+def conformance_case(model: onnx.ModelProto, inputs: Sequence[Any], registry: Any,
+                     pipelines: Mapping[tuple[str, ...], str]) -> dict[str, str]:
+    """Run one single-operator model through each pipeline: {spec or "model": outcome}.
+
+    Outcomes: "passed", "skipped: why" (the case cannot be judged: sequence inputs, Optional
+    types, onnxruntime cannot run the original), or "FAILED: why" (outputs moved or the
+    pipeline broke the model)."""
+    from graphopt.pipeline import Verification, run_pipeline
+    initializers = {i.name for i in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != len(names) or not all(isinstance(a, np.ndarray) for a in inputs):
+        return {"model": "skipped: inputs are sequences/optionals"}
+    feeds = dict(zip(names, inputs))
+    try:
+        graph = ir.import_graph(model)
+    except ir.UnsupportedModel:
+        return {"model": "skipped: unsupported by graphopt (Optional types)"}
+    try:
+        reference = verify.run_graph(graph, [feeds])
+    except verify.Unrunnable:
+        return {"model": "skipped: onnxruntime cannot run the original"}
+    outcomes = {}
+    for pipeline, spec in pipelines.items():
+        passes = registry.resolve(pipeline)
+        try:
+            result = run_pipeline(
+                ir.import_graph(model), passes, {p.name: p.resolve_options({}) for p in passes},
+                Verification([feeds], "onnx test data"),
+                PassContext(target=registry.get_target(spec),
+                            input_shapes={k: list(v.shape) for k, v in feeds.items()}),
+                like=model)
+            error = verify.compare_all(reference, verify.run_graph(result.graph, [feeds]))
+            outcomes[spec] = ("passed" if error.max_rel <= 1e-5
+                              else f"FAILED: outputs moved, max_rel {error.max_rel:.3g}")
+        except Exception as exc:  # any failure is a finding: report it, go on
+            outcomes[spec] = f"FAILED: {type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+    return outcomes

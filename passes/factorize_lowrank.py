@@ -66,8 +66,8 @@ OPTIONS = {
     "min_size": Option(4096, "leave layers with fewer weights alone", minimum=1),
     "rank_multiple": Option(0, "round ranks up to a multiple of this (0: the target's "
                             "fp32 vector lanes)", minimum=0),
-    "samples": Option(8, "calibration samples for whitening and the budget search",
-                      minimum=1),
+    "samples": Option(8, "calibration samples for per-layer sensitivity (whitening and "
+                      "the combined model's check use all of them)", minimum=1),
     "levels": Option(12, "candidate ranks per layer in the budget search", minimum=2),
 }
 
@@ -506,7 +506,7 @@ def _feeds(graph: gs.Graph, ctx: PassContext) -> list[verify.Feeds]:
     feeds = list(ctx.calibration or ctx.feeds)
     if not feeds:
         feeds = [verify.random_feeds(graph, verify.concrete_shapes(graph, ctx.input_shapes))]
-    return feeds[:ctx.options["samples"]]
+    return feeds
 
 
 def _by_budget(graph: gs.Graph, sites: list[Site], rules: Rules, budget: budgets.Budget,
@@ -520,12 +520,17 @@ def _by_budget(graph: gs.Graph, sites: list[Site], rules: Rules, budget: budgets
                                         f"{p.scheme} rank {p.rank}", float(_cost(p)),
                                         (lambda s, p: lambda: {s.weight.name: s.approximation(p)})
                                         (site, p)) for p in options[site.node.name]]))
-    reference = ctx.reference[:len(feeds)] if ctx.reference is not None else None
-    weights = [s.weight.name for s in sites]
-    if reference is None or len(reference) < len(feeds):
+    # The budget is against the input model: its outputs, when the pipeline has them for
+    # these very inputs; otherwise this graph's (nothing lossy ran before, as far as we know).
+    same_inputs = ctx.calibration is None or ctx.calibration is ctx.feeds
+    if same_inputs and ctx.reference is not None and len(ctx.reference) == len(feeds):
+        reference = ctx.reference
+    else:
         reference = verify.run_graph(graph, feeds)
+    weights = [s.weight.name for s in sites]
     probe = budgets.WeightProbe(graph, weights, feeds, reference)
-    result = budgets.search(layers, probe, budget, ctx.task if ctx.progress else None)
+    result = budgets.search(layers, probe, budget, ctx.task if ctx.progress else None,
+                            sensitivity_samples=ctx.options["samples"])
     plans: dict[int, Plan | None] = {}
     errors: dict[int, dict] = {}
     for site, layer in zip(sites, layers):

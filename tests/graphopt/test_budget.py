@@ -73,7 +73,7 @@ class FakeProbe:
         self.errors = errors
         self.runs = 0
 
-    def error(self, replaced: dict) -> verify.ErrorStats:
+    def error(self, replaced: dict, samples: int | None = None) -> verify.ErrorStats:
         self.runs += 1
         return verify.ErrorStats(0.0, 0.0, 1.0 - sum(self.errors[k] for k in replaced))
 
@@ -118,3 +118,19 @@ def test_search_with_nothing_to_try() -> None:
     result = budget.search([budget.Layer("a", 1.0, [])], FakeProbe({}),
                            budget.parse_budget("cosine=0.99"))
     assert result.decisions["a"].choice is None and result.holds
+
+
+def test_sensitivity_may_use_fewer_samples_but_combined_models_use_all() -> None:
+    errors: dict[str, float] = {}
+    layers = [_layer(n, [(10, 0.001)], errors) for n in ("a", "b")]
+    seen = []
+
+    class Recording(FakeProbe):
+        def error(self, replaced: dict, samples: int | None = None) -> verify.ErrorStats:
+            seen.append((len(replaced), samples))
+            return super().error(replaced, samples)
+
+    budget.search(layers, Recording(errors), budget.parse_budget("cosine=0.99"),
+                  sensitivity_samples=2)
+    assert {s for n, s in seen if n == 1 and s is not None} == {2}
+    assert (2, None) in seen  # the combination of both layers, on every sample
