@@ -138,3 +138,48 @@ def weight_sparsity(graph: gs.Graph, min_elements: int = 16) -> dict[str, float]
                 if values.dtype.kind in "fiu":
                     out[tensor.name] = float(np.count_nonzero(values == 0) / values.size)
     return out
+
+
+def sparse_layers(graph: gs.Graph, min_zeros: float = 0.05) -> list[dict]:
+    """Per MatMul/Gemm/Conv weight with at least `min_zeros` exact zeros: the fraction of
+    zeros, N:M compliance along the reduction axis (2:4, 1:4, 4:8) and the structure the
+    zeros have: "2:4" (every group complies), "block RxC" (the largest block shape whose
+    all-zero blocks hold nearly all the zeros), or "unstructured"."""
+    from graphopt import sparsity  # the pattern math, shared with the passes
+
+    rows = []
+    for node in graph.nodes:
+        if node.op not in ("MatMul", "Gemm", "Conv") or len(node.inputs) < 2:
+            continue
+        weight = node.inputs[1]
+        if not isinstance(weight, gs.Constant):
+            continue
+        w = np.asarray(weight.values)
+        if w.dtype.kind != "f" or w.ndim < 2 or w.size == 0:
+            continue
+        zeros = float(np.mean(w == 0))
+        if zeros < min_zeros:
+            continue
+        trans_b = node.op == "Gemm" and bool(node.attrs.get("transB", 0))
+        axis = sparsity.reduction_axis(node.op, trans_b)
+        row: dict = {"layer": node.name, "op": node.op, "weight": weight.name,
+                     "shape": list(w.shape), "zeros": zeros}
+        for n, m in ((2, 4), (1, 4), (4, 8)):
+            row[f"{n}:{m}"] = sparsity.nm_compliance(w, n, m, axis)
+        pattern = next((f"{n}:{m}" for n, m in ((1, 4), (2, 4), (4, 8))
+                        if row[f"{n}:{m}"] == 1.0), None)
+        if pattern is None and (node.op != "Conv" or w.ndim == 2 or all(
+                d == 1 for d in w.shape[2:])):
+            matrix = sparsity.out_in_matrix(node.op, w, trans_b)
+            fits = []
+            for text in sparsity.BLOCK_SHAPES:
+                shape = sparsity.parse_block(text)
+                blocked = sparsity.block_sparsity(matrix, shape)
+                row[f"block {text}"] = blocked
+                if blocked >= 0.95 * zeros:
+                    fits.append((shape[0] * shape[1], text))
+            if fits:
+                pattern = f"block {max(fits)[1]}"
+        row["pattern"] = pattern or "unstructured"
+        rows.append(row)
+    return rows

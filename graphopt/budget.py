@@ -26,6 +26,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -270,3 +271,47 @@ def _cheaper(layer: Layer, current: int | None, scores: Sequence[float],
         if scores[i] <= budget.allowance:
             return i
     return None
+
+
+# ------------------------------------------------------------------------- for lossy passes
+DEFAULT = "cosine=0.99"
+DISTANCE = {"cosine": "1 - output cosine", "max_abs": "max abs output error",
+            "max_rel": "max rel output error"}
+
+
+def resolve(ctx: Any, option: str, where: str) -> Budget:
+    """A lossy pass's budget: its own option, else --budget, else DEFAULT."""
+    if option:
+        return parse_budget(option, where)
+    if ctx.budget is not None:
+        return ctx.budget
+    return parse_budget(DEFAULT)
+
+
+def calibration_feeds(graph: gs.Graph, ctx: Any) -> list[verify.Feeds]:
+    """The user's calibration data, else the pipeline's verification inputs, else seeded
+    random inputs (lossy passes run alone, e.g. from tests)."""
+    feeds = list(ctx.calibration or ctx.feeds)
+    if not feeds:
+        feeds = [verify.random_feeds(graph, verify.concrete_shapes(graph, ctx.input_shapes))]
+    return feeds
+
+
+def search_graph(graph: gs.Graph, ctx: Any, layers: Sequence[Layer], weights: Sequence[str],
+                 budget: Budget, feeds: Sequence[verify.Feeds],
+                 sensitivity_samples: int | None = None) -> SearchResult:
+    """`search` on this graph, against the *input model's* outputs where the pipeline has
+    them for these very inputs (so earlier lossy passes count against the budget too)."""
+    same_inputs = ctx.calibration is None or ctx.calibration is ctx.feeds
+    if same_inputs and ctx.reference is not None and len(ctx.reference) == len(feeds):
+        reference = ctx.reference
+    else:
+        reference = verify.run_graph(graph, feeds)
+    probe = WeightProbe(graph, weights, feeds, reference)
+    return search(layers, probe, budget, ctx.task if ctx.progress is not None else None,
+                  sensitivity_samples)
+
+
+def finite(x: float) -> float | str:
+    """JSON-safe: inf/nan as strings."""
+    return x if math.isfinite(x) else str(x)

@@ -216,6 +216,7 @@ def inspect(
             "external_data": ir.uses_external_data(proto),
             "inputs": [_io(t) for t in graph.inputs], "outputs": [_io(t) for t in graph.outputs],
             "shapes_for_flops": shapes, **stats.as_dict(), "weight_sparsity": sparsity,
+            "sparse_layers": analysis.sparse_layers(graph),
         }
         if as_json:
             print(json.dumps(data, indent=2))
@@ -242,8 +243,16 @@ def inspect(
             ops.add_row(op, str(n))
         console.print(ops)
         sparse = {k: v for k, v in sparsity.items() if v > 0}
-        console.print(f"weights with zeros: {len(sparse)} of {len(sparsity)}" + "".join(
-            f"\n  {k}: {v:.1%}" for k, v in sorted(sparse.items(), key=lambda kv: -kv[1])[:20]))
+        console.print(f"weights with zeros: {len(sparse)} of {len(sparsity)}")
+        if data["sparse_layers"]:
+            table = Table(title="sparse layers (pattern of the zeros; N:M along the "
+                          "reduction axis)")
+            for column in ("layer", "op", "shape", "zeros", "2:4 groups", "pattern"):
+                table.add_column(column)
+            for row in data["sparse_layers"]:
+                table.add_row(row["layer"], row["op"], "x".join(map(str, row["shape"])),
+                              f"{row['zeros']:.1%}", f"{row['2:4']:.1%}", row["pattern"])
+            console.print(table)
 
 
 def _io(t: gs.Tensor) -> dict[str, Any]:

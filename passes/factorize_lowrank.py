@@ -28,7 +28,6 @@ depthwise convs, Gemm with transA, MatMul weights of rank other than 2, layers w
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -41,7 +40,6 @@ from graphopt.errors import UserError
 from graphopt.passes import lowrank
 from graphopt.pipeline import Option, PassContext, graph_pass
 
-DEFAULT_BUDGET = "cosine=0.99"
 # Ranks the budget search tries per layer and scheme: those keeping these energy levels, and
 # these fractions of the largest rank that still saves min_saving; at most `levels` of them.
 ENERGY_LEVELS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999)
@@ -56,7 +54,7 @@ OPTIONS = {
     "params": Option(0.0, "keep at most this fraction of the factorizable layers' "
                      "parameters (0: off)", minimum=0.0, maximum=1.0),
     "budget": Option("", "accuracy budget of this pass, e.g. cosine=0.99 (default: "
-                     f"--budget, else {DEFAULT_BUDGET})"),
+                     f"--budget, else {budgets.DEFAULT})"),
     "svd": Option("auto", "plain, whitened (data-aware), or auto: whitened when "
                   "--calibration data is given", choices=("auto", "plain", "whitened")),
     "conv": Option("auto", "conv decomposition: channel, spatial, or auto (the cheaper at "
@@ -418,11 +416,7 @@ def _rewrite(graph: gs.Graph, site: Site, plan: Plan) -> None:
 
 # ------------------------------------------------------------------------------------ pass
 def _budget(ctx: PassContext) -> budgets.Budget:
-    if ctx.options["budget"]:
-        return budgets.parse_budget(ctx.options["budget"], "factorize_lowrank.budget")
-    if ctx.budget is not None:
-        return ctx.budget
-    return budgets.parse_budget(DEFAULT_BUDGET)
+    return budgets.resolve(ctx, ctx.options["budget"], "factorize_lowrank.budget")
 
 
 def _rule(ctx: PassContext) -> str:
@@ -445,7 +439,7 @@ def factorize_lowrank(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
     if not sites:
         ctx.note("no factorizable layer")
         return graph
-    feeds = _feeds(graph, ctx)
+    feeds = budgets.calibration_feeds(graph, ctx)
     data = ctx.calibration is not None
     whiten = o["svd"] == "whitened" or (o["svd"] == "auto" and data)
     if whiten:
@@ -493,20 +487,13 @@ def factorize_lowrank(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
     if search is not None:
         ctx.note(f"budget {_budget(ctx)}: search result {_budget(ctx).describe(search.error)}"
                  f" after {search.evaluations} model runs; sensitivity = the model's "
-                 f"{_DISTANCE[_budget(ctx).metric]} with that layer alone factorized (at its "
+                 f"{budgets.DISTANCE[_budget(ctx).metric]} with that layer alone factorized (at its "
                  "chosen rank, or at the largest rank tried when kept)")
         if not search.holds:
             ctx.warn(f"could not stay in budget {_budget(ctx)}: {search.error}")
     ctx.note(f"svd: {'whitened (data-aware)' if whiten else 'plain'}; ranks rounded to "
              f"multiples of {rules.multiple}; rule: {rule}")
     return graph
-
-
-def _feeds(graph: gs.Graph, ctx: PassContext) -> list[verify.Feeds]:
-    feeds = list(ctx.calibration or ctx.feeds)
-    if not feeds:
-        feeds = [verify.random_feeds(graph, verify.concrete_shapes(graph, ctx.input_shapes))]
-    return feeds
 
 
 def _by_budget(graph: gs.Graph, sites: list[Site], rules: Rules, budget: budgets.Budget,
@@ -520,17 +507,8 @@ def _by_budget(graph: gs.Graph, sites: list[Site], rules: Rules, budget: budgets
                                         f"{p.scheme} rank {p.rank}", float(_cost(p)),
                                         (lambda s, p: lambda: {s.weight.name: s.approximation(p)})
                                         (site, p)) for p in options[site.node.name]]))
-    # The budget is against the input model: its outputs, when the pipeline has them for
-    # these very inputs; otherwise this graph's (nothing lossy ran before, as far as we know).
-    same_inputs = ctx.calibration is None or ctx.calibration is ctx.feeds
-    if same_inputs and ctx.reference is not None and len(ctx.reference) == len(feeds):
-        reference = ctx.reference
-    else:
-        reference = verify.run_graph(graph, feeds)
-    weights = [s.weight.name for s in sites]
-    probe = budgets.WeightProbe(graph, weights, feeds, reference)
-    result = budgets.search(layers, probe, budget, ctx.task if ctx.progress else None,
-                            sensitivity_samples=ctx.options["samples"])
+    result = budgets.search_graph(graph, ctx, layers, [s.weight.name for s in sites], budget,
+                                  feeds, ctx.options["samples"])
     plans: dict[int, Plan | None] = {}
     errors: dict[int, dict] = {}
     for site, layer in zip(sites, layers):
@@ -540,13 +518,7 @@ def _by_budget(graph: gs.Graph, sites: list[Site], rules: Rules, budget: budgets
         if decision.sensitivity:
             at = decision.choice if decision.choice is not None else len(
                 decision.sensitivity) - 1
-            errors[id(site)] = {"sensitivity": _finite(decision.sensitivity[at])}
+            errors[id(site)] = {"sensitivity": budgets.finite(decision.sensitivity[at])}
     return plans, errors, result
 
 
-_DISTANCE = {"cosine": "1 - output cosine", "max_abs": "max abs output error",
-             "max_rel": "max rel output error"}
-
-
-def _finite(x: float) -> float | str:
-    return x if math.isfinite(x) else str(x)

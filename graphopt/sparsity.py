@@ -1,0 +1,122 @@
+"""Sparsity patterns on arrays: the math of the sparsify_* passes, of `graphopt inspect`'s
+compliance report, and of the sparse kernels.
+
+Every layer is seen through its weight's *reduction axis* (the axis summed over):
+
+    MatMul(x, W[k, n])              axis 0
+    Gemm(x, W, transB=0 | 1)        axis 0 | 1
+    Conv(x, W[K, C/g, *kernel])     axis 1 (input channels)
+
+N:M sparsity keeps the N largest magnitudes in every group of M consecutive weights along
+the reduction axis (2:4 is what sparse tensor cores and 2:4 kernels read). Block sparsity
+works on the layer's (out, in) matrix, cut into blocks of `rows x cols` (out x in), and zeros
+whole blocks with the smallest L2 norms; edge blocks may be partial.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BLOCK_SHAPES = ("1x4", "4x1", "4x4", "1x16", "16x1", "32x1", "8x8", "16x16")
+
+
+def reduction_axis(op: str, trans_b: bool = False) -> int:
+    if op == "Conv":
+        return 1
+    if op == "Gemm" and trans_b:
+        return 1
+    return 0
+
+
+def out_in_matrix(op: str, w: np.ndarray, trans_b: bool = False) -> np.ndarray:
+    """The (out, in) matrix of a MatMul/Gemm/1x1-Conv weight."""
+    if op == "Conv":
+        return w.reshape(w.shape[0], -1)
+    if op == "Gemm" and trans_b:
+        return w
+    return w.T
+
+
+def from_out_in(op: str, matrix: np.ndarray, shape: tuple[int, ...],
+                trans_b: bool = False) -> np.ndarray:
+    """Inverse of out_in_matrix."""
+    if op == "Conv":
+        return matrix.reshape(shape)
+    if op == "Gemm" and trans_b:
+        return matrix
+    return matrix.T
+
+
+# --------------------------------------------------------------------------------- N:M
+def nm_mask(w: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
+    """Keep the n largest |w| of every m consecutive weights along `axis` (whose length must
+    be a multiple of m). Ties keep the earlier weight."""
+    if not 0 < n < m:
+        raise ValueError(f"need 0 < n < m, got {n}:{m}")
+    if w.shape[axis] % m:
+        raise ValueError(f"axis {axis} has {w.shape[axis]} weights, not a multiple of {m}")
+    moved = np.moveaxis(np.abs(w), axis, -1)
+    groups = moved.reshape(*moved.shape[:-1], moved.shape[-1] // m, m)
+    # Stable sort by descending magnitude: among equals, the earlier weight wins.
+    order = np.argsort(-groups, axis=-1, kind="stable")
+    keep = np.zeros(groups.shape, dtype=bool)
+    np.put_along_axis(keep, order[..., :n], True, axis=-1)
+    return np.moveaxis(keep.reshape(moved.shape), -1, axis)
+
+
+def nm_compliance(w: np.ndarray, n: int, m: int, axis: int) -> float:
+    """Fraction of the groups of m along `axis` with at most n non-zeros (0.0 when the axis
+    is not a multiple of m)."""
+    if w.shape[axis] % m:
+        return 0.0
+    moved = np.moveaxis(w != 0, axis, -1)
+    groups = moved.reshape(*moved.shape[:-1], moved.shape[-1] // m, m)
+    return float(np.mean(groups.sum(axis=-1) <= n))
+
+
+def kept_magnitude(w: np.ndarray, mask: np.ndarray) -> float:
+    """Fraction of the weight's L1 magnitude a mask keeps."""
+    total = float(np.abs(w).sum())
+    return float(np.abs(w[mask]).sum()) / total if total else 1.0
+
+
+# ------------------------------------------------------------------------------ blocks
+def parse_block(text: str) -> tuple[int, int]:
+    rows, sep, cols = text.lower().partition("x")
+    if not sep or not rows.isdigit() or not cols.isdigit() or int(rows) < 1 or int(cols) < 1:
+        raise ValueError(f"block shape '{text}' is not ROWSxCOLS, e.g. 1x4 or 16x16")
+    return int(rows), int(cols)
+
+
+def block_norms(matrix: np.ndarray, block: tuple[int, int]) -> np.ndarray:
+    """L2 norm of every (rows x cols) block of an (out, in) matrix, edge blocks partial."""
+    r, c = block
+    out, inp = matrix.shape
+    padded = np.zeros((-(-out // r) * r, -(-inp // c) * c), dtype=np.float64)
+    padded[:out, :inp] = matrix
+    blocks = padded.reshape(padded.shape[0] // r, r, padded.shape[1] // c, c)
+    return np.sqrt(np.einsum("abcd,abcd->ac", blocks, blocks))
+
+
+def expand_blocks(keep: np.ndarray, block: tuple[int, int], shape: tuple[int, int]
+                  ) -> np.ndarray:
+    """A per-block boolean grid as a per-element mask of `shape`."""
+    r, c = block
+    return np.repeat(np.repeat(keep, r, axis=0), c, axis=1)[:shape[0], :shape[1]]
+
+
+def block_mask(matrix: np.ndarray, block: tuple[int, int], sparsity: float) -> np.ndarray:
+    """Zero the floor(sparsity * blocks) blocks of smallest L2 norm (ties: earlier blocks
+    are zeroed first); returns the per-element keep mask."""
+    if not 0.0 <= sparsity <= 1.0:
+        raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
+    norms = block_norms(matrix, block)
+    drop = int(np.floor(sparsity * norms.size + 1e-9))
+    keep = np.ones(norms.size, dtype=bool)
+    keep[np.argsort(norms.ravel(), kind="stable")[:drop]] = False
+    return expand_blocks(keep.reshape(norms.shape), block, matrix.shape)
+
+
+def block_sparsity(matrix: np.ndarray, block: tuple[int, int]) -> float:
+    """Fraction of (rows x cols) blocks that are entirely zero."""
+    return float(np.mean(block_norms(matrix, block) == 0))
