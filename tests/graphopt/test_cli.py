@@ -184,6 +184,25 @@ def test_compile_lossy_without_data_warns(cli, save_model, tmp_path: Path) -> No
     assert report["output"]["stats"]["macs"] <= 0.5 * report["input"]["stats"]["macs"] * 1.01
 
 
+def test_lossy_passes_together_in_declared_order(cli, save_model, tmp_path: Path) -> None:
+    model = save_model(_decaying_mlp())
+    config = tmp_path / "c.toml"
+    config.write_text('[passes.factorize_lowrank]\nenergy = 0.9\nmin_size = 1024\n\n'
+                      '[passes.sparsify_block]\nsparsity = 0.5\nmin_size = 256\n')
+    out = tmp_path / "out"
+    result = cli("compile", model, "-o", out, "--add", "factorize_lowrank,sparsify_block",
+                 "--config", config)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["lossy_passes"] == ["factorize_lowrank", "sparsify_block"]
+    sparse = [p for p in report["passes"] if p["name"] == "sparsify_block"][0]
+    assert sparse["layers"] and all(r.get("block_sparsity") == 0.5 for r in sparse["layers"])
+    result = cli("compile", model, "-o", tmp_path / "bad", "--add",
+                 "sparsify_block,factorize_lowrank", "--config", config)
+    assert result.exit_code == 2
+    assert "'factorize_lowrank' must run before 'sparsify_block'" in result.output
+
+
 def test_bad_config_option(cli, tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text("[passes.fold_constants]\nmax_growth = 1\n")
