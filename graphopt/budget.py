@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir, verify
+from graphopt import verify
 from graphopt.errors import UserError
 
 log = logging.getLogger("graphopt.budget")
@@ -109,9 +109,7 @@ class WeightProbe:
                     if t is tensor:
                         node.inputs[i] = variable
             probe.inputs.append(variable)
-        model, arrays = ir.skeleton(probe)
-        self.session = verify.session(model.SerializeToString(), initializers=arrays)
-        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.session = verify.GraphSession(probe)
         self.feeds = list(feeds)
         self.reference = list(reference)
         self.runs = 0
@@ -125,8 +123,7 @@ class WeightProbe:
         weights = {**self.originals, **replaced}
         results = []
         for feeds in self.feeds[:samples]:
-            values = self.session.run(self.outputs, {**feeds, **weights})
-            results.append(dict(zip(self.outputs, values)))
+            results.append(self.session.run(feeds, extra=weights))
         self.runs += 1
         return results
 

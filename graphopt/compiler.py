@@ -181,8 +181,12 @@ def compile_model(
     base = PassContext(target=target, input_shapes=shapes,
                        calibration=feeds if o.calibration is not None else None,
                        budget=accuracy_budget, progress=task_progress)
-    result = run_pipeline(graph, registry.resolve(names), pass_options, verification, base,
-                          like=proto, progress=progress)
+    # Hand the graph over: a pass may return a new graph object, and a reference kept here
+    # would keep every weight it replaced alive until the end (2x the weights at peak).
+    handed: list = [graph]
+    del graph
+    result = run_pipeline(handed.pop(), registry.resolve(names), pass_options, verification,
+                          base, like=proto, progress=progress)
     if not verification.enabled and verification.skipped_reason != "--no-verify":
         warnings.append(f"verification skipped: {verification.skipped_reason}")
     warnings += verification.warnings

@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -309,6 +309,24 @@ def skeleton(graph: gs.Graph, like: onnx.ModelProto | None = None
     """The model with its big weights as external stubs, and those weights by name."""
     with _weights_stubbed(graph) as arrays:
         return to_onnx(graph, like), arrays
+
+
+def initializers_as_inputs(model: onnx.ModelProto, names: Collection[str]) -> onnx.ModelProto:
+    """A copy of a skeleton model in which the named (stubbed) initializers are graph inputs
+    of the same dtype and shape instead."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    wanted = set(names)
+    kept = [t for t in out.graph.initializer if t.name not in wanted]
+    moved = [t for t in out.graph.initializer if t.name in wanted]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept)
+    existing = {i.name for i in out.graph.input}
+    for t in moved:
+        if t.name not in existing:
+            out.graph.input.append(onnx.helper.make_tensor_value_info(
+                t.name, t.data_type, list(t.dims)))
+    return out
 
 
 def freeze_weights(graph: gs.Graph) -> None:

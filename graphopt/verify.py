@@ -256,19 +256,36 @@ def session(src: str | bytes, optimize: bool = False, threads: int = 0,
     return sess
 
 
-def run_graph(graph: gs.Graph, feeds_list: Sequence[Feeds]) -> list[dict[str, np.ndarray]]:
-    """Outputs of the graph in onnxruntime (no ORT optimizations) for each feed."""
-    model, weights = ir.skeleton(graph)
-    sess = session(model.SerializeToString(), initializers=weights)
-    names = [o.name for o in sess.get_outputs()]
-    results = []
-    for feeds in feeds_list:
+class GraphSession:
+    """An onnxruntime session (no ORT optimizations) of a graph whose big weights stay in our
+    arrays: they become extra graph inputs fed on every run, which onnxruntime reads in place
+    (initializers, even external ones, are copied into the session: +1x the weights per
+    session). Where a model cannot take them as inputs, they are given as initializers."""
+
+    def __init__(self, graph: gs.Graph) -> None:
+        model, self.weights = ir.skeleton(graph)
+        as_inputs = ir.initializers_as_inputs(model, self.weights)
         try:
-            values = sess.run(names, feeds)
+            self.session = session(as_inputs.SerializeToString())
+        except Unrunnable:
+            self.weights, weights = {}, self.weights
+            self.session = session(model.SerializeToString(), initializers=weights)
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: Feeds, outputs: Sequence[str] | None = None,
+            extra: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        names = list(outputs or self.outputs)
+        try:
+            values = self.session.run(names, {**self.weights, **(extra or {}), **feeds})
         except Exception as exc:
             raise Unrunnable(_one_line(exc)) from exc
-        results.append(dict(zip(names, values)))
-    return results
+        return dict(zip(names, values))
+
+
+def run_graph(graph: gs.Graph, feeds_list: Sequence[Feeds]) -> list[dict[str, np.ndarray]]:
+    """Outputs of the graph in onnxruntime (no ORT optimizations) for each feed."""
+    sess = GraphSession(graph)
+    return [sess.run(feeds) for feeds in feeds_list]
 
 
 def _one_line(exc: BaseException) -> str:

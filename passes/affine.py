@@ -51,23 +51,39 @@ def per_channel(c: np.ndarray, out_rank: int, axis: int, channels: int) -> np.nd
     return np.broadcast_to(full.reshape(-1).astype(np.float64), (channels,)).copy()
 
 
+CHUNK_BYTES = 64 << 20  # float64 work space per chunk: big weights are never copied whole
+
+
+def scaled(w: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """w * factor (factor broadcastable to w), computed in float64 chunk by chunk along the
+    first axis and stored in w's dtype: a 1 GB weight costs 1 GB more, not 3."""
+    out = np.empty(w.shape, dtype=w.dtype)
+    factor = np.broadcast_to(np.asarray(factor, np.float64), w.shape)
+    if w.ndim == 0:
+        return (w.astype(np.float64) * factor).astype(w.dtype)
+    rows = max(1, CHUNK_BYTES // max(1, 8 * (w.size // max(1, w.shape[0]))))
+    for i in range(0, w.shape[0], rows):
+        out[i:i + rows] = w[i:i + rows].astype(np.float64) * factor[i:i + rows]
+    return out
+
+
 def scale_output_channels(w: np.ndarray, s: np.ndarray, op: str, group: int = 1,
                           trans_b: int = 0) -> np.ndarray:
     """Weights of `op` with output channel o multiplied by s[o] (computed in float64)."""
-    w64 = w.astype(np.float64)
     if op == "Conv":
-        out = w64 * s.reshape((-1,) + (1,) * (w.ndim - 1))
+        factor = s.reshape((-1,) + (1,) * (w.ndim - 1))
     elif op == "ConvTranspose":
+        # Output channel of W[ci, j] is (ci // (cin / group)) * cout_g + j.
         cin, cout_g = w.shape[0], w.shape[1]
-        grouped = w64.reshape((group, cin // group, cout_g) + w.shape[2:])
-        out = (grouped * s.reshape((group, 1, cout_g) + (1,) * (w.ndim - 2))).reshape(w.shape)
+        channel = (np.arange(cin) // (cin // group))[:, None] * cout_g + np.arange(cout_g)
+        factor = s[channel].reshape((cin, cout_g) + (1,) * (w.ndim - 2))
     elif op == "Gemm":
-        out = w64 * (s[:, None] if trans_b else s[None, :])
+        factor = s[:, None] if trans_b else s[None, :]
     elif op == "MatMul":
-        out = w64 * s[None, :]
+        factor = s[None, :]
     else:
         raise ValueError(f"not a linear op: {op}")
-    return out.astype(w.dtype)
+    return scaled(w, factor)
 
 
 def output_channels(w: np.ndarray, op: str, group: int = 1, trans_b: int = 0) -> int:

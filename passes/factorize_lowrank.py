@@ -259,15 +259,13 @@ def _collect_covariances(graph: gs.Graph, sites: list[Site], feeds: list[verify.
     for name in names:
         if name not in graph_inputs:
             probe.outputs.append(tensors[name])
-    model, arrays = ir.skeleton(probe)
-    session = verify.session(model.SerializeToString(), initializers=arrays)
-    outputs = [o.name for o in session.get_outputs()]
+    session = verify.GraphSession(probe)
     sums = {id(s): np.zeros((s.matrix.shape[0],) * 2) for s in wanted}
     fourth = {id(s): 0.0 for s in wanted}
     counts = {id(s): 0 for s in wanted}
     advance = ctx.task("calibrating (input covariances)", len(feeds))
     for sample in feeds:
-        values = dict(zip(outputs, session.run(outputs, sample)))
+        values = session.run(sample)
         values.update({k: v for k, v in sample.items() if k in names})
         for s in wanted:
             rows = _input_rows(s, np.asarray(values[s.input_tensor.name], np.float64))
