@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import logging
 import multiprocessing as mp
 import sys
 import time
@@ -26,32 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, how
 from common import RESULTS, machine_info  # noqa: E402
 
 
-def _worker(conn) -> None:
-    """Answers case indices with their outcomes until told to stop (None)."""
-    logging.disable(logging.WARNING)
-    from graphopt import testing
-    from graphopt.registry import load_registry
-    registry = load_registry()
-    pipelines = testing.distinct_pipelines(registry)
-    cases = testing.onnx_node_cases()
-    conn.send(len(cases))
-    while True:
-        index = conn.recv()
-        if index is None:
-            return
-        case = cases[index]
-        op = case.model.graph.node[0].op_type if case.model.graph.node else "?"
-        start = time.perf_counter()
-        outcomes = testing.conformance_case(case.model, case.data_sets[0][0], registry,
-                                            pipelines)
-        conn.send((case.name, op, outcomes, time.perf_counter() - start))
-
-
 class Worker:
     def __init__(self) -> None:
         context = mp.get_context("spawn")
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker, args=(child,), daemon=True)
+        # The target must be importable in the spawned child: it lives in graphopt.testing.
+        from graphopt.testing import conformance_worker
+        self.process = context.Process(target=conformance_worker, args=(child,), daemon=True)
         self.process.start()
         self.cases = self.conn.recv()
 

@@ -448,3 +448,26 @@ def conformance_case(model: onnx.ModelProto, inputs: Sequence[Any], registry: An
         except Exception as exc:  # any failure is a finding: report it, go on
             outcomes[spec] = f"FAILED: {type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
     return outcomes
+
+
+def conformance_worker(conn: Any) -> None:
+    """A worker process for bench/conformance_sweep.py: sends the number of onnx node cases,
+    then answers each case index with (name, op, outcomes, seconds) until it gets None."""
+    import logging
+    import time
+
+    from graphopt.registry import load_registry
+    logging.disable(logging.WARNING)
+    registry = load_registry()
+    pipelines = distinct_pipelines(registry)
+    cases = onnx_node_cases()
+    conn.send(len(cases))
+    while True:
+        index = conn.recv()
+        if index is None:
+            return
+        case = cases[index]
+        op = case.model.graph.node[0].op_type if case.model.graph.node else "?"
+        start = time.perf_counter()
+        outcomes = conformance_case(case.model, case.data_sets[0][0], registry, pipelines)
+        conn.send((case.name, op, outcomes, time.perf_counter() - start))
