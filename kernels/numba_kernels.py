@@ -86,3 +86,58 @@ def dense_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """The dense baseline in the same style (no BLAS): what the sparse kernels save on."""
     return _dense_kernel(np.ascontiguousarray(x, dtype=np.float32),
                          np.ascontiguousarray(w, dtype=np.float32))
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _int8_kernel(x_q, x_zero, w_q, scale):  # pragma: no cover - compiled
+    m, k = x_q.shape
+    n = w_q.shape[1]
+    y = np.empty((m, n), dtype=np.float32)
+    for i in numba.prange(m):
+        acc = np.zeros(n, dtype=np.int32)
+        for p in range(k):
+            xv = np.int32(x_q[i, p]) - x_zero
+            for j in range(n):
+                acc[j] += xv * np.int32(w_q[p, j])
+        for j in range(n):
+            y[i, j] = np.float32(acc[j] * scale[j])
+    return y
+
+
+def int8_matmul(x_q: np.ndarray, x_scale: float, x_zero: int, w_q: np.ndarray,
+                w_scale: np.ndarray) -> np.ndarray:
+    scale = (np.float64(x_scale) * w_scale.astype(np.float64)).astype(np.float64)
+    return _int8_kernel(np.ascontiguousarray(x_q), np.int32(x_zero), np.ascontiguousarray(w_q),
+                        scale)
+
+
+@numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
+def _conv_kernel(xp, w, stride, ho, wo):  # pragma: no cover - compiled
+    # Direct convolution over a padded NCHW input: each output channel is an independent
+    # task; the innermost loop runs along output columns.
+    n, c = xp.shape[0], xp.shape[1]
+    k, _, r, s = w.shape
+    y = np.zeros((n, k, ho, wo), dtype=np.float32)
+    for task in numba.prange(n * k):
+        b = task // k
+        o = task % k
+        for ci in range(c):
+            for a in range(r):
+                for d in range(s):
+                    v = w[o, ci, a, d]
+                    for yy in range(ho):
+                        row = xp[b, ci, yy * stride + a]
+                        out = y[b, o, yy]
+                        for xx in range(wo):
+                            out[xx] += v * row[xx * stride + d]
+    return y
+
+
+def conv2d(x: np.ndarray, w: np.ndarray, stride: int = 1, pad: int = 0) -> np.ndarray:
+    n, c, h, width = x.shape
+    _, _, r, s = w.shape
+    xp = np.zeros((n, c, h + 2 * pad, width + 2 * pad), dtype=np.float32)
+    xp[:, :, pad:pad + h, pad:pad + width] = x
+    ho = (h + 2 * pad - r) // stride + 1
+    wo = (width + 2 * pad - s) // stride + 1
+    return _conv_kernel(xp, np.ascontiguousarray(w, dtype=np.float32), stride, ho, wo)

@@ -43,3 +43,25 @@ def nm_matmul(x: np.ndarray, w: NMCompressed) -> np.ndarray:
     for r in range(rows):
         y += x64[:, position[r]] * w.values[r].astype(np.float64)
     return y.astype(np.result_type(x, w.values))
+
+
+def int8_matmul(x_q: np.ndarray, x_scale: float, x_zero: int, w_q: np.ndarray,
+                w_scale: np.ndarray) -> np.ndarray:
+    """Per-channel int8: y[:, j] = x_scale * w_scale[j] * sum_k (x_q - x_zero) * w_q[k, j],
+    x_q uint8 (or int8) per tensor, w_q int8 symmetric per output column; float32 out."""
+    acc = (x_q.astype(np.int64) - x_zero) @ w_q.astype(np.int64)
+    return (acc * (np.float64(x_scale) * w_scale.astype(np.float64))).astype(np.float32)
+
+
+def conv2d(x: np.ndarray, w: np.ndarray, stride: int = 1, pad: int = 0) -> np.ndarray:
+    """NCHW convolution, groups = 1, square stride/pad, as im2col then one matmul."""
+    n, c, h, width = x.shape
+    k, _, r, s = w.shape
+    xp = np.pad(x.astype(np.float64), [(0, 0), (0, 0), (pad, pad), (pad, pad)])
+    ho = (h + 2 * pad - r) // stride + 1
+    wo = (width + 2 * pad - s) // stride + 1
+    windows = np.lib.stride_tricks.sliding_window_view(xp, (r, s), axis=(2, 3))
+    patches = windows[:, :, ::stride, ::stride][:, :, :ho, :wo]  # (n, c, ho, wo, r, s)
+    cols = patches.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * r * s)
+    y = cols @ w.reshape(k, -1).astype(np.float64).T  # (n*ho*wo, k)
+    return y.reshape(n, ho, wo, k).transpose(0, 3, 1, 2).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Sparse kernels: formats round-trip; NumPy references match dense matmul; Numba kernels
+"""Kernels: sparse formats round-trip; NumPy references match dense matmul; Numba kernels
 match the references on odd shapes (non-multiples of the block, 1 row, empty blocks, fully
 dense, fully empty)."""
 
@@ -76,3 +76,37 @@ def test_dense_numba_kernel(m, k, n) -> None:
 def test_bsr_density() -> None:
     w = block_sparse(64, 64, (4, 4), 0.75)
     assert formats.to_bsr(w, (4, 4)).density == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("m, k, n", SHAPES)
+def test_int8_per_channel_matmul(m, k, n) -> None:
+    x = RNG.standard_normal((m, k)).astype(np.float32)
+    w = RNG.standard_normal((k, n)).astype(np.float32)
+    x_scale, x_zero = float(np.ptp(x) / 255 or 1.0), 128
+    x_q = np.clip(np.round(x / x_scale) + x_zero, 0, 255).astype(np.uint8)
+    w_scale = np.maximum(np.abs(w).max(axis=0), 1e-8) / 127
+    w_q = np.round(w / w_scale).astype(np.int8)
+    expected = ref.int8_matmul(x_q, x_scale, x_zero, w_q, w_scale)
+    # The reference is the quantize/dequantize math: close to the float product.
+    dequant = ((x_q.astype(np.float64) - x_zero) * x_scale) @ (w_q * w_scale)
+    np.testing.assert_allclose(expected, dequant, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(numba_kernels.int8_matmul(x_q, x_scale, x_zero, w_q, w_scale),
+                               expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("n, c, h, w, k, r, stride, pad", [
+    (1, 3, 9, 7, 5, 3, 1, 1), (2, 4, 8, 8, 6, 3, 2, 1), (1, 2, 5, 6, 3, 1, 1, 0),
+    (1, 1, 4, 4, 1, 4, 1, 0)])
+def test_conv2d_kernels(n, c, h, w, k, r, stride, pad) -> None:
+    from graphopt import testing
+    x = RNG.standard_normal((n, c, h, w)).astype(np.float32)
+    weight = RNG.standard_normal((k, c, r, r)).astype(np.float32)
+    b = testing.ModelBuilder()
+    xi = b.input("x", [n, c, h, w])
+    b.output(b.node("Conv", [xi, b.weight(weight)], outputs=["y"], kernel_shape=[r, r],
+                    strides=[stride] * 2, pads=[pad] * 4))
+    onnx_y = testing.run_model(b.build(check=False), {"x": x})["y"]
+    expected = ref.conv2d(x, weight, stride, pad)
+    np.testing.assert_allclose(expected, onnx_y, rtol=1e-4, atol=1e-4)  # the oracle is right
+    np.testing.assert_allclose(numba_kernels.conv2d(x, weight, stride, pad), expected,
+                               rtol=1e-4, atol=1e-4)
