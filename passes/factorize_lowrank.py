@@ -443,7 +443,14 @@ def factorize_lowrank(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
     if whiten:
         if not data:
             ctx.warn("svd=whitened without --calibration data: whitening on random inputs")
-        _collect_covariances(graph, sites, feeds, ctx)
+        # Whitening fits the calibration rows it sees; with several samples it sees only the
+        # first half, so the budget (checked on all of them) also holds on samples the
+        # whitening never saw: a guard against overfitting small calibration sets.
+        fit = feeds[:max(1, len(feeds) // 2)] if rule == "budget" else feeds
+        _collect_covariances(graph, sites, fit, ctx)
+        if len(fit) < len(feeds):
+            ctx.note(f"whitening fitted on {len(fit)} of {len(feeds)} calibration samples; "
+                     "the budget is checked on all of them")
     if rule == "budget":
         plans, errors, search = _by_budget(graph, sites, rules, _budget(ctx), feeds, ctx)
     else:
