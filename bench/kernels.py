@@ -76,7 +76,7 @@ def dense_problems(shapes, rng) -> list[Problem]:
         ort_run = _ort_matmul(w)
         out.append(Problem("dense", f"{m}x{k}x{n}", 2.0 * m * k * n, ref.dense_matmul(x, w), {
             "numpy (OpenBLAS)": lambda x=x, w=w: x @ w,
-            "onnxruntime": lambda x=x: ort_run(x),
+            "onnxruntime": lambda x=x, run=ort_run: run(x),
             "numba": lambda x=x, w=w: numba_kernels.dense_matmul(x, w),
         }, ("numba",), m=m))
     return out
@@ -154,7 +154,7 @@ def conv_problems(shapes, rng) -> list[Problem]:
     out = []
     for n, c, h, k, r, stride in shapes:
         x = rng.standard_normal((n, c, h, h), dtype=np.float32)
-        w = (rng.standard_normal((k, c, r, r), dtype=np.float32) / np.sqrt(c * r * r))
+        w = (rng.standard_normal((k, c, r, r)) / np.sqrt(c * r * r)).astype(np.float32)
         pad = r // 2
         b = testing.ModelBuilder(opset=17)
         xi = b.input("x", [n, c, h, h])

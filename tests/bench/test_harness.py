@@ -1,0 +1,69 @@
+"""Smoke runs of the bench harness (`python -m bench kernels|models`): correct results and
+complete records, no timing asserts (speed claims live in bench/results/)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kernels_quick_run_checks_every_result_and_records_peak(tmp_path: Path) -> None:
+    kernels = _load("kernels")
+    assert kernels.main(["--quick", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "kernels_quick.json").read_text())
+    assert data["peak"]["fma_gflops"] > 0 and data["peak"]["sgemm_gflops"] > 0
+    assert {r["op"] for r in data["rows"]} == {"dense", "bsr", "2:4", "int8", "conv"}
+    for row in data["rows"]:
+        assert not any("wrong" in t for t in row["timings"].values()), row
+        assert row["graphopt_choice"] == "numba" and row["choice_speedup_vs_baseline"] > 0
+        for t in row["timings"].values():
+            assert t["min_s"] <= t["median_s"] <= t["p95_s"]
+    assert {"cpu", "versions"} <= set(data["machine"])
+    view = kernels.compare(data, data)
+    assert view and {v[-1] for v in view} == {"same"}
+    assert "| bsr |" in (tmp_path / "kernels_quick.md").read_text()
+
+
+def test_a_wrong_kernel_is_caught_before_timing() -> None:
+    import numpy as np
+    kernels = _load("kernels")
+    problem = kernels.Problem("dense", "2x2x2", 16.0, np.eye(2), {}, ())
+    assert kernels.check(problem, "numba", np.eye(2)) is None
+    assert "max abs error" in kernels.check(problem, "numba", np.zeros((2, 2)))
+    assert "shape" in kernels.check(problem, "numba", np.zeros(3))
+
+
+def test_models_quick_run_with_a_lossy_pass(tmp_path: Path) -> None:
+    models = _load("models")
+    assert models.main(["--quick", "--models", "bert_encoder", "--add", "factorize_lowrank",
+                        "--budgets", "0.99", "--rounds", "2", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "models_quick.json").read_text())
+    (entry,) = data["models"]
+    assert [c["config"] for c in entry["configs"]] == [
+        "graphopt x86", "+factorize_lowrank cosine>=0.99"]
+    assert entry["configs"][0]["held_out_cosine"] > 0.99999  # lossless
+    for c in entry["configs"]:
+        assert c["latency_ms"] > 0 and c["throughput_per_s"] > 0 and c["file_bytes"] > 0
+    assert models.compare(data, data)[0][-1] == "same"
+
+
+def test_python_dash_m_bench_lists_its_commands() -> None:
+    result = subprocess.run([sys.executable, "-m", "bench", "--help"], cwd=BENCH.parent,
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "kernels" in result.stdout and "models" in result.stdout
+    bad = subprocess.run([sys.executable, "-m", "bench", "nope"], cwd=BENCH.parent,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2
