@@ -18,6 +18,7 @@ near one copy of the weights.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import itertools
 import os
@@ -604,20 +605,34 @@ def convert_opset(graph: gs.Graph, opset: int) -> gs.Graph:
     return import_graph(converted)
 
 
+GC_AFTER_BYTES = 128 << 20
+_released_bytes = 0
+
+
 def detach_dead(graph: gs.Graph, node: gs.Node) -> None:
     """Disconnect `node` if none of its outputs is read, then its producers that died with it.
 
     cleanup() would remove them anyway; detaching at once lets replaced weights be freed
     during a sweep instead of after it (folding every layer of a big model in one sweep
     would otherwise hold its weights twice)."""
+    global _released_bytes
     stack = [node]
     while stack:
         current = stack.pop()
         if any(out.outputs or is_graph_output(graph, out) for out in current.outputs):
             continue
         producers = [producer(t) for t in current.inputs]
+        dropped = [t for t in current.inputs if isinstance(t, gs.Constant)]
         current.inputs.clear()
         stack.extend(p for p in producers if p is not None)
+        _released_bytes += sum(tensor_nbytes(t) for t in dropped if not t.outputs
+                               and isinstance(t._values, np.ndarray))
+    if _released_bytes > GC_AFTER_BYTES:
+        # A dead Constant sits in reference cycles (graphsurgeon's tensor <-> node lists), so
+        # only the cyclic collector frees its array: run it once enough weight bytes are
+        # waiting, or a pass rewriting every weight would hold old and new ones (2x memory).
+        _released_bytes = 0
+        gc.collect()
 
 
 def cleanup(graph: gs.Graph) -> gs.Graph:

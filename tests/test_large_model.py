@@ -11,9 +11,8 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "huge_model.py"
 
-# Measured peak RSS / weight bytes (bench/results/huge_model.md: 3.0x; goal ~1.5x, see the
-# README's Guarantees). The test guards against regressions beyond what we measured.
-MAX_PEAK_OVER_WEIGHTS = 3.5
+# Peak RSS / weight bytes: the goal (measured 1.26x, bench/results/huge_model.md).
+MAX_PEAK_OVER_WEIGHTS = 1.5
 
 
 @pytest.mark.large
