@@ -31,6 +31,26 @@ def growth_bytes(node: gs.Node) -> int | None:
     return total
 
 
+def _explicit_shape_slices(graph: gs.Graph) -> None:
+    """Shape(x, start, end) (opset 15) -> Slice(Shape(x), start, end): graphsurgeon's shape
+    folding ignores the attributes and would fold the whole shape (found by the onnx node
+    case sweep, bench/conformance_sweep.py)."""
+    for g in ir.walk_graphs(graph):
+        for node in list(g.nodes):
+            if node.op != "Shape" or not ({"start", "end"} & set(node.attrs)):
+                continue
+            start = int(node.attrs.pop("start", 0))
+            end = node.attrs.pop("end", None)
+            full = ir.var(g, f"{node.name}_full", dtype=np.int64)
+            out = node.outputs[0]
+            node.outputs = [full]
+            ends = np.iinfo(np.int64).max if end is None else int(end)
+            g.nodes.append(gs.Node("Slice", name=ir.fresh_name(g, f"{node.name}_slice"), inputs=[
+                full, ir.const(g, np.array([start], np.int64), "shape_start"),
+                ir.const(g, np.array([ends], np.int64), "shape_end"),
+                ir.const(g, np.array([0], np.int64), "shape_axis")], outputs=[out]))
+
+
 @graph_pass(
     "fold_constants",
     lossless=True,
@@ -74,7 +94,9 @@ def fold_constants(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
     if ctx.options["fold_shapes"] and ir.shapes_consistent(graph):
         # graphsurgeon's shape folding can compute wrong shapes (seen on onnx's expanded
         # Attention): fold on a copy and keep it only if strict shape inference still holds.
-        trial = fold(graph.copy(), shapes=True)
+        trial = graph.copy()
+        _explicit_shape_slices(trial)
+        trial = fold(trial, shapes=True)
         if ir.shapes_consistent(trial):
             folded = trial
         else:

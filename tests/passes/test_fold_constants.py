@@ -72,3 +72,19 @@ def test_idempotent(name: str) -> None:
     once = testing.run_pass(fold_constants, testing.CORPUS[name]())
     twice = testing.run_pass(fold_constants, once)
     assert testing.op_types(twice) == testing.op_types(once)
+
+
+@pytest.mark.parametrize("attrs, expected", [
+    ({"start": 1}, [3, 4]), ({"end": -1}, [2, 3]), ({"start": 1, "end": 2}, [3]),
+    ({"start": 2, "end": 1}, [])])
+def test_shape_with_start_end_folds_to_the_slice_of_the_shape(attrs, expected) -> None:
+    b = testing.ModelBuilder(opset=15)
+    x = b.input("x", [2, 3, 4])
+    b.output(b.node("Shape", [x], outputs=["s"], **attrs), dtype=np.int64,
+             shape=[len(expected)])
+    model = b.build()
+    graph = testing.run_pass(fold_constants, model)
+    assert testing.op_types(graph) == []  # folded to a constant output
+    out = testing.run_model(graph, testing.random_inputs(model))["s"]
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(out, testing.run_model(model, testing.random_inputs(model))["s"])
