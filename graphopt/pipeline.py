@@ -27,6 +27,25 @@ from graphopt.errors import UserError, VerificationError
 log = logging.getLogger("graphopt.pipeline")
 
 LOSSLESS_MAX_REL = 1e-5
+# For outputs in a coarser float type (float16, bfloat16) "lossless" means within a few units
+# of that type's rounding: constant folding computes in the same type, but operation order
+# may differ by an ulp, which 1e-5 cannot tell from a bug.
+LOSSLESS_ULPS = 4
+
+
+def lossless_tolerance(outputs: Sequence[Mapping[str, Any]] | None) -> float:
+    """LOSSLESS_MAX_REL, or LOSSLESS_ULPS ulps of the coarsest float output type."""
+    tolerance = LOSSLESS_MAX_REL
+    for sample in outputs or ():
+        for value in sample.values():
+            values = value if isinstance(value, (list, tuple)) else [value]
+            for v in values:
+                dtype = np.asarray(v).dtype
+                if dtype.kind == "f":
+                    tolerance = max(tolerance, LOSSLESS_ULPS * float(np.finfo(dtype).eps))
+                elif dtype.name == "bfloat16":
+                    tolerance = max(tolerance, LOSSLESS_ULPS * 2.0 ** -7)
+    return tolerance
 
 
 @dataclass(frozen=True)
@@ -241,6 +260,7 @@ class Verification:
     enabled: bool = True
     skipped_reason: str | None = None
     warnings: list[str] = field(default_factory=list)
+    lossless_max_rel: float = LOSSLESS_MAX_REL  # set from the outputs' float types
 
 
 @dataclass
@@ -272,6 +292,7 @@ def run_pipeline(
     interface = sorted(t.name for t in graph.outputs)
     outputs = _initial_outputs(graph, verification)
     reference = outputs
+    verification.lossless_max_rel = lossless_tolerance(outputs)
     records: list[PassRecord] = []
     ir.freeze_weights(graph)
     fingerprint = ir.fingerprint(graph)
@@ -310,7 +331,8 @@ def run_pipeline(
                     f"pass '{p.name}' produced a model onnxruntime cannot run: {exc}") from exc
             error = verify.compare_all(outputs, new_outputs)
             cumulative = verify.compare_all(reference, new_outputs)
-            verified = _judge(p, error, cumulative, base_ctx.budget)
+            verified = _judge(p, error, cumulative, base_ctx.budget,
+                              verification.lossless_max_rel)
             outputs = new_outputs
         records.append(PassRecord(p.name, p.lossless, ctx.options, seconds, stats, new_stats,
                                   error, cumulative, verified, ctx.notes, dict(ctx.counters),
@@ -353,12 +375,12 @@ def _finite(value) -> bool:
 
 
 def _judge(p: Pass, error: verify.ErrorStats, cumulative: verify.ErrorStats,
-           budget: Any) -> str:
+           budget: Any, tolerance: float = LOSSLESS_MAX_REL) -> str:
     if p.lossless:
-        if not error.max_rel <= LOSSLESS_MAX_REL:
+        if not error.max_rel <= tolerance:
             raise VerificationError(
                 f"lossless pass '{p.name}' changed the outputs: max relative error "
-                f"{error.max_rel:.3g} > {LOSSLESS_MAX_REL:g} (max abs {error.max_abs:.3g}, "
+                f"{error.max_rel:.3g} > {tolerance:g} (max abs {error.max_abs:.3g}, "
                 f"cosine {error.cosine:.6f}); this is a bug in the pass: rerun with "
                 f"--skip {p.name} and report it"
             )

@@ -28,7 +28,7 @@ from rich.table import Table
 
 from graphopt import __version__, verify
 from graphopt.analysis import GraphStats
-from graphopt.pipeline import LOSSLESS_MAX_REL, PipelineResult
+from graphopt.pipeline import PipelineResult
 
 SCHEMA = "graphopt.report/1"
 
@@ -80,7 +80,7 @@ def build_report(
             "input_shapes": {k: list(a.shape) for k, a in (v.feeds[0] if v.feeds else {}).items()},
             "samples": len(v.feeds),
             "skipped_reason": v.skipped_reason,
-            "lossless_max_rel": LOSSLESS_MAX_REL,
+            "lossless_max_rel": v.lossless_max_rel,
         },
         "passes": [r.as_dict() for r in result.records],
         "final_error": None if result.final_error is None else {

@@ -418,7 +418,7 @@ def conformance_case(model: onnx.ModelProto, inputs: Sequence[Any], registry: An
     Outcomes: "passed", "skipped: why" (the case cannot be judged: sequence inputs, Optional
     types, onnxruntime cannot run the original), or "FAILED: why" (outputs moved or the
     pipeline broke the model)."""
-    from graphopt.pipeline import Verification, run_pipeline
+    from graphopt.pipeline import Verification, lossless_tolerance, run_pipeline
     initializers = {i.name for i in model.graph.initializer}
     names = [i.name for i in model.graph.input if i.name not in initializers]
     if len(inputs) != len(names) or not all(isinstance(a, np.ndarray) for a in inputs):
@@ -443,7 +443,8 @@ def conformance_case(model: onnx.ModelProto, inputs: Sequence[Any], registry: An
                             input_shapes={k: list(v.shape) for k, v in feeds.items()}),
                 like=model)
             error = verify.compare_all(reference, verify.run_graph(result.graph, [feeds]))
-            outcomes[spec] = ("passed" if error.max_rel <= 1e-5
+            tolerance = lossless_tolerance(reference)
+            outcomes[spec] = ("passed" if error.max_rel <= tolerance
                               else f"FAILED: outputs moved, max_rel {error.max_rel:.3g}")
         except Exception as exc:  # any failure is a finding: report it, go on
             outcomes[spec] = f"FAILED: {type(exc).__name__}: {' '.join(str(exc).split())}"[:300]

@@ -166,3 +166,12 @@ def test_weights_are_read_only_so_changes_are_seen() -> None:
 
     with pytest.raises(ValueError, match="read-only"):
         _run([in_place])
+
+
+def test_lossless_tolerance_follows_the_coarsest_float_output() -> None:
+    from graphopt.pipeline import LOSSLESS_MAX_REL, lossless_tolerance
+    assert lossless_tolerance(None) == LOSSLESS_MAX_REL
+    assert lossless_tolerance([{"y": np.zeros(2, np.float32)}]) == LOSSLESS_MAX_REL
+    assert lossless_tolerance([{"y": np.zeros(2, np.float32), "i": np.zeros(2, np.int64)},
+                               {"h": np.zeros(2, np.float16)}]) == pytest.approx(
+        4 * float(np.finfo(np.float16).eps))
