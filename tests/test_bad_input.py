@@ -172,3 +172,33 @@ def test_ctrl_c_leaves_nothing_half_written(tmp_path: Path) -> None:
     assert not (out / "model.opt.onnx").exists() and not (out / "report.json").exists()
     leftovers = [p for p in (out.iterdir() if out.exists() else []) if p.name != ".graphopt.lock"]
     assert not leftovers
+
+
+def test_ctrl_c_during_calibration_writes_nothing(tmp_path: Path) -> None:
+    """Interrupted while a lossy pass searches its budget (model runs on calibration data):
+    exit 130, no output, the input untouched."""
+    b = testing.ModelBuilder(seed=0)
+    h = b.input("x", ["batch", 256])
+    for _ in range(6):
+        h = b.node("Relu", [b.node("MatMul", [h, b.weight(b.randn(256, 256, scale=0.06))])])
+    b.output(b.node("Identity", [h], outputs=["y"]), shape=["batch", 256])
+    path = tmp_path / "m.onnx"
+    onnx.save(b.build(), str(path))
+    before = path.read_bytes()
+    data = tmp_path / "cal.npy"
+    np.save(data, np.random.default_rng(0).standard_normal((64, 1024, 256)).astype(np.float32))
+    out = tmp_path / "out"
+    config = tmp_path / "c.toml"
+    config.write_text("[passes.factorize_lowrank]\nsamples = 64\nlevels = 64\nmin_saving = 0.0\n"
+                      "min_size = 1\n")
+    proc = subprocess.Popen([GRAPHOPT, "compile", path, "-o", out, "--add", "factorize_lowrank",
+                             "--calibration", data, "--config", config],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(8.0)  # loading and verifying take ~2 s; the search takes minutes
+    assert proc.poll() is None, "finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert not (out / "model.opt.onnx").exists() and not (out / "report.json").exists()
+    assert path.read_bytes() == before
