@@ -120,3 +120,45 @@ def block_mask(matrix: np.ndarray, block: tuple[int, int], sparsity: float) -> n
 def block_sparsity(matrix: np.ndarray, block: tuple[int, int]) -> float:
     """Fraction of (rows x cols) blocks that are entirely zero."""
     return float(np.mean(block_norms(matrix, block) == 0))
+
+
+# ------------------------------------------------------------------ channel permutations
+def nm_kept(rows: np.ndarray, n: int, m: int) -> float:
+    """Magnitude N:M keeps when the rows (channels, in order) are grouped m at a time: per
+    group and column, the n largest |values|. rows: (channels, features), channels % m == 0."""
+    a = np.abs(rows).reshape(rows.shape[0] // m, m, -1)
+    return float(np.sort(a, axis=1)[:, m - n:, :].sum())
+
+
+def nm_permutation(rows: np.ndarray, n: int, m: int, iterations: int = 4000,
+                   seed: int = 0) -> np.ndarray:
+    """A channel order that raises the magnitude N:M keeps (local search: swap two channels
+    of different groups when that raises the two groups' kept sum). Returns the order
+    (a permutation of range(channels)); the identity when nothing better is found."""
+    c = rows.shape[0]
+    if c % m or c < 2 * m:
+        return np.arange(c)
+    a = np.abs(np.asarray(rows, np.float64)).reshape(c, -1)
+    order = np.argsort(-a.sum(axis=1), kind="stable")  # strong channels first
+    # Deal the strongest channels round-robin over the groups: a good start.
+    groups = c // m
+    order = np.concatenate([order[g::groups] for g in range(groups)])
+    rng = np.random.default_rng(seed)
+
+    def group_score(members: np.ndarray) -> float:
+        return float(np.sort(a[members], axis=0)[m - n:].sum())
+
+    perm = order.reshape(groups, m).copy()
+    scores = np.array([group_score(g) for g in perm])
+    for _ in range(iterations):
+        g1, g2 = rng.choice(groups, size=2, replace=False)
+        i, j = rng.integers(m), rng.integers(m)
+        first, second = perm[g1].copy(), perm[g2].copy()
+        first[i], second[j] = perm[g2, j], perm[g1, i]
+        s1, s2 = group_score(first), group_score(second)
+        if s1 + s2 > scores[g1] + scores[g2] + 1e-12:
+            perm[g1], perm[g2] = first, second
+            scores[g1], scores[g2] = s1, s2
+    result = perm.ravel()
+    identity = np.arange(c)
+    return result if nm_kept(a[result], n, m) > nm_kept(a, n, m) + 1e-12 else identity

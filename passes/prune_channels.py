@@ -103,7 +103,7 @@ def _channel_axis(node: gs.Node) -> int:
     return 1 if node.op == "Conv" else -1
 
 
-def _build_groups(graph: gs.Graph, shapes: dict) -> list[Group]:
+def channel_groups(graph: gs.Graph, shapes: dict) -> list[Group]:
     outputs = {id(t) for t in graph.outputs}
     group_of: dict[int, Group] = {}
     groups: list[Group] = []
@@ -296,7 +296,9 @@ def _slice_const(graph: gs.Graph, node: gs.Node, slot: int, axis_from_end: int,
     node.inputs[slot] = ir.const(graph, np.take(values, keep, axis=index), f"{t.name}_pruned")
 
 
-def _rewrite(graph: gs.Graph, group: Group, keep: np.ndarray, shapes: dict) -> None:
+def select_channels(graph: gs.Graph, group: Group, keep: np.ndarray, shapes: dict) -> None:
+    """Keep (in this order) only the channels `keep` in every layer, pass-through and reader of
+    the group: a subset prunes, a permutation reorders (exactly, nothing lost)."""
     c = group.channels
     for layer in group.producers:
         w = np.asarray(layer.inputs[1].values)
@@ -343,7 +345,7 @@ def prune_channels(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
     lanes = max(1, (ctx.target.vector_bits if ctx.target is not None else 256) // 32)
     multiple = o["rank_multiple"] or lanes
     groups = []
-    for group in _build_groups(graph, shapes):
+    for group in channel_groups(graph, shapes):
         if group.blocked is None and not group.readers:
             group.blocked = "its channels are never consumed by a layer"
         if group.blocked is not None:
@@ -363,7 +365,7 @@ def prune_channels(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         if keep is None or keep.size == group.channels:
             ctx.layer(**row, decision="kept all channels")
             continue
-        _rewrite(graph, group, keep, shapes)
+        select_channels(graph, group, keep, shapes)
         ctx.layer(**row, decision=f"pruned {group.channels - keep.size}",
                   channels_after=int(keep.size))
         ctx.count("channel groups pruned")

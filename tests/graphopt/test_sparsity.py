@@ -86,3 +86,23 @@ def test_parse_block() -> None:
 def test_kept_magnitude() -> None:
     w = np.array([1.0, -3.0, 0.0, 4.0])
     assert sparsity.kept_magnitude(w, np.array([False, True, True, True])) == pytest.approx(7 / 8)
+
+
+def test_nm_permutation_raises_the_kept_magnitude() -> None:
+    rows = np.abs(np.random.default_rng(1).standard_normal((16, 6)))
+    rows[:8] *= 10  # strong channels bunched in the first groups: 2:4 must drop some
+    perm = sparsity.nm_permutation(rows, 2, 4)
+    assert sorted(perm) == list(range(16))
+    before, after = sparsity.nm_kept(rows, 2, 4), sparsity.nm_kept(rows[perm], 2, 4)
+    # Two strong channels per group of four: every strong weight survives.
+    assert after > 1.1 * before and after >= rows[:8].sum()
+    # The kept magnitude equals what the mask keeps on the permuted weight.
+    w = rows[perm]
+    mask = sparsity.nm_mask(w, 2, 4, axis=0)
+    assert np.abs(w[mask]).sum() == pytest.approx(after)
+
+
+def test_nm_permutation_keeps_the_identity_when_nothing_helps() -> None:
+    rows = np.ones((8, 3))
+    np.testing.assert_array_equal(sparsity.nm_permutation(rows, 2, 4), np.arange(8))
+    np.testing.assert_array_equal(sparsity.nm_permutation(np.ones((6, 2)), 2, 4), np.arange(6))

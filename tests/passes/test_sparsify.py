@@ -200,3 +200,33 @@ def test_inspect_reports_the_pattern_of_each_sparse_layer(cli, save_model, tmp_p
     data = json.loads(result.output)
     assert {r["pattern"] for r in data["sparse_layers"]} == {"block 16x1"}
     assert cli("inspect", path).exit_code == 0
+
+
+def _bunched_mlp() -> onnx.ModelProto:
+    """MatMul -> Relu -> MatMul whose second weight has its strong input channels bunched in
+    the first groups of four: plain 2:4 must drop strong weights, a permutation need not."""
+    b = testing.ModelBuilder(seed=5)
+    x = b.input("x", ["batch", 64])
+    w2 = np.abs(RNG.standard_normal((32, 48))).astype(np.float32) * np.sign(
+        RNG.standard_normal((32, 48))).astype(np.float32)
+    w2[:16] *= 10
+    h = b.node("Relu", [b.node("MatMul", [x, b.weight(b.randn(64, 32, scale=0.2))])])
+    b.output(b.node("MatMul", [h, b.weight(w2)], outputs=["y"], name="reader"),
+             shape=["batch", 48])
+    return b.build()
+
+
+def test_channel_permutation_is_exact_and_raises_the_kept_magnitude() -> None:
+    from graphopt.passes.sparsify_n_m import _permute_channels
+    model = _bunched_mlp()
+    graph = ir.import_graph(model)
+    ctx = PassContext(input_shapes={"x": [4, 64]})
+    _permute_channels(graph, ctx, 2, 4)
+    assert ctx.counters["channel groups permuted"] == 1
+    testing.assert_same_outputs(model, ir.cleanup(graph), rtol=1e-5, atol=1e-5)
+    kept = {}
+    for permute in (False, True):
+        g = testing.run_pass(sparsify_n_m, model, budget="none", min_size=1, permute=permute)
+        reader = [n for n in g.nodes if n.name == "reader"][0]
+        kept[permute] = float(np.abs(np.asarray(reader.inputs[1].values)).sum())
+    assert kept[True] > 1.2 * kept[False]
