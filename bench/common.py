@@ -84,3 +84,15 @@ def machine_info(threads: int) -> dict:
 
 def fmt_ratio(ratio: dict) -> str:
     return f"{ratio['median']:.3f} [{ratio['ci95'][0]:.3f}, {ratio['ci95'][1]:.3f}]"
+
+
+def pyplot():
+    """matplotlib.pyplot with a file-only backend, or None when matplotlib is not installed
+    (it is a bench requirement, not a graphopt dependency)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, however run
-from common import RESULTS, machine_info  # noqa: E402
+from common import RESULTS, machine_info, pyplot  # noqa: E402
 
 
 # ------------------------------------------------------------------------------- problems
@@ -373,11 +373,8 @@ def compare(old: dict, new: dict) -> list[tuple[str, str, str, float, float, str
 
 
 def plot_bsr(data: dict, path: Path) -> bool:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     rows = [r for r in data["rows"] if r["op"] == "bsr" and "choice_speedup_vs_baseline" in r]
     if not rows:

@@ -40,7 +40,8 @@ from graphopt import ir, verify, zoo
 from graphopt.compiler import CompileOptions, compile_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, however run
-from common import RESULTS, fmt_ratio, latencies, machine_info, paired_ratio  # noqa: E402
+from common import (RESULTS, fmt_ratio, latencies, machine_info,  # noqa: E402
+                    paired_ratio, pyplot)
 
 ALPHA = 1.0
 BUDGETS = (0.999, 0.995, 0.99, 0.98)
@@ -219,7 +220,8 @@ def to_markdown(data: dict) -> str:
                       "| budget | rank plain | rank whitened | MACs plain | MACs whitened |",
                       "|---|---:|---:|---:|---:|"]
             lines += [f"| {g['budget']} | {g['plain_rank_sum']} | {g['whitened_rank_sum']} | "
-                      f"{g['plain_layer_macs'] / 1e6:.1f}M | {g['whitened_layer_macs'] / 1e6:.1f}M |"
+                      f"{g['plain_layer_macs'] / 1e6:.1f}M | "
+                      f"{g['whitened_layer_macs'] / 1e6:.1f}M |"
                       for g in gains]
         lines.append("")
     stem = "lowrank" + ("" if data["alpha"] == ALPHA else f"_alpha{data['alpha']:g}")
@@ -228,11 +230,8 @@ def to_markdown(data: dict) -> str:
 
 
 def plot(data: dict, path: Path) -> bool:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     fig, axes = plt.subplots(1, len(data["models"]), figsize=(6 * len(data["models"]), 4.5))
     axes = np.atleast_1d(axes)

@@ -28,7 +28,7 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, however run
 from common import (RESULTS, fmt_ratio, latencies, machine_info,  # noqa: E402
-                    paired_ratio)
+                    paired_ratio, pyplot)
 
 DEFAULT_MODELS = ("resnet18", "mobilenet_v2", "bert_encoder")
 
@@ -114,11 +114,8 @@ def to_markdown(data: dict) -> str:
 
 
 def plot(data: dict, path: Path) -> bool:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for entry in data["models"]:

@@ -105,16 +105,25 @@ def expand_blocks(keep: np.ndarray, block: tuple[int, int], shape: tuple[int, in
     return np.repeat(np.repeat(keep, r, axis=0), c, axis=1)[:shape[0], :shape[1]]
 
 
-def block_mask(matrix: np.ndarray, block: tuple[int, int], sparsity: float) -> np.ndarray:
-    """Zero the floor(sparsity * blocks) blocks of smallest L2 norm (ties: earlier blocks
-    are zeroed first); returns the per-element keep mask."""
+def blocks_dropped(blocks: int, sparsity: float) -> int:
+    """How many of `blocks` a block sparsity level zeros: floor(sparsity * blocks)."""
     if not 0.0 <= sparsity <= 1.0:
         raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
-    norms = block_norms(matrix, block)
-    drop = int(np.floor(sparsity * norms.size + 1e-9))
+    return int(np.floor(sparsity * blocks + 1e-9))
+
+
+def keep_blocks(norms: np.ndarray, sparsity: float) -> np.ndarray:
+    """The per-block keep grid that zeros the blocks_dropped() blocks of smallest norm (ties:
+    earlier blocks are zeroed first)."""
     keep = np.ones(norms.size, dtype=bool)
-    keep[np.argsort(norms.ravel(), kind="stable")[:drop]] = False
-    return expand_blocks(keep.reshape(norms.shape), block, matrix.shape)
+    keep[np.argsort(norms.ravel(), kind="stable")[:blocks_dropped(norms.size, sparsity)]] = False
+    return keep.reshape(norms.shape)
+
+
+def block_mask(matrix: np.ndarray, block: tuple[int, int], sparsity: float) -> np.ndarray:
+    """Zero the blocks of smallest L2 norm (keep_blocks); returns the per-element keep mask."""
+    keep = keep_blocks(block_norms(matrix, block), sparsity)
+    return expand_blocks(keep, block, matrix.shape)
 
 
 def block_sparsity(matrix: np.ndarray, block: tuple[int, int]) -> float:

@@ -247,9 +247,10 @@ def _collect_covariances(graph: gs.Graph, sites: list[Site], feeds: list[verify.
     """Input covariance of each site's layer (G = X^T X / N), streamed over the samples."""
     wanted = [s for s in sites if s.matrix.shape[0] <= MAX_WHITEN_DIM and (
         not s.is_conv or s.node.attrs.get("auto_pad", "NOTSET") == "NOTSET")]
-    for s in sites:
-        if s not in wanted:
-            ctx.skip(s.node, "plain SVD: input too wide to whiten, or auto_pad conv")
+    plain = len(sites) - len(wanted)
+    if plain:
+        # Still factorized, with plain SVD: not a "kept" layer.
+        ctx.count("plain SVD (input too wide to whiten, or auto_pad conv)", plain)
     if not wanted:
         return
     probe = graph.copy()
@@ -452,7 +453,8 @@ def factorize_lowrank(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
             ctx.note(f"whitening fitted on {len(fit)} of {len(feeds)} calibration samples; "
                      "the budget is checked on all of them")
     if rule == "budget":
-        plans, errors, search = _by_budget(graph, sites, rules, _budget(ctx), feeds, ctx)
+        budget = _budget(ctx)
+        plans, errors, search = _by_budget(graph, sites, rules, budget, feeds, ctx)
     else:
         if rule == "energy":
             plans = {id(s): _best_plan(s, o["energy"], rules) for s in sites}
@@ -490,12 +492,12 @@ def factorize_lowrank(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         _rewrite(graph, site, plan)
         ctx.count(f"factorized {site.node.op} ({plan.scheme})")
     if search is not None:
-        ctx.note(f"budget {_budget(ctx)}: search result {_budget(ctx).describe(search.error)}"
-                 f" after {search.evaluations} model runs; sensitivity = the model's "
-                 f"{budgets.DISTANCE[_budget(ctx).metric]} with that layer alone factorized (at its "
+        ctx.note(f"budget {budget}: search result {budget.describe(search.error)} after "
+                 f"{search.evaluations} model runs; sensitivity = the model's "
+                 f"{budgets.DISTANCE[budget.metric]} with that layer alone factorized (at its "
                  "chosen rank, or at the largest rank tried when kept)")
         if not search.holds:
-            ctx.warn(f"could not stay in budget {_budget(ctx)}: {search.error}")
+            ctx.warn(f"could not stay in budget {budget}: {search.error}")
     ctx.note(f"svd: {'whitened (data-aware)' if whiten else 'plain'}; ranks rounded to "
              f"multiples of {rules.multiple}; rule: {rule}")
     return graph

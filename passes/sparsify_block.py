@@ -60,15 +60,12 @@ class _Layer:
 
     def at(self, level: float) -> np.ndarray:
         """Weights with `level` of the blocks zeroed (smallest norms first)."""
-        drop = int(np.floor(level * self.norms.size + 1e-9))
-        keep = np.ones(self.norms.size, dtype=bool)
-        keep[np.argsort(self.norms.ravel(), kind="stable")[:drop]] = False
-        return self.masked(keep.reshape(self.norms.shape))
+        return self.masked(sparsity.keep_blocks(self.norms, level))
 
     def cost(self, level: float) -> float:
         """MACs (or weights) a block-sparse kernel still does at `level`."""
         full = float(self.layer.macs or self.layer.values.size)
-        return full * (1.0 - int(np.floor(level * self.norms.size + 1e-9)) / self.norms.size)
+        return full * (1.0 - sparsity.blocks_dropped(self.norms.size, level) / self.norms.size)
 
 
 @graph_pass("sparsify_block", lossless=False, options=OPTIONS, produces=("sparse",),

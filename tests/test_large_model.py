@@ -3,23 +3,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "huge_model.py"
 
 # Peak RSS / weight bytes: the goal (measured 1.26x, bench/results/huge_model.md).
 MAX_PEAK_OVER_WEIGHTS = 1.5
 
 
 @pytest.mark.large
-def test_compile_a_model_over_2gb(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("bench_huge_model", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_compile_a_model_over_2gb(tmp_path: Path, load_bench) -> None:
+    bench = load_bench("huge_model")
     assert bench.main(["--gb", "2.1", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "huge_model.json").read_text())
     assert data["weight_bytes"] > 2 * 2**30

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "conformance_sweep.py"
 
-
-def test_sweep_records_outcomes_per_case_and_pipeline(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("bench_conformance_sweep", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_sweep_records_outcomes_per_case_and_pipeline(tmp_path: Path, load_bench) -> None:
+    bench = load_bench("conformance_sweep")
     assert bench.main(["--limit", "4", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "conformance_sweep_partial.json").read_text())
     assert data["cases"] == 4 and not data["findings"]

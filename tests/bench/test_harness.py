@@ -3,7 +3,6 @@ complete records, no timing asserts (speed claims live in bench/results/)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,16 +11,9 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_kernels_quick_run_checks_every_result_and_records_peak(tmp_path: Path) -> None:
-    kernels = _load("kernels")
+def test_kernels_quick_run_checks_every_result_and_records_peak(tmp_path: Path,
+                                                                load_bench) -> None:
+    kernels = load_bench("kernels")
     assert kernels.main(["--quick", "--repeats", "1", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "kernels_quick.json").read_text())
     assert data["peak"]["fma_gflops"] > 0 and data["peak"]["sgemm_gflops"] > 0
@@ -37,17 +29,17 @@ def test_kernels_quick_run_checks_every_result_and_records_peak(tmp_path: Path) 
     assert "| bsr |" in (tmp_path / "kernels_quick.md").read_text()
 
 
-def test_a_wrong_kernel_is_caught_before_timing() -> None:
+def test_a_wrong_kernel_is_caught_before_timing(load_bench) -> None:
     import numpy as np
-    kernels = _load("kernels")
+    kernels = load_bench("kernels")
     problem = kernels.Problem("dense", "2x2x2", 16.0, np.eye(2), {}, ())
     assert kernels.check(problem, "numba", np.eye(2)) is None
     assert "max abs error" in kernels.check(problem, "numba", np.zeros((2, 2)))
     assert "shape" in kernels.check(problem, "numba", np.zeros(3))
 
 
-def test_models_quick_run_with_a_lossy_pass(tmp_path: Path) -> None:
-    models = _load("models")
+def test_models_quick_run_with_a_lossy_pass(tmp_path: Path, load_bench) -> None:
+    models = load_bench("models")
     assert models.main(["--quick", "--models", "bert_encoder", "--add", "factorize_lowrank",
                         "--budgets", "0.99", "--rounds", "2", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "models_quick.json").read_text())

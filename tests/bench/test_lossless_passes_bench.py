@@ -3,22 +3,11 @@ asserts; speed claims live in bench/results/)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "lossless_passes.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_lossless_passes", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_quick_run_records_counts_errors_and_latency(tmp_path: Path) -> None:
-    bench = _load()
+def test_quick_run_records_counts_errors_and_latency(tmp_path: Path, load_bench) -> None:
+    bench = load_bench("lossless_passes")
     assert bench.main(["--quick", "--rounds", "1", "--models", "mlp_bn,tf_same_cnn",
                        "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "lossless_passes_quick.json").read_text())

@@ -3,7 +3,6 @@ speed claims live in bench/results/)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,18 +10,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "lowrank.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_lowrank", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_power_law_spectra_keep_shape_and_norm() -> None:
-    bench = _load()
+def test_power_law_spectra_keep_shape_and_norm(load_bench) -> None:
+    bench = load_bench("lowrank")
     from graphopt import zoo
     model = zoo.encoder(d=64, heads=4)
     before = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
@@ -40,8 +29,8 @@ def test_power_law_spectra_keep_shape_and_norm() -> None:
     onnx.checker.check_model(model)
 
 
-def test_quick_run_records_flops_cosine_and_latency(tmp_path: Path) -> None:
-    bench = _load()
+def test_quick_run_records_flops_cosine_and_latency(tmp_path: Path, load_bench) -> None:
+    bench = load_bench("lowrank")
     assert bench.main(["--quick", "--rounds", "1", "--models", "bert_encoder",
                        "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "lowrank_quick.json").read_text())
