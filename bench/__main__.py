@@ -6,6 +6,7 @@
     lowrank      factorize_lowrank: FLOPs/latency vs cosine (lowrank.py)
     huge         a >2 GB model: peak memory vs weights (huge_model.py)
     conformance  every onnx node test case through every pipeline (conformance_sweep.py)
+    quantization int8: graphopt vs onnxruntime's quantizer, vs fp32, memory (quantization.py)
 
 Each writes JSON + markdown (and plots where it has them) under bench/results/.
 """
@@ -17,7 +18,8 @@ import sys
 from pathlib import Path
 
 COMMANDS = {"kernels": "kernels", "models": "models", "lossless": "lossless_passes",
-            "lowrank": "lowrank", "huge": "huge_model", "conformance": "conformance_sweep"}
+            "lowrank": "lowrank", "huge": "huge_model", "conformance": "conformance_sweep",
+            "quantization": "quantization"}
 
 
 def main(argv: list[str]) -> int:

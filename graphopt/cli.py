@@ -119,6 +119,12 @@ def compile(
     budget: Annotated[Optional[str], typer.Option(
         "--budget", help="Accuracy budget for lossy passes vs the input model on the "
         "calibration data: cosine=0.99, max_abs=0.05 or max_rel=0.01.")] = None,
+    quantize: Annotated[Optional[str], typer.Option(
+        "--quantize", help="Add int8 quantization (quantize_per_channel): static (calibrated "
+        "QDQ), dynamic (MatMul/Gemm), weight-int8 or weight-int4 (weight only).")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option(
+        "--exclude", help="Keep these layers in float: node names, op types or glob "
+        "patterns (comma-separated).")] = None,
     config: Annotated[Optional[Path], typer.Option(
         "--config", help="TOML file: [pipeline] passes/skip and [passes.NAME] options.")] = None,
     plugin: Annotated[Optional[list[str]], typer.Option(
@@ -139,7 +145,7 @@ def compile(
     with _errors():
         options = CompileOptions(
             target=target, passes=_split(passes), add=_split(add), skip=_split(skip),
-            budget=budget, config=config,
+            budget=budget, config=config, quantize=quantize, exclude=_split(exclude),
             plugins=plugin or [], calibration=calibration, input_shapes=input_shape or [],
             seed=seed, measure=measure, runs=runs, verify=not no_verify)
         _compile(model, output, example, options)

@@ -37,6 +37,8 @@ class CompileOptions:
     add: Sequence[str] = ()  # passes added to the target's pipeline (e.g. lossy ones)
     skip: Sequence[str] = ()
     budget: str | None = None  # accuracy budget of lossy passes, e.g. "cosine=0.99"
+    quantize: str | None = None  # adds quantize_per_channel in this mode (QUANTIZE_MODES)
+    exclude: Sequence[str] = ()  # layers lossy passes leave alone (names, op types, globs)
     config: Path | None = None
     plugins: Sequence[str] = ()
     calibration: Path | None = None
@@ -53,6 +55,37 @@ class CompileResult:
     model: Path
     report_json: Path
     report_md: Path
+
+
+VERIFY_SAMPLES = 64  # calibration samples each pass is verified on (all are calibrated on)
+
+# --quantize MODE: quantize_per_channel's options for each mode.
+QUANTIZE_MODES = {
+    "static": {"mode": "static"},
+    "dynamic": {"mode": "dynamic"},
+    "weight-int8": {"mode": "weight_only", "weights": "int8"},
+    "weight-int4": {"mode": "weight_only", "weights": "int4"},
+}
+
+
+def _with_quantize(config: dict[str, Any], add: Sequence[str], mode: str | None
+                   ) -> tuple[dict[str, Any], list[str]]:
+    """--quantize MODE: add the pass (unless listed already) and set its mode over the
+    config's."""
+    if mode is None:
+        return config, list(add)
+    if mode not in QUANTIZE_MODES:
+        raise UserError(f"--quantize {mode}: unknown mode (choose from "
+                        f"{', '.join(QUANTIZE_MODES)})")
+    passes = dict(config.get("passes", {}))
+    passes["quantize_per_channel"] = {**passes.get("quantize_per_channel", {}),
+                                      **QUANTIZE_MODES[mode]}
+    add = list(add)
+    listed = add + list(config.get("pipeline", {}).get("add", [])) + list(
+        config.get("pipeline", {}).get("passes", []))
+    if "quantize_per_channel" not in listed:
+        add.append("quantize_per_channel")
+    return {**config, "passes": passes}, add
 
 
 # ------------------------------------------------------------------------------------ config
@@ -144,9 +177,9 @@ def compile_model(
         raise UserError("give either a MODEL path or --example (not both, not neither)")
     registry = load_registry(o.plugins)
     target = registry.get_target(o.target)
-    config = read_config(o.config)
+    config, add = _with_quantize(read_config(o.config), o.add, o.quantize)
     names, pass_options, warnings = plan_pipeline(registry, target.pipeline, list(o.passes),
-                                                  list(o.skip), config, o.config, o.add)
+                                                  list(o.skip), config, o.config, add)
     budget_text = o.budget or config.get("pipeline", {}).get("budget")
     accuracy_budget = parse_budget(budget_text) if budget_text else None
     warnings = registry.warnings + warnings
@@ -170,7 +203,11 @@ def compile_model(
     else:
         feeds = [verify.random_feeds(graph, shapes, o.seed)]
         source = f"random inputs (seed {o.seed})"
-    verification = Verification(feeds, source, enabled=o.verify,
+    if len(feeds) > VERIFY_SAMPLES:
+        # Lossy passes calibrate on every sample; checking each pass on all of them would
+        # cost a model run per sample per pass for little extra certainty.
+        source += f" (passes verified on the first {VERIFY_SAMPLES} of {len(feeds)} samples)"
+    verification = Verification(feeds[:VERIFY_SAMPLES], source, enabled=o.verify,
                                 skipped_reason=None if o.verify else "--no-verify")
     lossy = [n for n in names if not registry.get_pass(n).lossless]
     if lossy:
@@ -180,7 +217,8 @@ def compile_model(
                         "inputs, which say little about accuracy on real data")
     base = PassContext(target=target, input_shapes=shapes,
                        calibration=feeds if o.calibration is not None else None,
-                       budget=accuracy_budget, progress=task_progress)
+                       budget=accuracy_budget, progress=task_progress,
+                       exclude=tuple(o.exclude))
     # Hand the graph over: a pass may return a new graph object, and a reference kept here
     # would keep every weight it replaced alive until the end (2x the weights at peak).
     handed: list = [graph]
@@ -205,6 +243,11 @@ def compile_model(
                                external_data=external)
         latency = report.measure_latency(str(model_path), str(staged_model), feeds[0],
                                          runs=o.runs, step=measure_step) if o.measure else None
+        if latency is not None and latency["speedup"] is not None and latency["speedup"] < 0.95:
+            warnings.append(f"the output model is slower than the input in onnxruntime on this "
+                            f"machine ({latency['output_ms']:.3g} ms vs {latency['input_ms']:.3g}"
+                            " ms): check the target (e.g. int8 without fast integer kernels "
+                            "here) or --skip the pass responsible")
         data = report.build_report(
             result=result, input_path=model_path, input_opset=ir.default_opset(proto),
             output_path=staged_model, target=target.as_dict(), lossy=lossy,

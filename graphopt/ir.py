@@ -636,8 +636,17 @@ def detach_dead(graph: gs.Graph, node: gs.Node) -> None:
 
 
 def cleanup(graph: gs.Graph) -> gs.Graph:
-    """Drop dead nodes and unused initializers (graph inputs stay: they are the interface)."""
-    return graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    """Drop dead nodes and unused initializers (graph inputs stay: they are the interface);
+    a node that replaced one (named NAME__k by fresh_name) takes back the name NAME once
+    the original is gone, so layer names users know (--exclude, reports) survive passes."""
+    graph = graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    taken = {n.name for n in graph.nodes}
+    for node in graph.nodes:
+        base, sep, suffix = node.name.rpartition("__")
+        if sep and suffix.isdigit() and base and base not in taken:
+            taken.add(base)
+            node.name = base
+    return graph
 
 
 _CONSTANT_ATTRS = ("value", "value_float", "value_floats", "value_int", "value_ints")

@@ -95,6 +95,7 @@ class PassContext:
     feeds: list[verify.Feeds] = field(default_factory=list)
     reference: list[dict[str, Any]] | None = None
     budget: Any = None  # graphopt.budget.Budget from --budget, or None
+    exclude: tuple[str, ...] = ()  # --exclude: layers lossy passes leave alone
     progress: TaskProgress | None = None
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -303,7 +304,7 @@ def run_pipeline(
                           target=base_ctx.target, input_shapes=shapes,
                           calibration=base_ctx.calibration, feeds=verification.feeds,
                           reference=reference, budget=base_ctx.budget,
-                          progress=base_ctx.progress)
+                          progress=base_ctx.progress, exclude=base_ctx.exclude)
         start = time.perf_counter()
         graph = ir.cleanup(p.run(graph, ctx))
         seconds = time.perf_counter() - start

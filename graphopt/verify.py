@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -156,8 +157,11 @@ def load_feeds(path: str | os.PathLike[str], graph: gs.Graph) -> list[Feeds]:
     if not path.exists():
         raise UserError(f"data file '{path}' not found: check the path")
     try:
+        # Memory-mapped where the format allows (.npy, uncompressed .npz): samples are read
+        # from disk as they are used, so a calibration set of any size costs no memory.
         if path.is_dir():
-            arrays = {p.stem: np.load(p, allow_pickle=False) for p in sorted(path.glob("*.npy"))}
+            arrays = {p.stem: np.load(p, mmap_mode="r", allow_pickle=False)
+                      for p in sorted(path.glob("*.npy"))}
             if not arrays:
                 raise UserError(f"directory '{path}' holds no .npy files: add NAME.npy per input")
         elif path.suffix == ".npy":
@@ -166,10 +170,9 @@ def load_feeds(path: str | os.PathLike[str], graph: gs.Graph) -> list[Feeds]:
                     f"'{path}' is one array but the model has {len(names)} inputs "
                     f"({', '.join(names)}): use an .npz with one array per input"
                 )
-            arrays = {names[0]: np.load(path, allow_pickle=False)}
+            arrays = {names[0]: np.load(path, mmap_mode="r", allow_pickle=False)}
         else:
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
+            arrays = _load_npz(path)
     except (OSError, ValueError, EOFError) as exc:
         raise UserError(f"'{path}' is not readable NumPy data ({exc}): use .npz or .npy") from exc
     missing = [n for n in names if n not in arrays]
@@ -224,6 +227,35 @@ def load_feeds(path: str | os.PathLike[str], graph: gs.Graph) -> list[Feeds]:
             part[name] = array
         out.append(part)
     return out
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npz: stored (uncompressed, np.savez) members memory-mapped in place,
+    compressed ones read into memory."""
+    arrays = {}
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            name = info.filename[:-4]
+            if info.compress_type != zipfile.ZIP_STORED:
+                with archive.open(info) as member:
+                    arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
+                continue
+            raw.seek(info.header_offset)
+            local = raw.read(30)
+            start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + \
+                int.from_bytes(local[28:30], "little")
+            raw.seek(start)
+            version = np.lib.format.read_magic(raw)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(raw)
+            if dtype.hasobject:
+                raise ValueError(f"array '{name}' holds Python objects")
+            arrays[name] = np.memmap(path, dtype=dtype, mode="r", offset=raw.tell(),
+                                     shape=shape, order="F" if fortran else "C")
+    return arrays
 
 
 # ----------------------------------------------------------------------------------- running

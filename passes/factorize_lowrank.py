@@ -38,6 +38,7 @@ from graphopt import budget as budgets
 from graphopt import ir, verify
 from graphopt.errors import UserError
 from graphopt.passes import lowrank
+from graphopt.passes.weight_layers import excluded
 from graphopt.pipeline import Option, PassContext, graph_pass
 
 # Ranks the budget search tries per layer and scheme: those keeping these energy levels, and
@@ -181,6 +182,9 @@ def _find_sites(graph: gs.Graph, ctx: PassContext) -> list[Site]:
     sites = []
     for node in graph.nodes:
         if node.op not in ("MatMul", "Gemm", "Conv") or node.domain not in (None, "", "ai.onnx"):
+            continue
+        if excluded(node, ctx.exclude):
+            ctx.skip(node, "excluded")
             continue
         site = _site(node, shapes, ctx)
         if site is not None:

@@ -32,6 +32,7 @@ import onnx_graphsurgeon as gs
 
 from graphopt import budget as budgets
 from graphopt import ir
+from graphopt.passes.weight_layers import excluded
 from graphopt.pipeline import Option, PassContext, graph_pass
 
 PRUNE_LEVELS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
@@ -348,6 +349,8 @@ def prune_channels(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
     for group in channel_groups(graph, shapes):
         if group.blocked is None and not group.readers:
             group.blocked = "its channels are never consumed by a layer"
+        if group.blocked is None and any(excluded(n, ctx.exclude) for n in group.producers):
+            group.blocked = "excluded"
         if group.blocked is not None:
             for layer in group.producers[:1]:
                 ctx.skip(layer, f"channels kept: {group.blocked}")

@@ -7,6 +7,8 @@ in the pass's report (`ctx.skip`).
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +41,12 @@ class WeightLayer:
                 and int(self.node.attrs.get("group", 1)) == 1)
 
 
+def excluded(node: gs.Node, patterns: Sequence[str]) -> bool:
+    """--exclude: a node name, an op type, or a glob pattern over names."""
+    return any(node.name == p or node.op == p or fnmatch.fnmatchcase(node.name, p)
+               for p in patterns)
+
+
 def weight_layers(graph: gs.Graph, ctx: PassContext, min_size: int) -> list[WeightLayer]:
     shapes = ir.static_shapes(graph, ctx.input_shapes) if ctx.input_shapes else {}
     found = []
@@ -50,7 +58,9 @@ def weight_layers(graph: gs.Graph, ctx: PassContext, min_size: int) -> list[Weig
             continue  # activations times activations (attention): not a weight layer
         values = np.asarray(weight.values)
         reason = None
-        if values.dtype.kind != "f":
+        if excluded(node, ctx.exclude):
+            reason = "excluded"
+        elif values.dtype.kind != "f":
             reason = "weight is not floating point"
         elif len(weight.outputs) > 1:
             reason = f"weight shared by {len(weight.outputs)} layers"
