@@ -205,23 +205,32 @@ def static_plan(graph: gs.Graph, on: set[str], asymmetric: bool) -> TensorPlan:
     def quantized(name: str) -> bool:
         return name in calibrated or name in shared
 
-    def settle(tensor: gs.Tensor) -> str | None:
-        """Where the value of a layer output is quantized: through a removable activation."""
+    def settle(tensor: gs.Tensor) -> tuple[str | None, str | None]:
+        """Where a layer's output is quantized: (tensor, the ReLU/Clip that its
+        QuantizeLinear makes redundant, if that one can go)."""
         if tensor.name in outputs:
-            return None
+            return None, None
         readers = ir.consumers(tensor)
         if asymmetric and len(readers) == 1 and _clamp_from_zero(readers[0]) \
                 and readers[0].outputs[0].name not in outputs:
             # The ReLU output's range (from 0): its own QuantizeLinear clamps like the ReLU,
             # which goes unless a float layer reads the ReLU's output too.
-            if not any(float_layer(n, on) for n in ir.consumers(readers[0].outputs[0])):
-                removable[readers[0].name] = None
-            return readers[0].outputs[0].name
-        return tensor.name
+            after = readers[0].outputs[0]
+            keep = any(float_layer(n, on) for n in ir.consumers(after))
+            return after.name, None if keep else readers[0].name
+        return tensor.name, None
 
-    def int8_reader(tensor_name: str, tensor: gs.Tensor) -> bool:
-        return any(n.name in on or n.op in PASS_THROUGH + INT8_OPS
-                   for n in ir.consumers(tensor))
+    def int8_reader(tensor: gs.Tensor) -> bool:
+        """Is the tensor read by something that runs in int8 (so quantizing it pays)?"""
+        return any(n.name in on or n.op in PASS_THROUGH or (
+            n.op in INT8_OPS and all(isinstance(t, gs.Variable) for t in n.inputs if t.name))
+            for n in ir.consumers(tensor))
+
+    def add(out: str | None, relu: str | None) -> None:
+        if out is not None and not quantized(out):
+            calibrated[out] = None
+            if relu is not None:
+                removable[relu] = None
 
     by_name = graph.tensors()
     for node in graph.nodes:
@@ -229,9 +238,13 @@ def static_plan(graph: gs.Graph, on: set[str], asymmetric: bool) -> TensorPlan:
             x = node.inputs[0]
             if not quantized(x.name):
                 calibrated[x.name] = None
-            out = settle(node.outputs[0])
-            if out is not None and not quantized(out):
-                calibrated[out] = None
+            out, relu = settle(node.outputs[0])
+            # onnxruntime's integer Conv needs its output quantized (Conv -> Q); integer
+            # MatMul/Gemm may output float (MatMulIntegerToFloat, QGemm with the bias fused),
+            # which is faster and more exact unless an int8 op reads the result.
+            if node.op in ("Conv", "ConvTranspose") or (
+                    out is not None and int8_reader(by_name[out])):
+                add(out, relu)
             continue
         activations = [t for t in node.inputs if isinstance(t, gs.Variable) and t.name]
         if not activations or any(t.dtype not in (None, np.float32) for t in activations):
@@ -243,9 +256,9 @@ def static_plan(graph: gs.Graph, on: set[str], asymmetric: bool) -> TensorPlan:
                 shared[out.name] = activations[0].name
         elif node.op in INT8_OPS and all(quantized(t.name) for t in activations) \
                 and len(activations) == len([t for t in node.inputs if t.name]):
-            out = settle(node.outputs[0])
-            if out is not None and not quantized(out) and int8_reader(out, by_name[out]):
-                calibrated[out] = None
+            out, relu = settle(node.outputs[0])
+            if out is not None and int8_reader(by_name[out]):
+                add(out, relu)
     return TensorPlan(tuple(calibrated), tuple(shared.items()), tuple(removable))
 
 
