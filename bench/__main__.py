@@ -7,6 +7,7 @@
     huge         a >2 GB model: peak memory vs weights (huge_model.py)
     conformance  every onnx node test case through every pipeline (conformance_sweep.py)
     quantization int8: graphopt vs onnxruntime's quantizer, vs fp32, memory (quantization.py)
+    codegen      TVM artifacts: compile/tuning time, latency vs onnxruntime (codegen.py)
 
 Each writes JSON + markdown (and plots where it has them) under bench/results/.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 COMMANDS = {"kernels": "kernels", "models": "models", "lossless": "lossless_passes",
             "lowrank": "lowrank", "huge": "huge_model", "conformance": "conformance_sweep",
-            "quantization": "quantization"}
+            "quantization": "quantization", "codegen": "codegen"}
 
 
 def main(argv: list[str]) -> int:

@@ -22,24 +22,30 @@ LEVELS = {"ALL": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
           "DISABLE": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
 
 
-def session(path: Path, level: str, threads: int) -> ort.InferenceSession:
+def session(path: Path, level: str, threads: int, spin: bool = True) -> ort.InferenceSession:
+    """spin=False: the session's worker threads sleep when idle instead of spinning, so that
+    sessions interleaved round by round do not slow down whichever runs next."""
     options = ort.SessionOptions()
     options.graph_optimization_level = LEVELS[level]
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def latencies(paths: dict[str, tuple[Path, str]], feeds: dict[str, np.ndarray], rounds: int,
-              threads: int) -> dict[str, np.ndarray]:
-    """ms per round for each session; each round runs every session once, in turn."""
-    sessions = {k: session(p, level, threads) for k, (p, level) in paths.items()}
+              threads: int, spin: bool = True) -> dict[str, np.ndarray]:
+    """ms per round for each session; each round runs every session once, in turn. A value
+    may also be a callable taking the feeds (e.g. a compiled TVM module, tvm_runner)."""
+    sessions = {k: v if callable(v) else session(v[0], v[1], threads, spin).run
+                for k, v in paths.items()}
     times: dict[str, list[float]] = {k: [] for k in sessions}
     for i in range(rounds + 3):
-        for key, sess in sessions.items():
+        for key, run in sessions.items():
             start = time.perf_counter()
-            sess.run(None, feeds)
+            run(None, feeds) if not callable(paths[key]) else run(feeds)
             if i >= 3:  # warm-up rounds
                 times[key].append((time.perf_counter() - start) * 1e3)
     return {k: np.array(v) for k, v in times.items()}
@@ -96,3 +102,21 @@ def pyplot():
     except ImportError:
         return None
     return plt
+
+
+def tvm_runner(artifact: Path, input_names: list[str]):
+    """A callable running graphopt's compiled x86 TVM artifact on feeds (inputs converted
+    once per distinct feeds object, like onnxruntime's own input binding)."""
+    import tvm
+
+    from graphopt import codegen
+    vm = codegen.load(artifact)
+    cache: dict[int, list] = {}
+
+    def run(feeds: dict[str, np.ndarray]):
+        args = cache.get(id(feeds))
+        if args is None:
+            args = cache[id(feeds)] = [tvm.runtime.tensor(np.ascontiguousarray(feeds[n]))
+                                       for n in input_names]
+        return vm["main"](*args)
+    return run

@@ -127,7 +127,7 @@ def bench_model(name: str, model: onnx.ModelProto, shapes: dict, quick: bool, ro
         with console.status(f"{name}: compiling {label}"):
             result = compile_model(src, tmp / f"{name}-{len(rows)}", CompileOptions(
                 add=("factorize_lowrank",), budget=budget or None, config=config,
-                calibration=calibration))
+                calibration=calibration, codegen=False))
         seconds = time.perf_counter() - start
         report = result.report
         lowrank = [p for p in report["passes"] if p["name"] == "factorize_lowrank"][0]

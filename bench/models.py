@@ -9,8 +9,8 @@ For each model of graphopt.zoo at its benchmark shapes: graphopt's x86 pipeline 
 --add, that pipeline plus the given lossy passes at each --budgets cosine), then onnxruntime
 (ORT_ENABLE_ALL) latency of the input and of every output, all sessions interleaved round by
 round in one process; throughput (samples/s at the model's batch), model file size, MACs and
-the output error vs the input on held-out random inputs. The compiled TVM artifact is not
-measured yet (issue #8). Output: bench/results/models.{json,md}, and with --add a Pareto plot
+the output error vs the input on held-out random inputs, and graphopt's x86 TVM artifact of
+the default output (untuned; --no-artifact leaves it out). Output: bench/results/models.{json,md}, and with --add a Pareto plot
 of MACs vs output cosine (models_pareto.png).
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -28,7 +29,9 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, however run
 from common import (RESULTS, fmt_ratio, latencies, machine_info,  # noqa: E402
-                    paired_ratio, pyplot)
+                    paired_ratio, pyplot, tvm_runner)
+
+ARTIFACT_LABEL = "graphopt x86, TVM artifact (untuned)"
 
 DEFAULT_MODELS = ("resnet18", "mobilenet_v2", "bert_encoder")
 
@@ -45,8 +48,8 @@ def build(name: str, quick: bool) -> tuple[onnx.ModelProto, dict]:
 
 
 def bench_model(name: str, quick: bool, add: list[str], budgets: list[float], rounds: int,
-                threads: int, tmp: Path) -> dict:
-    from graphopt import ir, verify
+                threads: int, tmp: Path, artifact: bool = True) -> dict:
+    from graphopt import codegen, ir, verify
     from graphopt.compiler import CompileOptions, compile_model
     from graphopt.report import model_files_bytes
     model, shapes = build(name, quick)
@@ -61,10 +64,12 @@ def bench_model(name: str, quick: bool, add: list[str], budgets: list[float], ro
     np.savez(calibration, **{k: np.stack([f[k] for f in cal]) for k in cal[0]})
     reference = verify.run_graph(graph, held_out)
     configs: list[tuple[str, CompileOptions]] = [
-        ("graphopt x86", CompileOptions(target="x86", input_shapes=shape_args))]
+        ("graphopt x86", CompileOptions(target="x86", input_shapes=shape_args,
+                                       codegen=artifact))]
     for budget in budgets if add else []:
         configs.append((f"+{'+'.join(add)} cosine>={budget}", CompileOptions(
-            target="x86", add=tuple(add), budget=f"cosine={budget}", calibration=calibration)))
+            target="x86", add=tuple(add), budget=f"cosine={budget}", calibration=calibration,
+            codegen=False)))
     rows, paths = [], {"input": (src, "ALL")}
     for label, options in configs:
         result = compile_model(src, tmp / f"{name}-{len(rows)}", options)
@@ -75,6 +80,14 @@ def bench_model(name: str, quick: bool, add: list[str], budgets: list[float], ro
                      "file_bytes": model_files_bytes(result.model), "nodes": stats["nodes"],
                      "held_out_cosine": error.cosine, "held_out_max_rel": error.max_rel})
         paths[label] = (result.model, "ALL")
+        built = result.report.get("codegen", {})
+        if label == "graphopt x86" and built.get("status") == "built" and \
+                built.get("check") and built["check"]["passed"]:
+            # the x86 TVM artifact of the same output (untuned unless --tune)
+            rows.append({**rows[-1], "config": ARTIFACT_LABEL, "file_bytes": model_files_bytes(
+                result.model.parent / built["files"][0])})
+            paths[ARTIFACT_LABEL] = tvm_runner(result.model.parent / built["files"][0],
+                                               codegen.input_names(model))
     ms = latencies(paths, held_out[0], rounds, threads)
     batch = next(iter(held_out[0].values())).shape[0] if held_out[0] else 1
     for row in rows:
@@ -86,8 +99,7 @@ def bench_model(name: str, quick: bool, add: list[str], budgets: list[float], ro
     return {"model": name, "shapes": concrete, "input": {
         "latency_ms": round(float(np.median(ms["input"])), 3), "macs": stats_in["macs"],
         "params": stats_in["params"], "file_bytes": model_files_bytes(src),
-        "nodes": stats_in["nodes"]}, "configs": rows,
-        "compiled_artifact": "not yet (issue #8)"}
+        "nodes": stats_in["nodes"]}, "configs": rows}
 
 
 def to_markdown(data: dict) -> str:
@@ -96,7 +108,8 @@ def to_markdown(data: dict) -> str:
              f"{'quick' if data['quick'] else 'benchmark'} shapes; {data['rounds']} "
              "interleaved rounds (ORT_ENABLE_ALL). Speedup = input / output latency, median "
              "of per-round ratios [95% bootstrap CI]. Cosine on held-out random inputs. The "
-             "compiled TVM artifact is not measured yet (issue #8).", "",
+             "TVM artifact row runs graphopt's compiled x86 module (untuned: see "
+             "codegen.md for tuned ones) on the same output model.", "",
              "| model | config | latency ms | throughput /s | speedup | MACs | file | "
              "cosine |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for entry in data["models"]:
@@ -165,17 +178,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     parser.add_argument("--compare", type=Path, help="an earlier models JSON")
+    parser.add_argument("--no-artifact", action="store_true",
+                        help="leave out the TVM artifact row")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args(argv)
     add = [a for a in args.add.split(",") if a]
     budgets = [float(b) for b in args.budgets.split(",") if b]
     console = Console()
+    if args.threads:  # the TVM artifact gets the same thread count as onnxruntime
+        os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
     entries = []
     with tempfile.TemporaryDirectory(prefix="graphopt-bench-") as tmp:
         for name in args.models.split(","):
             with console.status(f"benchmarking {name}"):
                 entries.append(bench_model(name, args.quick, add, budgets, args.rounds,
-                                           args.threads, Path(tmp)))
+                                           args.threads, Path(tmp), not args.no_artifact))
     data = {"benchmark": "models", "quick": args.quick, "rounds": args.rounds,
             "threads": args.threads, "add": add, "machine": machine_info(args.threads),
             "models": entries}

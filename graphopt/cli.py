@@ -73,9 +73,10 @@ def _errors() -> Iterator[None]:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
                           soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        saved = f" ({exc.args[0]})" if exc.args else ""
         err_console.print("[bold red]interrupted:[/] nothing was written (outputs are written "
-                          "whole, at the end)", highlight=False)
+                          f"whole, at the end){escape(saved)}", highlight=False)
         raise typer.Exit(130) from None
     except (typer.Exit, typer.Abort):
         raise
@@ -140,6 +141,19 @@ def compile(
     runs: Annotated[int, typer.Option(help="Timed runs for --measure.", min=1)] = 50,
     no_verify: Annotated[bool, typer.Option(
         "--no-verify", help="Skip per-pass numerical verification.")] = False,
+    no_codegen: Annotated[bool, typer.Option(
+        "--no-codegen", help="Write the ONNX output only (no TVM artifact).")] = False,
+    tune: Annotated[int, typer.Option(
+        "--tune", help="MetaSchedule trials for the TVM artifact (0: no tuning).",
+        min=0)] = 0,
+    rpc: Annotated[Optional[str], typer.Option(
+        "--rpc", help="Tune on remote devices through this TVM RPC tracker (HOST:PORT).")
+    ] = None,
+    device_key: Annotated[Optional[str], typer.Option(
+        "--device-key", help="The key the devices' RPC servers registered with.")] = None,
+    tuning_cache: Annotated[Optional[Path], typer.Option(
+        "--tuning-cache", help="Tuning databases' directory (default $GRAPHOPT_CACHE or "
+        "~/.cache/graphopt).")] = None,
 ) -> None:
     """Optimize MODEL for a target: writes OUT/model.opt.onnx, report.json and report.md."""
     with _errors():
@@ -147,7 +161,9 @@ def compile(
             target=target, passes=_split(passes), add=_split(add), skip=_split(skip),
             budget=budget, config=config, quantize=quantize, exclude=_split(exclude),
             plugins=plugin or [], calibration=calibration, input_shapes=input_shape or [],
-            seed=seed, measure=measure, runs=runs, verify=not no_verify)
+            seed=seed, measure=measure, runs=runs, verify=not no_verify,
+            codegen=not no_codegen, tune=tune, rpc=rpc, device_key=device_key,
+            tuning_cache=tuning_cache)
         _compile(model, output, example, options)
 
 
@@ -167,15 +183,19 @@ def _compile(model_path: Path | None, output: Path, example: bool,
             task_id = bar.add_task(description, total=total)
             done = [0]
 
-            def advance(n: int) -> None:
+            def advance(n: int, note: str | None = None) -> None:
                 done[0] += n
-                bar.update(task_id, completed=done[0], visible=done[0] < total)
+                bar.update(task_id, completed=done[0], visible=done[0] < total,
+                           **({"description": f"{description} ({note})"} if note else {}))
             return advance
 
         result = compile_model(model_path, output, options, example=example, progress=step,
                                task_progress=task, measure_step=measured, command=sys.argv)
     report.print_report(result.report, console)
-    console.print(f"wrote {result.model}, {result.report_json}, {result.report_md}")
+    artifacts = [str(result.model.parent / f) for f in
+                 result.report.get("codegen", {}).get("files", [])]
+    console.print(f"wrote {', '.join([str(result.model), *artifacts])}, {result.report_json}, "
+                  f"{result.report_md}")
 
 
 # ------------------------------------------------------------------------------------ passes
@@ -267,6 +287,9 @@ def _io(t: gs.Tensor) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------- run
+ENGINES = ("auto", "tvm", "onnxruntime")
+
+
 @app.command()
 def run(
     model: Annotated[Path, typer.Argument(help="An ONNX model, or a compile output dir.")],
@@ -274,19 +297,44 @@ def run(
                                         "name), .npy (one input) or a dir of NAME.npy.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the "
                                          "outputs (.npz).")] = Path("outputs.npz"),
+    engine: Annotated[str, typer.Option(
+        "--engine", help="auto: the compiled x86 artifact (model.x86.so) when OUT has one "
+        "built for these input shapes and this CPU, else onnxruntime; tvm; onnxruntime.")
+    ] = "auto",
 ) -> None:
-    """Run a model (or what compile produced) in onnxruntime and save its outputs."""
+    """Run what compile produced (its x86 artifact, or the ONNX model in onnxruntime), or
+    any ONNX model, and save its outputs."""
     with _errors():
+        if engine not in ENGINES:
+            raise UserError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
         path = model / OUTPUT_MODEL if model.is_dir() else model
         if model.is_dir() and not path.exists():
             raise UserError(f"'{model}' is a directory without {OUTPUT_MODEL}: give a model "
                             "file or a graphopt compile output directory")
+        artifact = model / "model.x86.so" if model.is_dir() else None
+        use_tvm = engine == "tvm" or (engine == "auto" and artifact is not None
+                                      and artifact.exists())
+        if use_tvm and (artifact is None or not artifact.exists()):
+            raise UserError(f"--engine tvm: '{model}' has no model.x86.so; compile it for an "
+                            "x86 target (without --no-codegen) first")
         graph = ir.load(path)
         feeds = verify.load_feeds(input, graph)[0]
-        try:
-            outputs = verify.run_graph(graph, [feeds])[0]
-        except verify.Unrunnable as exc:
-            raise UserError(f"onnxruntime cannot run '{path}' on '{input}': {exc}") from exc
+        problem = _artifact_problem(model, artifact, feeds) if use_tvm else None
+        if problem and engine == "tvm":
+            raise UserError(problem)
+        if problem:  # auto: say why the artifact is not used rather than fail
+            console.print(f"[yellow]note:[/] running {path.name} in onnxruntime: "
+                          f"{escape(problem.split(': recompile')[0])}")
+            use_tvm = False
+        if use_tvm:
+            outputs = _run_artifact(artifact, graph, feeds)
+        else:
+            try:
+                outputs = verify.run_graph(graph, [feeds])[0]
+            except verify.Unrunnable as exc:
+                raise UserError(f"onnxruntime cannot run '{path}' on '{input}': {exc}") \
+                    from exc
+
         if output.suffix != ".npz":
             raise UserError(f"-o {output}: outputs are written as .npz; use a .npz name")
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -294,7 +342,7 @@ def run(
         with open(fd, "wb") as f:
             np.savez(f, **outputs)
         Path(tmp).replace(output)
-        table = Table(title=f"outputs of {path}")
+        table = Table(title=f"outputs of {artifact if use_tvm else path}")
         for column in ("name", "dtype", "shape", "min", "max"):
             table.add_column(column)
         for name, value in outputs.items():
@@ -304,6 +352,62 @@ def run(
                           f"{value.max():.4g}" if numeric else "-")
         console.print(table)
         console.print(f"wrote {output}")
+
+
+def _artifact_problem(out_dir: Path, artifact: Path, feeds: dict[str, np.ndarray]) -> str | None:
+    """Why the compiled x86 module cannot run these inputs here (its shapes are fixed at
+    compile time, and it may use instructions this CPU lacks), or None."""
+    from graphopt.host import host_can_run
+    built = {}
+    try:
+        built = json.loads((out_dir / "report.json").read_text()).get("codegen", {})
+    except (OSError, ValueError):
+        pass
+    want = built.get("input_shapes", {})
+    for name, array in feeds.items():
+        if name in want and list(array.shape) != want[name]:
+            return (f"input '{name}' has shape {list(array.shape)} but {artifact.name} was "
+                    f"built for {want[name]}: recompile with --input-shape "
+                    f"{name}={'x'.join(map(str, array.shape))}, or use --engine onnxruntime")
+    if built.get("tvm_target") and not host_can_run(built["tvm_target"]):
+        return (f"{artifact.name} was built for {built['tvm_target']}, which this CPU cannot "
+                "run: use --engine onnxruntime or recompile for x86")
+    return None
+
+
+def _run_artifact(artifact: Path, graph: Any, feeds: dict[str, np.ndarray]
+                  ) -> dict[str, np.ndarray]:
+    from graphopt import codegen
+    vm = codegen.load(artifact)
+    return codegen.run(vm, feeds, [t.name for t in graph.inputs if not isinstance(t, gs.Constant)],
+                       [t.name for t in graph.outputs])
+
+
+# ------------------------------------------------------------------------------------ targets
+@app.command("targets")
+def list_targets(
+    plugin: Annotated[Optional[list[str]], typer.Option(
+        "--plugin", help="Also load the targets of this module.")] = None,
+) -> None:
+    """List the targets, their variants and what each says pays off there."""
+    with _errors():
+        registry = load_registry(plugin or [])
+        table = Table(title="targets")
+        for column in ("target", "TVM target", "vector bits", "sparsity", "int8 activations",
+                       "kernels", "runs here", "variants"):
+            table.add_column(column)
+        for t in registry.targets.values():
+            table.add_row(t.name, str(dict(t.tvm)), str(t.vector_bits),
+                          ", ".join(t.sparsity) or "-", t.activation_dtype,
+                          " > ".join(t.kernel_search), "yes" if t.runs_on_host else "no",
+                          ", ".join(f"{t.name}:{v}" for v in t.variants) or "-")
+        console.print(table)
+        for t in registry.targets.values():
+            for name in t.variants:
+                v = t.refine(name)
+                console.print(f"{v.full_name}: {dict(v.tvm)}, {v.vector_bits}-bit vectors, "
+                              f"int8 activations {v.activation_dtype}, sparsity "
+                              f"{', '.join(v.sparsity) or '-'}")
 
 
 def main() -> None:

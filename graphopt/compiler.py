@@ -47,6 +47,11 @@ class CompileOptions:
     measure: bool = False
     runs: int = 50
     verify: bool = True
+    codegen: bool = True  # build the target's TVM artifact next to the ONNX output
+    tune: int = 0  # MetaSchedule trials for the artifact (0: untuned)
+    rpc: str | None = None  # TVM RPC tracker HOST:PORT for tuning on a remote device
+    device_key: str | None = None
+    tuning_cache: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -177,6 +182,7 @@ def compile_model(
         raise UserError("give either a MODEL path or --example (not both, not neither)")
     registry = load_registry(o.plugins)
     target = registry.get_target(o.target)
+    _check_codegen_options(o, target)
     config, add = _with_quantize(read_config(o.config), o.add, o.quantize)
     names, pass_options, warnings = plan_pipeline(registry, target.pipeline, list(o.passes),
                                                   list(o.skip), config, o.config, add)
@@ -241,6 +247,8 @@ def compile_model(
         staging = Path(tmp)
         staged_model = ir.save(result.graph, staging / OUTPUT_MODEL, like=proto,
                                external_data=external)
+        artifact = _codegen(staged_model, target, result, verification, o, task_progress,
+                            warnings) if o.codegen else {"status": "off (--no-codegen)"}
         latency = report.measure_latency(str(model_path), str(staged_model), feeds[0],
                                          runs=o.runs, step=measure_step) if o.measure else None
         if latency is not None and latency["speedup"] is not None and latency["speedup"] < 0.95:
@@ -252,6 +260,7 @@ def compile_model(
             result=result, input_path=model_path, input_opset=ir.default_opset(proto),
             output_path=staged_model, target=target.as_dict(), lossy=lossy,
             command=list(command), measure=latency, warnings=warnings)
+        data["codegen"] = artifact
         data["output"]["path"] = str(out_dir / OUTPUT_MODEL)
         report.write_reports(staging, data)
         _publish(staging, out_dir)
@@ -259,17 +268,83 @@ def compile_model(
                          out_dir / "report.md")
 
 
-OUTPUT_FILES = (OUTPUT_MODEL + ".data", OUTPUT_MODEL, "report.json", "report.md")
+ARTIFACT_FILES = ("model.x86.so", "model.arm.so", "model.arm.tar", "model.cuda.so",
+                  "model.cuda.cu", "model.cuda.ptx", "model.cuda.fatbin")
+OUTPUT_FILES = ARTIFACT_FILES + (OUTPUT_MODEL + ".data", OUTPUT_MODEL, "report.json",
+                                 "report.md")
 
 
 def _publish(staging: Path, out_dir: Path) -> None:
-    """Move staged outputs into place (data before the model that points at it); a stale
-    data file from an earlier compile goes, so nothing of an older result remains."""
+    """Move staged outputs into place (artifacts and data before the model and report that
+    point at them); stale files of an earlier compile go, so nothing of an older result
+    remains."""
     for name in OUTPUT_FILES:
         if (staging / name).exists():
             os.replace(staging / name, out_dir / name)
-        elif name == OUTPUT_MODEL + ".data":
+        elif name != OUTPUT_MODEL:
             (out_dir / name).unlink(missing_ok=True)
+
+
+def _check_codegen_options(o: CompileOptions, target: Any) -> None:
+    """Bad tuning options fail before any work is done."""
+    if o.tune < 0:
+        raise UserError(f"--tune {o.tune}: give a number of trials >= 0")
+    if o.tune and not o.codegen:
+        raise UserError("--tune needs code generation: drop --no-codegen")
+    if (o.rpc or o.device_key) and not o.tune:
+        raise UserError("--rpc/--device-key tune on remote devices: add --tune N")
+    if o.rpc:
+        from graphopt.tuning import parse_rpc
+        parse_rpc(o.rpc)
+        if not o.device_key:
+            raise UserError("--rpc needs --device-key KEY: the key your devices' RPC servers "
+                            "registered with the tracker")
+    if o.tune and not o.rpc:
+        from graphopt.host import host_can_run
+        if not (target.runs_on_host and host_can_run(dict(target.tvm))):
+            raise UserError(f"--tune for {target.full_name}: its code cannot run on this "
+                            "machine, so candidates must be measured on the device: add "
+                            "--rpc HOST:PORT --device-key KEY")
+
+
+def _codegen(staged_model: Path, target: Any, result: Any, verification: Verification,
+             o: CompileOptions, task_progress: TaskProgress | None,
+             warnings: list[str]) -> dict[str, Any]:
+    """The target's TVM artifact next to the staged model; failures are reported, never
+    fatal: the ONNX output stands on its own."""
+    from graphopt import codegen
+    from graphopt.host import host_can_run
+    if ir.is_large(result.graph):
+        reason = ("the model has over 1.8 GB of weights and TVM's importer would hold another "
+                  "copy of them: deploy model.opt.onnx with onnxruntime")
+        warnings.append(f"no TVM artifact: {reason}")
+        return {"status": "skipped", "reason": reason, "target": target.full_name}
+    feeds = verification.feeds[:2]
+    shapes = {k: list(v.shape) for k, v in feeds[0].items()} if feeds else \
+        verify.concrete_shapes(result.graph, {})
+    checkable = target.runs_on_host and codegen.architecture(target) == "x86_64" and \
+        host_can_run(dict(target.tvm)) and bool(feeds)
+    reference = None
+    if checkable:
+        try:
+            reference = verify.run_graph(result.graph, feeds)
+        except verify.Unrunnable:
+            checkable = False
+    options = codegen.CodegenOptions(tune=o.tune, rpc=o.rpc, device_key=o.device_key,
+                                     cache_dir=o.tuning_cache)
+    try:
+        artifact = codegen.generate(staged_model, target, shapes, staged_model.parent,
+                                    options, feeds if checkable else (), reference,
+                                    task=task_progress)
+    except codegen.CodegenError as exc:
+        warnings.append(f"no TVM artifact: {exc}; the ONNX output is complete (run it with "
+                        "onnxruntime)")
+        return {"status": "failed", "reason": str(exc), "target": target.full_name}
+    if codegen.architecture(target) == "x86_64" and not checkable:
+        artifact.notes.append("not run here (this CPU lacks the target's instructions, or no "
+                              "inputs): the numerics check was skipped")
+    warnings.extend(f"codegen: {w}" for w in artifact.warnings)
+    return artifact.as_dict()
 
 
 LOCK_FILE = ".graphopt.lock"

@@ -173,6 +173,38 @@ def summary_rows(report: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
+def codegen_lines(c: Mapping[str, Any] | None) -> list[str]:
+    """What code generation produced, in a few plain lines (terminal and markdown)."""
+    if not c:
+        return []
+    if c.get("status") != "built":
+        return [f"TVM artifact: {c.get('status')}" + (f": {c['reason']}" if c.get("reason")
+                                                       else "")]
+    lines = [f"TVM artifact ({c['kind']}, {c['tvm_target']}): {', '.join(c['files'])} for "
+             f"input shapes {c['input_shapes']}, built in {c['seconds']:.1f} s"]
+    t = c.get("tuning")
+    if t:
+        lines.append(f"tuning: {t.get('trials', 0)} trials in {t.get('seconds', 0)} s, "
+                     f"{t.get('tasks_reused', 0)}/{t.get('tasks', 0)} tasks from the database "
+                     f"{t.get('database')}")
+    else:
+        lines.append("tuning: off")
+    k = c.get("check")
+    if k:
+        lines.append(f"check vs onnxruntime on {k['samples']} input(s): max rel "
+                     f"{k['max_rel']:.3g} ({'passed' if k['passed'] else 'FAILED'}, "
+                     f"tolerance {k['tolerance']:g})")
+    if c.get("link_command"):
+        lines.append(f"link on the device: {c['link_command']}")
+    lines += list(c.get("notes", []))
+    return lines
+
+
+def codegen_markdown(c: Mapping[str, Any] | None) -> list[str]:
+    lines = codegen_lines(c)
+    return ["", "## Code generation", ""] + [f"- {line}" for line in lines] if lines else []
+
+
 def to_markdown(report: Mapping[str, Any]) -> str:
     t = report["target"]
     v = report["verification"]
@@ -195,6 +227,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     if m:
         lines += ["", f"Latency: onnxruntime CPU, {m['runs']} interleaved runs, "
                   f"{m['threads'] or 'default'} threads; speedup x{m['speedup']:.2f}."]
+    lines += codegen_markdown(report.get("codegen"))
     lines += ["", "## Passes", "", "| " + " | ".join(PASS_HEADER) + " |",
               "|" + "---|" * len(PASS_HEADER)]
     lines += ["| " + " | ".join(row) + " |" for row in pass_rows(report)]
@@ -279,6 +312,8 @@ def print_report(report: Mapping[str, Any], console: Console) -> None:
             console.print(layers)
             if len(rows) > TERMINAL_LAYER_ROWS:
                 console.print(f"... {len(rows) - TERMINAL_LAYER_ROWS} more layers in report.md")
+    for line in codegen_lines(report.get("codegen")):
+        console.print(escape(line), highlight=False)
     for w in report["warnings"]:
         console.print(f"[yellow]warning:[/] {escape(w)}")
 

@@ -1,5 +1,7 @@
-"""x86-64 CPUs. The default assumes AVX2+FMA (x86-64-v3); variants name a CPU."""
+"""x86-64 CPUs. The default assumes AVX2+FMA (x86-64-v3); variants name a CPU, and `host`
+is this machine's CPU as detected from its feature flags (AVX2, AVX-512, VNNI)."""
 
+from graphopt.host import cpu_flags, host_overrides
 from graphopt.target import Target
 from graphopt.targets.pipelines import LOSSLESS, ONNXRUNTIME
 
@@ -17,6 +19,7 @@ X86 = Target(
     runs_on_host=True,
     variants={
         "ort": {"pipeline": ONNXRUNTIME},  # onnxruntime deployments: fused kernels
+        "host": host_overrides(cpu_flags()),  # this machine, as detected
         "generic": {"tvm": {"mcpu": "x86-64"}, "vector_bits": 128},
         "znver3": {"tvm": {"mcpu": "znver3"}},
         "skylake-avx512": {"tvm": {"mcpu": "skylake-avx512"}, "vector_bits": 512},

@@ -45,7 +45,7 @@ def test_models_quick_run_with_a_lossy_pass(tmp_path: Path, load_bench) -> None:
     data = json.loads((tmp_path / "models_quick.json").read_text())
     (entry,) = data["models"]
     assert [c["config"] for c in entry["configs"]] == [
-        "graphopt x86", "+factorize_lowrank cosine>=0.99"]
+        "graphopt x86", models.ARTIFACT_LABEL, "+factorize_lowrank cosine>=0.99"]
     assert entry["configs"][0]["held_out_cosine"] > 0.99999  # lossless
     for c in entry["configs"]:
         assert c["latency_ms"] > 0 and c["throughput_per_s"] > 0 and c["file_bytes"] > 0

@@ -1,0 +1,152 @@
+"""TVM code generation benchmark: compile time, tuning time, untuned and tuned x86 artifact
+latency against onnxruntime, all measured in one run.
+
+    python -m bench codegen                          # example CNN, ResNet-18, BERT encoder; 200 trials
+    python -m bench codegen --trials 200,1000,2000   # more tuning budgets (hours on 2 cores)
+    python -m bench codegen --quick                  # the example CNN, 16 trials (CI-sized)
+
+Each model goes through `graphopt compile` (x86 target, default pipeline) untuned and with
+each trial budget, every budget tuning from an empty database (so its time is its own). Then
+onnxruntime (ORT_ENABLE_ALL) on the ONNX output and every TVM artifact run interleaved, round
+by round, on the same input; latency is the median, the ratio the median of per-round
+ratios onnxruntime / artifact (> 1: the artifact is faster) with a bootstrap 95% interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, however run
+from common import RESULTS, fmt_ratio, machine_info, paired_ratio, session  # noqa: E402
+
+
+def build(name: str) -> tuple[onnx.ModelProto, list[str]]:
+    from graphopt import testing, zoo
+    if name == "example":
+        return testing.example_cnn(), ["input=1x3x32x32"]
+    if name == "resnet18":
+        return zoo.resnet(), ["input=1x3x224x224"]
+    if name == "bert_encoder":
+        return zoo.bert_encoder(), ["x=1x128x768"]
+    raise SystemExit(f"unknown model {name}")
+
+
+def bench_model(name: str, trials: list[int], rounds: int, tmp: Path) -> dict:
+    import tvm
+
+    from graphopt import codegen, ir, verify
+    from graphopt.compiler import CompileOptions, compile_model
+    model, shapes = build(name)
+    src = tmp / f"{name}.onnx"
+    onnx.save(model, str(src))
+    rows = []
+    for budget in [0, *trials]:
+        print(f"codegen: {name}, {budget} trials", flush=True)
+        start = time.perf_counter()
+        result = compile_model(src, tmp / f"{name}-{budget}", CompileOptions(
+            target="x86", input_shapes=shapes, tune=budget,
+            tuning_cache=tmp / f"cache-{name}-{budget}"))
+        total = time.perf_counter() - start
+        c = result.report["codegen"]
+        if c.get("status") != "built":
+            rows.append({"trials": budget, "failed": c.get("reason")})
+            continue
+        t = c.get("tuning") or {}
+        rows.append({"trials": budget, "compile_seconds": round(total, 1),
+                     "codegen_seconds": c["seconds"], "tuning_seconds": t.get("seconds"),
+                     "seconds_per_100_trials": t.get("seconds_per_100_trials"),
+                     "trials_run": t.get("trials", 0), "tasks": t.get("tasks"),
+                     "check_max_rel": c["check"]["max_rel"] if c.get("check") else None,
+                     "artifact": str(result.model.parent / c["files"][0]),
+                     "onnx": str(result.model)})
+    graph = ir.load(rows[0]["onnx"])
+    feeds = verify.random_feeds(graph, verify.concrete_shapes(
+        graph, verify.parse_input_shapes(shapes)), seed=7)
+    ort = session(Path(rows[0]["onnx"]), "ALL", 0)
+    vms = {r["trials"]: codegen.load(Path(r["artifact"])) for r in rows if "artifact" in r}
+    args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[t.name])) for t in graph.inputs]
+    times: dict[object, list[float]] = {"ort": [], **{k: [] for k in vms}}
+    for i in range(rounds + 2):
+        start = time.perf_counter()
+        ort.run(None, feeds)
+        if i >= 2:
+            times["ort"].append((time.perf_counter() - start) * 1e3)
+        for k, vm in vms.items():
+            start = time.perf_counter()
+            vm["main"](*args)
+            if i >= 2:
+                times[k].append((time.perf_counter() - start) * 1e3)
+    ort_ms = np.array(times["ort"])
+    for row in rows:
+        if row["trials"] in vms:
+            ms = np.array(times[row["trials"]])
+            row["latency_ms"] = round(float(np.median(ms)), 3)
+            row["ort_over_tvm"] = paired_ratio(ort_ms, ms)  # > 1: the artifact is faster
+        row.pop("artifact", None)
+        row.pop("onnx", None)
+    return {"model": name, "shapes": shapes, "onnxruntime_ms": round(float(np.median(ort_ms)), 3),
+            "rows": rows}
+
+
+def to_markdown(data: dict) -> str:
+    lines = ["# TVM code generation: compile, tuning and artifact latency vs onnxruntime", "",
+             f"Machine: {data['machine']['cpu']}; target x86 (TVM llvm, x86-64-v3); "
+             f"{data['rounds']} interleaved rounds. 'ORT / TVM' > 1 means the TVM artifact is "
+             "faster than onnxruntime (ORT_ENABLE_ALL) on the same ONNX model: median of "
+             "per-round ratios [95% bootstrap CI]. Every tuning budget starts from an empty "
+             "database.", ""]
+    for entry in data["models"]:
+        lines += [f"## {entry['model']} ({', '.join(entry['shapes'])}); onnxruntime "
+                  f"{entry['onnxruntime_ms']:.3f} ms", "",
+                  "| trials | compile s | tuning s | s / 100 trials | latency ms | ORT / TVM | "
+                  "max rel vs ORT |", "|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in entry["rows"]:
+            if "failed" in r:
+                lines.append(f"| {r['trials']} | failed: {r['failed']} | | | | | |")
+                continue
+            tuning = f"{r['tuning_seconds']:.0f}" if r["tuning_seconds"] else "-"
+            per100 = f"{r['seconds_per_100_trials']:.0f}" if r["seconds_per_100_trials"] \
+                else "-"
+            lines.append(f"| {r['trials'] or 'untuned'} | {r['compile_seconds']:.1f} | "
+                         f"{tuning} | {per100} | {r['latency_ms']:.3f} | "
+                         f"x{fmt_ratio(r['ort_over_tvm'])} | {r['check_max_rel']:.2g} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench codegen",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="example CNN, 16 trials")
+    parser.add_argument("--models", default="example,resnet18,bert_encoder")
+    parser.add_argument("--trials", default=None,
+                        help="comma-separated tuning budgets (default 200; --quick: 16)")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="output directory")
+    args = parser.parse_args(argv)
+    models = ["example"] if args.quick else args.models.split(",")
+    trials = [int(t) for t in args.trials.split(",") if t] if args.trials else \
+        ([16] if args.quick else [200])
+    rounds = args.rounds or (5 if args.quick else 20)
+    data = {"machine": machine_info(0), "rounds": rounds, "trials": trials, "models": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in models:
+            data["models"].append(bench_model(name, trials, rounds, Path(tmp)))
+    stem = args.out / ("codegen_quick" if args.quick else "codegen")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(data, indent=1, default=str))
+    stem.with_suffix(".md").write_text(to_markdown(data))
+    print(to_markdown(data))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,329 @@
+"""Code generation with Apache TVM: the optimized ONNX model -> a deployable artifact.
+
+    model.opt.onnx --(relax ONNX frontend)--> Relax --(target pipeline, tuning DB)--> tvm.compile
+        x86   OUT/model.x86.so         a shared library: `graphopt run OUT` loads it
+        arm   OUT/model.arm.so         with a cross linker (aarch64-linux-gnu-gcc), else
+              OUT/model.arm.tar        TVM's object files, linked on the device with the
+                                       command in the report
+        cuda  OUT/model.cuda.so        host code + CUDA source (TVM's CUDA runtime loads it),
+              OUT/model.cuda.ptx       PTX for the requested sm_XX (nvcc),
+              OUT/model.cuda.fatbin    SASS + PTX for it (nvcc)
+
+The artifact is built for fixed input shapes (the compile's verification shapes; set them
+with --input-shape). Operators TVM's frontend cannot import are named in the report and the
+ONNX output is still written. Untuned CPU code is naive loops (many times slower than
+onnxruntime): the report and the terminal say so; `--tune N` runs MetaSchedule (tuning.py).
+
+TVM is imported lazily: a compile without code generation never loads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from graphopt import verify
+from graphopt.errors import UserError
+
+CHECK_TOLERANCE = 1e-4  # compiled x86 module vs onnxruntime: max error relative to range
+CROSS_LINKERS = {"aarch64": "aarch64-linux-gnu-gcc"}
+UNTUNED_CPU = ("untuned TVM CPU code is naive loops, typically 30-200x slower than "
+               "onnxruntime: deploy model.opt.onnx with onnxruntime, or tune with --tune N")
+
+
+class CodegenError(Exception):
+    """Code generation failed for this model; the ONNX output is still valid."""
+
+
+@dataclass
+class Artifact:
+    """What code generation produced (paths relative to the output directory)."""
+
+    target: str
+    tvm_target: dict[str, Any]
+    files: list[str] = field(default_factory=list)
+    kind: str = ""  # shared_library | object_archive | cuda_module
+    link_command: str | None = None
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    seconds: float = 0.0
+    tuning: dict[str, Any] | None = None
+    check: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"status": "built", "target": self.target, "tvm_target": self.tvm_target,
+                "kind": self.kind, "files": self.files, "link_command": self.link_command,
+                "input_shapes": self.input_shapes, "seconds": round(self.seconds, 2),
+                "tuning": self.tuning, "check": self.check, "notes": self.notes,
+                "warnings": self.warnings}
+
+
+# ------------------------------------------------------------------------------- targets
+def tvm_target_dict(target: Any, tuning: bool = False) -> dict[str, Any]:
+    """The TVM target dict of a graphopt target; CPU targets tuned here get the host's
+    core count (MetaSchedule needs it)."""
+    spec = dict(target.tvm)
+    if spec.get("kind") == "llvm" and tuning and "num-cores" not in spec:
+        spec["num-cores"] = max(1, os.cpu_count() or 1)
+    return spec
+
+
+def tvm_target(target: Any, tuning: bool = False):
+    import tvm
+    spec = tvm_target_dict(target, tuning)
+    if spec.get("kind") == "cuda":
+        return tvm.target.Target(spec, host={"kind": "llvm"})
+    return tvm.target.Target(spec)
+
+
+def architecture(target: Any) -> str:
+    """x86_64, aarch64 or cuda: what the artifact's machine code is for."""
+    spec = target.tvm
+    if spec.get("kind") == "cuda":
+        return "cuda"
+    triple = spec.get("mtriple", "")
+    return triple.split("-")[0] if triple else "x86_64"
+
+
+# ------------------------------------------------------------------------------ frontend
+def unsupported_ops(model: onnx.ModelProto) -> list[str]:
+    """Operators of the main graph that TVM's ONNX frontend has no converter for, each with
+    the nodes that use it: 'FusedConv (Conv_1, Conv_4)'."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+    known = _get_convert_map()
+    missing: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        supported = node.op_type in known or node.op_type in ("If", "Constant")
+        if not supported or node.domain not in ("", "ai.onnx"):
+            if node.domain not in ("", "ai.onnx") and supported:
+                label = f"{node.domain}.{node.op_type}"
+            else:
+                label = node.op_type if node.domain in ("", "ai.onnx") else \
+                    f"{node.domain}.{node.op_type}"
+            missing.setdefault(label, []).append(node.name or "?")
+    return [f"{op} ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
+            for op, names in sorted(missing.items())]
+
+
+def import_model(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]):
+    """ONNX -> Relax IRModule with the weights bound (fixed input shapes)."""
+    from tvm.relax.frontend.onnx import from_onnx
+    missing = unsupported_ops(model)
+    if missing:
+        raise CodegenError("TVM's ONNX frontend cannot import: " + "; ".join(missing))
+    try:
+        return from_onnx(model, shape_dict={k: list(v) for k, v in shapes.items()},
+                         keep_params_in_input=False)
+    except Exception as exc:  # the frontend raises many types; name the model's problem
+        raise CodegenError(f"TVM's ONNX frontend failed: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:300]
+
+
+# --------------------------------------------------------------------------------- build
+def build(mod, target: Any, database=None):
+    """Relax -> executable. With a tuning database: its schedules (MetaSchedule), DLight for
+    the rest; without: TVM's default pipeline for the target (GPU: DLight schedules)."""
+    import tvm
+    tgt = tvm_target(target, tuning=database is not None)
+    try:
+        if database is not None:
+            from tvm.s_tir import meta_schedule as ms
+            with tgt:
+                return ms.relax_integration.compile_relax(database, mod, tgt, params=None)
+        return tvm.compile(mod, target=tgt)
+    except Exception as exc:
+        raise CodegenError(f"TVM could not build the model for {tgt.kind.name}: "
+                           f"{_one_line(exc)}") from exc
+
+
+@contextlib.contextmanager
+def captured_cuda_source() -> Iterator[list[str]]:
+    """Collect the CUDA C that TVM's codegen emits (its post-processing hook)."""
+    import tvm_ffi
+    sources: list[str] = []
+
+    def postproc(code, *_):
+        sources.append(str(code))
+        return code
+
+    tvm_ffi.register_global_func("tvm_callback_cuda_postproc", postproc, override=True)
+    try:
+        yield sources
+    finally:
+        tvm_ffi.register_global_func("tvm_callback_cuda_postproc", lambda code, *_: code,
+                                     override=True)
+
+
+def export(executable, target: Any, out_dir: Path, stem: str = "model") -> tuple[str, list[str],
+                                                                                  str | None]:
+    """Write the artifact; returns (kind, file names, link command or None)."""
+    arch = architecture(target)
+    if arch == "x86_64":
+        name = f"{stem}.x86.so"
+        executable.export_library(str(out_dir / name))
+        return "shared_library", [name], None
+    if arch == "aarch64":
+        linker = shutil.which(CROSS_LINKERS["aarch64"])
+        if linker is not None:
+            from tvm.support import cc
+            name = f"{stem}.arm.so"
+            executable.export_library(str(out_dir / name), fcompile=cc.cross_compiler(linker))
+            return "shared_library", [name], None
+        name = f"{stem}.arm.tar"
+        executable.export_library(str(out_dir / name))
+        link = (f"mkdir -p objs && tar -xf {name} -C objs && "
+                f"g++ -shared -fPIC -o {stem}.arm.so objs/*.o")
+        return "object_archive", [name], link
+    raise CodegenError(f"no exporter for {arch}")
+
+
+def nvcc_compile(source: str, arch: str, out_dir: Path, stem: str) -> list[str]:
+    """PTX and a fatbin (SASS + PTX) for `arch` (sm_80, ...) from TVM's CUDA source."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        raise CodegenError("nvcc not found: the CUDA module carries CUDA source only "
+                           "(install the CUDA toolkit to get PTX/cubin)")
+    number = arch.removeprefix("sm_")
+    with tempfile.TemporaryDirectory() as tmp:
+        cu = Path(tmp) / "kernels.cu"
+        cu.write_text(source)
+        ptx = out_dir / f"{stem}.cuda.ptx"
+        fatbin = out_dir / f"{stem}.cuda.fatbin"
+        for args in (["-ptx", f"-arch={arch}", str(cu), "-o", str(ptx)],
+                     ["-fatbin", f"-gencode=arch=compute_{number},code=[sm_{number},"
+                      f"compute_{number}]", str(cu), "-o", str(fatbin)]):
+            done = subprocess.run([nvcc, "-O3", *args], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise CodegenError(f"nvcc failed for {arch}: {done.stderr.strip()[-300:]}")
+    return [ptx.name, fatbin.name]
+
+
+# -------------------------------------------------------------------------------- running
+def load(path: Path):
+    """A relax VirtualMachine over an exported x86 artifact."""
+    import tvm
+    from tvm import relax
+    lib = tvm.runtime.load_module(str(path))
+    return relax.VirtualMachine(lib, tvm.cpu())
+
+
+def run(vm, feeds: Mapping[str, np.ndarray], input_names: Sequence[str],
+        output_names: Sequence[str]) -> dict[str, np.ndarray]:
+    import tvm
+    args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[n])) for n in input_names]
+    result = vm["main"](*args)
+    values = _flatten(result)
+    if len(values) != len(output_names):
+        raise CodegenError(f"the compiled module returned {len(values)} outputs, the model "
+                           f"has {len(output_names)}")
+    return dict(zip(output_names, values))
+
+
+def _flatten(result) -> list[np.ndarray]:
+    if hasattr(result, "numpy"):
+        return [result.numpy()]
+    out: list[np.ndarray] = []
+    for item in result:
+        out.extend(_flatten(item))
+    return out
+
+
+def input_names(model: onnx.ModelProto) -> list[str]:
+    """The inputs the compiled module takes: old exports (IR < 4) also list every weight as a
+    graph input; the frontend binds those as parameters."""
+    weights = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in weights]
+
+
+def check(vm, model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]],
+          reference: Sequence[Mapping[str, np.ndarray]]) -> dict[str, Any]:
+    """The compiled module's outputs against onnxruntime's on the verification inputs."""
+    inputs = input_names(model)
+    outputs = [o.name for o in model.graph.output]
+    got = [run(vm, f, inputs, outputs) for f in feeds]
+    error = verify.compare_all(reference, got)
+    passed = error.max_rel <= CHECK_TOLERANCE
+    return {"samples": len(feeds), "max_abs": error.max_abs, "max_rel": error.max_rel,
+            "cosine": error.cosine, "tolerance": CHECK_TOLERANCE, "passed": passed}
+
+
+# ----------------------------------------------------------------------------- top level
+@dataclass(frozen=True)
+class CodegenOptions:
+    enabled: bool = True
+    tune: int = 0  # MetaSchedule trials (0: no tuning)
+    rpc: str | None = None  # HOST:PORT of a TVM RPC tracker
+    device_key: str | None = None
+    cache_dir: Path | None = None  # tuning databases (default: ~/.cache/graphopt/tuning)
+
+
+def generate(model_path: Path, target: Any, shapes: Mapping[str, Sequence[int]],
+             out_dir: Path, options: CodegenOptions,
+             feeds: Sequence[Mapping[str, np.ndarray]] = (),
+             reference: Sequence[Mapping[str, np.ndarray]] | None = None,
+             task=None) -> Artifact:
+    """Build the target's artifact for the model at `model_path` into `out_dir`."""
+    start = time.perf_counter()
+    model = onnx.load(str(model_path))
+    artifact = Artifact(target.full_name, tvm_target_dict(target, options.tune > 0),
+                        input_shapes={k: list(v) for k, v in shapes.items()})
+    mod = import_model(model, shapes)
+    database = None
+    if options.tune > 0:
+        from graphopt import tuning
+        database, artifact.tuning = tuning.tune(mod, target, options, task=task)
+    elif options.rpc:
+        raise UserError("--rpc needs --tune N (tuning and measurement run on the device)")
+    arch = architecture(target)
+    if arch == "cuda":
+        with captured_cuda_source() as sources:
+            executable = build(mod, target, database)
+        name = "model.cuda.so"
+        executable.export_library(str(out_dir / name))
+        artifact.kind, artifact.files = "cuda_module", [name]
+        if sources:
+            (out_dir / "model.cuda.cu").write_text(sources[-1])
+            artifact.files.append("model.cuda.cu")
+            try:
+                artifact.files += nvcc_compile(sources[-1], target.tvm.get("arch", "sm_80"),
+                                               out_dir, "model")
+            except CodegenError as exc:
+                artifact.warnings.append(str(exc))
+        artifact.notes.append(f"CUDA {target.tvm.get('arch')}: model.cuda.so holds the host "
+                              "code and the CUDA source (TVM's CUDA runtime loads it); "
+                              "model.cuda.ptx/.fatbin are the kernels compiled by nvcc")
+    else:
+        executable = build(mod, target, database)
+        artifact.kind, artifact.files, artifact.link_command = export(executable, target,
+                                                                      out_dir)
+        if artifact.kind == "object_archive":
+            artifact.notes.append(
+                f"no {CROSS_LINKERS['aarch64']} here: {artifact.files[0]} holds AArch64 "
+                "object files, to link on the device (command above)")
+    if database is None and arch != "cuda":
+        artifact.warnings.append(UNTUNED_CPU)
+    if target.runs_on_host and arch == "x86_64" and feeds and reference is not None:
+        vm = load(out_dir / artifact.files[0])
+        artifact.check = check(vm, model, list(feeds), list(reference))
+        if not artifact.check["passed"]:
+            artifact.warnings.append(
+                f"the compiled x86 module differs from onnxruntime: max rel error "
+                f"{artifact.check['max_rel']:.3g} > {CHECK_TOLERANCE:g}")
+    artifact.seconds = time.perf_counter() - start
+    return artifact

@@ -1,0 +1,211 @@
+"""Code generation with TVM: the x86 artifact's numerics against onnxruntime, AArch64 and CUDA
+artifacts built on this machine and checked (ELF machine, PTX target), unsupported operators
+reported by name, `graphopt run` on the artifact, `graphopt targets`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from graphopt import ir, testing, verify
+from graphopt.cli import app
+from graphopt.compiler import CompileOptions, compile_model
+from graphopt.errors import UserError
+from graphopt import host as x86
+
+EM_AARCH64 = 183
+EM_X86_64 = 62
+EM_CUDA = 190
+
+
+def _elf_machine(data: bytes) -> int:
+    assert data[:4] == b"\x7fELF", "not an ELF file"
+    return int.from_bytes(data[18:20], "little")
+
+
+def _feeds(shape=(1, 3, 32, 32), seed=1) -> dict[str, np.ndarray]:
+    return {"input": np.random.default_rng(seed).standard_normal(shape).astype(np.float32)}
+
+
+def test_x86_artifact_matches_onnxruntime(tmp_path: Path) -> None:
+    result = compile_model(None, tmp_path, CompileOptions(target="x86"), example=True)
+    c = result.report["codegen"]
+    assert c["status"] == "built" and c["kind"] == "shared_library"
+    so = tmp_path / "model.x86.so"
+    assert c["files"] == ["model.x86.so"] and _elf_machine(so.read_bytes()) == EM_X86_64
+    assert c["check"]["passed"] and c["check"]["max_rel"] <= 1e-4
+    assert any("untuned" in w for w in result.report["warnings"])  # said loudly
+    # independently: load the module and compare with onnxruntime on fresh inputs
+    from graphopt import codegen
+    vm = codegen.load(so)
+    model = onnx.load(result.model)
+    for seed in (2, 3):
+        feeds = _feeds(seed=seed)
+        got = codegen.run(vm, feeds, ["input"], ["logits"])
+        want = verify.run_graph(ir.load(result.model), [feeds])[0]
+        assert verify.compare(want["logits"], got["logits"]).max_rel <= 1e-4
+    assert [i.name for i in model.graph.input] == ["input"]
+
+
+def test_graphopt_run_uses_the_artifact(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    compile_model(None, out, CompileOptions(target="x86"), example=True)
+    np.savez(tmp_path / "x.npz", **_feeds())
+    runner = CliRunner()
+    tvm_run = runner.invoke(app, ["run", str(out), "-i", str(tmp_path / "x.npz"), "-o",
+                                  str(tmp_path / "tvm.npz")])
+    assert tvm_run.exit_code == 0, tvm_run.output
+    assert "model.x86.so" in tvm_run.output
+    ort_run = runner.invoke(app, ["run", str(out), "-i", str(tmp_path / "x.npz"), "-o",
+                                  str(tmp_path / "ort.npz"), "--engine", "onnxruntime"])
+    assert ort_run.exit_code == 0, ort_run.output
+    a, b = np.load(tmp_path / "tvm.npz"), np.load(tmp_path / "ort.npz")
+    assert verify.compare(b["logits"], a["logits"]).max_rel <= 1e-4
+    # shapes are fixed at compile time: another batch runs in onnxruntime with a note
+    # (auto), and is a clear error, not a crash, when the artifact is asked for
+    np.savez(tmp_path / "x2.npz", **_feeds(shape=(2, 3, 32, 32)))
+    auto = runner.invoke(app, ["run", str(out), "-i", str(tmp_path / "x2.npz"), "-o",
+                               str(tmp_path / "b.npz")])
+    assert auto.exit_code == 0, auto.output
+    assert "running model.opt.onnx in onnxruntime" in auto.output
+    assert np.load(tmp_path / "b.npz")["logits"].shape == (2, 10)
+    bad = runner.invoke(app, ["run", str(out), "-i", str(tmp_path / "x2.npz"), "-o",
+                              str(tmp_path / "b.npz"), "--engine", "tvm"])
+    assert bad.exit_code == 2 and "was built for [1, 3, 32, 32]" in bad.output
+
+
+def test_arm_artifact_is_aarch64(tmp_path: Path) -> None:
+    result = compile_model(None, tmp_path, CompileOptions(target="arm:cortex-a76"),
+                           example=True)
+    c = result.report["codegen"]
+    assert c["status"] == "built"
+    (name,) = c["files"]
+    if name.endswith(".so"):  # a cross linker was found
+        assert _elf_machine((tmp_path / name).read_bytes()) == EM_AARCH64
+        return
+    assert c["kind"] == "object_archive" and "tar -xf model.arm.tar" in c["link_command"]
+    with tarfile.open(tmp_path / name) as archive:
+        objects = [m for m in archive.getmembers() if m.name.endswith(".o")]
+        assert objects
+        for member in objects:
+            assert _elf_machine(archive.extractfile(member).read()) == EM_AARCH64
+    assert c["check"] is None  # not runnable here, not pretended
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) not installed")
+def test_cuda_artifact_carries_ptx_for_the_arch(tmp_path: Path) -> None:
+    result = compile_model(None, tmp_path, CompileOptions(target="cuda:sm_86"), example=True)
+    c = result.report["codegen"]
+    assert c["status"] == "built" and c["kind"] == "cuda_module"
+    assert {"model.cuda.so", "model.cuda.ptx", "model.cuda.fatbin"} <= set(c["files"])
+    ptx = (tmp_path / "model.cuda.ptx").read_text()
+    assert ".target sm_86" in ptx and ".entry" in ptx
+    fatbin = (tmp_path / "model.cuda.fatbin").read_bytes()
+    assert fatbin[:4] == bytes.fromhex("50ed55ba")  # fatbin magic
+    cubin = fatbin.find(b"\x7fELF")
+    assert cubin > 0 and _elf_machine(fatbin[cubin:]) == EM_CUDA  # SASS for the GPU
+    flags = int.from_bytes(fatbin[cubin + 48:cubin + 52], "little")
+    assert (flags >> 8) & 0xFF == 86  # the cubin's SM version (ELF e_flags)
+
+
+def _gpu_available() -> bool:
+    if shutil.which("nvidia-smi") is None:
+        return False
+    return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _gpu_available(), reason="needs an NVIDIA GPU (none on this machine)")
+def test_cuda_artifact_runs_on_a_gpu(tmp_path: Path) -> None:
+    import tvm
+    from tvm import relax
+    compile_model(None, tmp_path, CompileOptions(target="cuda:sm_80"), example=True)
+    lib = tvm.runtime.load_module(str(tmp_path / "model.cuda.so"))
+    dev = tvm.cuda(0)
+    vm = relax.VirtualMachine(lib, dev)
+    feeds = _feeds()
+    got = vm["main"](tvm.runtime.tensor(feeds["input"], dev))
+    got = (got.numpy() if hasattr(got, "numpy") else got[0].numpy())
+    want = verify.run_graph(ir.load(tmp_path / "model.opt.onnx"), [feeds])[0]
+    assert verify.compare(want["logits"], got).max_rel <= 1e-4
+
+
+def test_unsupported_operator_is_named_and_onnx_still_written(tmp_path: Path) -> None:
+    model = testing.custom_domain_op()
+    onnx.save(model, tmp_path / "m.onnx")
+    result = compile_model(tmp_path / "m.onnx", tmp_path / "out", CompileOptions(target="x86"))
+    c = result.report["codegen"]
+    assert c["status"] == "failed"
+    custom = next(n for n in model.graph.node if n.domain not in ("", "ai.onnx"))
+    assert custom.op_type in c["reason"] and custom.name in c["reason"]
+    assert (tmp_path / "out" / "model.opt.onnx").exists()
+    assert not (tmp_path / "out" / "model.x86.so").exists()
+    assert any("no TVM artifact" in w for w in result.report["warnings"])
+
+
+def test_no_codegen_and_stale_artifacts(tmp_path: Path) -> None:
+    compile_model(None, tmp_path, CompileOptions(target="x86"), example=True)
+    assert (tmp_path / "model.x86.so").exists()
+    result = compile_model(None, tmp_path, CompileOptions(target="x86", codegen=False),
+                           example=True)
+    assert result.report["codegen"] == {"status": "off (--no-codegen)"}
+    assert not (tmp_path / "model.x86.so").exists()  # nothing of the older result remains
+
+
+@pytest.mark.parametrize("options,message", [
+    (CompileOptions(rpc="127.0.0.1:9190", device_key="k"), "add --tune N"),
+    (CompileOptions(tune=4, rpc="nohostport", device_key="k"), "HOST:PORT"),
+    (CompileOptions(tune=4, rpc="127.0.0.1:9190"), "--device-key"),
+    (CompileOptions(tune=4, codegen=False), "drop --no-codegen"),
+    (CompileOptions(target="arm", tune=4), "measured on the device"),
+])
+def test_bad_tuning_options_fail_first(tmp_path: Path, options, message) -> None:
+    with pytest.raises(UserError, match=message):
+        compile_model(None, tmp_path, options, example=True)
+    assert not (tmp_path / "model.opt.onnx").exists()
+
+
+def test_cli_codegen_lines_and_targets(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["compile", "--example", "-t", "arm", "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "TVM artifact" in result.output and "model.arm." in result.output
+    md = (tmp_path / "report.md").read_text()
+    assert "## Code generation" in md
+    listing = runner.invoke(app, ["targets"])
+    assert listing.exit_code == 0
+    for name in ("x86", "arm", "cuda", "x86:host", "arm:neoverse-v1", "cuda:sm_90"):
+        assert name in listing.output
+
+
+# ------------------------------------------------------------------------- host detection
+AVX2 = {"avx", "avx2", "fma", "bmi2", "movbe", "sse4_2", "popcnt", "ssse3"}
+AVX512 = AVX2 | {"avx512f", "avx512bw", "avx512dq", "avx512vl"}
+
+
+@pytest.mark.parametrize("flags,mcpu,bits,act", [
+    (set(), "x86-64", 128, None),
+    (AVX2, "x86-64-v3", 256, None),
+    (AVX512, "skylake-avx512", 512, None),
+    (AVX512 | {"avx512_vnni"}, "cascadelake", 512, "int8"),
+])
+def test_host_variant_from_cpu_flags(flags, mcpu, bits, act) -> None:
+    over = x86.host_overrides(flags)
+    assert over["tvm"]["mcpu"] == mcpu and over["vector_bits"] == bits
+    assert over.get("activation_dtype") == act
+    assert x86.host_can_run({"kind": "llvm", **over["tvm"]}, flags)
+
+
+def test_host_can_run_guards_foreign_cpus() -> None:
+    assert not x86.host_can_run({"kind": "llvm", "mcpu": "skylake-avx512"}, AVX2)
+    assert not x86.host_can_run({"kind": "llvm", "mcpu": "some-future-cpu"}, AVX512)
+    assert x86.host_can_run({"kind": "llvm", "mcpu": "x86-64-v3"}, AVX512)
+    assert x86.cpu_flags("processor : 0\nflags : fpu avx2 fma\n") == {"fpu", "avx2", "fma"}
