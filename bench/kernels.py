@@ -7,9 +7,11 @@
 
 Ops: dense matmul, BSR (block-sparse) matmul, 2:4 (N:M-compressed) matmul, int8 per-channel
 matmul, conv2d. Implementations: NumPy/OpenBLAS (the dense peer), onnxruntime (the runtime
-peer), graphopt's NumPy reference, graphopt's Numba kernels, TVM default/tuned (not yet:
-issue #8), and "graphopt's choice" (the fastest graphopt kernel for that problem, as the
-autotuner would pick). Every result is checked against the NumPy reference *before* it is
+peer), graphopt's NumPy reference, graphopt's Numba kernels, TVM default (the op as a one-node
+ONNX model through graphopt's codegen, untuned) and TVM tuned (MetaSchedule, --tvm-trials per
+problem, from an empty database), and "graphopt's choice" (the fastest graphopt kernel, Numba
+or TVM, for that problem, as the autotuner would pick). BSR and 2:4 have no TVM column: TVM
+has no sparse kernels any more. Every result is checked against the NumPy reference *before* it is
 timed; a wrong one is recorded as such and not timed.
 
 Timing: stdlib `timeit` (auto-ranged loops per sample so that microsecond kernels are not
@@ -24,8 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 import timeit
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,27 +62,73 @@ def _ort_session(model):
                                 providers=["CPUExecutionProvider"])
 
 
-def _ort_matmul(w: np.ndarray):
+def _matmul_model(w: np.ndarray):
     from graphopt import testing
     b = testing.ModelBuilder(opset=17)
     x = b.input("x", ["m", w.shape[0]])
     b.output(b.node("MatMul", [x, b.weight(w)], outputs=["y"]), shape=["m", w.shape[1]])
-    sess = _ort_session(b.build(check=False))
-    return lambda x: sess.run(None, {"x": x})[0]
+    return b.build(check=False)
 
 
-def dense_problems(shapes, rng) -> list[Problem]:
+class TvmKernels:
+    """TVM's code for one-op ONNX models, as graphopt's codegen builds it: untuned (TVM's
+    default CPU pipeline) and, with `trials` > 0, tuned by MetaSchedule for that many trials
+    into a tuning database private to this run (so the tuning is this run's own)."""
+
+    def __init__(self, trials: int, cache: Path | None):
+        self.trials, self.cache = trials, cache
+
+    def impls(self, model, x_name: str, x: np.ndarray
+              ) -> tuple[dict[str, Callable[[], np.ndarray]], dict]:
+        """(implementation -> call, what building them cost)."""
+        import tvm
+
+        from graphopt import codegen
+        from graphopt.registry import load_registry
+        target = load_registry().get_target("x86")
+        start = time.perf_counter()
+        with warnings.catch_warnings():  # the frontend warns about unset output shapes
+            warnings.simplefilter("ignore", UserWarning)
+            mod = codegen.import_model(model, {x_name: list(x.shape)})
+        args = [tvm.runtime.tensor(np.ascontiguousarray(x))]
+        out = {"tvm default": self._runner(codegen.build(mod, target), args)}
+        meta = {"tvm_build_s": round(time.perf_counter() - start, 2)}
+        if self.trials > 0:
+            from graphopt import tuning
+            from graphopt.codegen import CodegenOptions
+            start = time.perf_counter()
+            database, _ = tuning.tune(mod, target, CodegenOptions(
+                tune=self.trials, cache_dir=self.cache))
+            out[f"tvm tuned ({self.trials} trials)"] = self._runner(
+                codegen.build(mod, target, database), args)
+            meta["tvm_tuning_s"] = round(time.perf_counter() - start, 1)
+        return out, meta
+
+    @staticmethod
+    def _runner(executable, args) -> Callable[[], np.ndarray]:
+        import tvm
+        from tvm import relax
+        vm = relax.VirtualMachine(executable, tvm.cpu())
+        return lambda: vm["main"](*args).numpy()
+
+
+NO_TVM = TvmKernels(0, None)
+
+
+def dense_problems(shapes, rng, tvm_kernels: TvmKernels = NO_TVM) -> list[Problem]:
     from graphopt.kernels import numba_kernels, ref
     out = []
     for m, k, n in shapes:
         x = rng.standard_normal((m, k), dtype=np.float32)
         w = rng.standard_normal((k, n), dtype=np.float32)
-        ort_run = _ort_matmul(w)
+        model = _matmul_model(w)
+        sess = _ort_session(model)
+        tvm, built = tvm_kernels.impls(model, "x", x)
         out.append(Problem("dense", f"{m}x{k}x{n}", 2.0 * m * k * n, ref.dense_matmul(x, w), {
             "numpy (OpenBLAS)": lambda x=x, w=w: x @ w,
-            "onnxruntime": lambda x=x, run=ort_run: run(x),
-            "numba": lambda x=x, w=w: numba_kernels.dense_matmul(x, w),
-        }, ("numba",), m=m))
+            "onnxruntime": lambda x=x, s=sess: s.run(None, {"x": x})[0],
+            "numba": lambda x=x, w=w: numba_kernels.dense_matmul(x, w), **tvm,
+        }, ("numba", *tvm), m=m, meta=built))
     return out
 
 
@@ -117,7 +167,7 @@ def nm_problems(shapes, rng) -> list[Problem]:
     return out
 
 
-def int8_problems(shapes, rng) -> list[Problem]:
+def int8_problems(shapes, rng, tvm_kernels: TvmKernels = NO_TVM) -> list[Problem]:
     from graphopt import testing
     from graphopt.kernels import numba_kernels, ref
     out = []
@@ -134,21 +184,23 @@ def int8_problems(shapes, rng) -> list[Problem]:
         y = b.node("Mul", [b.node("Cast", [acc], to=1),
                            b.weight((x_scale * w_scale).astype(np.float32))], outputs=["y"])
         b.output(y, shape=["m", n])
-        sess = _ort_session(b.build(check=False))
+        model = b.build(check=False)
+        sess = _ort_session(model)
+        tvm, built = tvm_kernels.impls(model, "x", x_q)
         out.append(Problem(
             "int8", f"{m}x{k}x{n}", 2.0 * m * k * n,
             ref.int8_matmul(x_q, x_scale, x_zero, w_q, w_scale), {
                 "numpy (OpenBLAS) fp32": lambda x=x, w=w: x @ w,
                 "onnxruntime MatMulInteger": lambda x_q=x_q, s=sess: s.run(None, {"x": x_q})[0],
                 "numba": lambda a=(x_q, x_scale, x_zero, w_q, w_scale):
-                    numba_kernels.int8_matmul(*a),
-            }, ("numba",), m=m))
+                    numba_kernels.int8_matmul(*a), **tvm,
+            }, ("numba", *tvm), m=m, meta=built))
         out[-1].meta["tolerance"] = "fp32 peer checked against the float product"
         out[-1].meta["float_reference"] = x @ w
     return out
 
 
-def conv_problems(shapes, rng) -> list[Problem]:
+def conv_problems(shapes, rng, tvm_kernels: TvmKernels = NO_TVM) -> list[Problem]:
     from graphopt import testing
     from graphopt.kernels import numba_kernels, ref
     out = []
@@ -160,7 +212,9 @@ def conv_problems(shapes, rng) -> list[Problem]:
         xi = b.input("x", [n, c, h, h])
         b.output(b.node("Conv", [xi, b.weight(w)], outputs=["y"], kernel_shape=[r, r],
                         strides=[stride] * 2, pads=[pad] * 4))
-        sess = _ort_session(b.build(check=False))
+        model = b.build(check=False)
+        sess = _ort_session(model)
+        tvm, built = tvm_kernels.impls(model, "x", x)
         y = ref.conv2d(x, w, stride, pad)
         flops = 2.0 * y.size * c * r * r
         out.append(Problem(
@@ -169,7 +223,8 @@ def conv_problems(shapes, rng) -> list[Problem]:
                     _im2col_conv(x, w, s, p),
                 "onnxruntime": lambda x=x, s=sess: s.run(None, {"x": x})[0],
                 "numba": lambda x=x, w=w, s=stride, p=pad: numba_kernels.conv2d(x, w, s, p),
-            }, ("numba",), m=n))
+                **tvm,
+            }, ("numba", *tvm), m=n, meta=built))
     return out
 
 
@@ -204,16 +259,18 @@ QUICK = {
     "conv": [(1, 8, 12, 8, 3, 1)],
 }
 LEVELS = (0.5, 0.75, 0.9)
+SPARSE_OPS = ("bsr", "2:4")
 
 
-def problems(ops: list[str], quick: bool, block: tuple[int, int], seed: int) -> list[Problem]:
+def problems(ops: list[str], quick: bool, block: tuple[int, int], seed: int,
+             tvm_kernels: TvmKernels = NO_TVM) -> list[Problem]:
     rng = np.random.default_rng(seed)
     shapes = QUICK if quick else FULL
-    makers = {"dense": lambda: dense_problems(shapes["dense"], rng),
+    makers = {"dense": lambda: dense_problems(shapes["dense"], rng, tvm_kernels),
               "bsr": lambda: bsr_problems(shapes["bsr"], LEVELS, block, rng),
               "2:4": lambda: nm_problems(shapes["2:4"], rng),
-              "int8": lambda: int8_problems(shapes["int8"], rng),
-              "conv": lambda: conv_problems(shapes["conv"], rng)}
+              "int8": lambda: int8_problems(shapes["int8"], rng, tvm_kernels),
+              "conv": lambda: conv_problems(shapes["conv"], rng, tvm_kernels)}
     return [p for op in ops for p in makers[op]()]
 
 
@@ -285,11 +342,15 @@ def sgemm_gflops(size: int = 2048) -> float:
 
 # ------------------------------------------------------------------------------------- run
 def run(ops: list[str], quick: bool, repeats: int, block: tuple[int, int], seed: int = 0,
-        progress: Callable[[str], None] | None = None) -> dict:
+        progress: Callable[[str], None] | None = None, tvm_trials: int = 0,
+        tvm_cache: Path | None = None) -> dict:
     peak = {"fma_gflops": fma_peak_gflops(0.2 if quick else 1.0),
             "sgemm_gflops": sgemm_gflops(256 if quick else 2048)}
     rows = []
-    for problem in problems(ops, quick, block, seed):
+    if progress is not None:
+        progress("building the TVM kernels" + (f" (tuning {tvm_trials} trials each)"
+                                               if tvm_trials else ""))
+    for problem in problems(ops, quick, block, seed, TvmKernels(tvm_trials, tvm_cache)):
         if progress is not None:
             progress(f"{problem.op} {problem.label}")
         timings: dict[str, dict] = {}
@@ -309,7 +370,10 @@ def run(ops: list[str], quick: bool, repeats: int, block: tuple[int, int], seed:
         row = {"op": problem.op, "problem": problem.label, "m": problem.m,
                "sparsity": problem.sparsity, "dense_equivalent_flops": problem.flops,
                "timings": timings, "graphopt_choice": choice, "baseline": dense,
-               "tvm": "not yet (issue #8)", **problem.meta}
+               **problem.meta}
+        if problem.op in SPARSE_OPS:
+            row["tvm"] = "no TVM kernel: TVM 0.27 has no block-sparse/N:M kernels (topi's " \
+                "sparse_dense is gone) and graphopt's own are Numba"
         row.pop("float_reference", None)
         if choice and dense and "median_s" in timings.get(dense, {}):
             row["choice_speedup_vs_baseline"] = (timings[dense]["median_s"]
@@ -328,7 +392,10 @@ def to_markdown(data: dict) -> str:
              f"GFLOP/s. {'Quick' if data['quick'] else 'Full'} shapes, {data['repeats']} "
              "timed samples each. GFLOP/s are dense-equivalent (2mkn whatever the sparsity); "
              "% is of the FMA peak; speedup is OpenBLAS dense time / graphopt's choice time, "
-             "both in this run. TVM columns: not yet (issue #8).", "",
+             "both in this run. TVM rows: the op as a one-node ONNX model built by graphopt's "
+             "codegen, untuned ('tvm default', TVM's default CPU pipeline: no schedules) and "
+             "tuned by MetaSchedule from an empty database (trials per problem as named); BSR "
+             "and 2:4 have none (TVM has no sparse kernels).", "",
              "| op | problem | implementation | median ms | p95 ms | GFLOP/s | % peak |",
              "|---|---|---|---:|---:|---:|---:|"]
     for row in data["rows"]:
@@ -405,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=0, help="timed samples (default 15, "
                         "quick 3)")
     parser.add_argument("--block", default="4x4", help="BSR block shape ROWSxCOLS")
+    parser.add_argument("--tvm-trials", type=int, default=-1, help="MetaSchedule trials per "
+                        "dense/int8/conv problem for the 'tvm tuned' column (default 64, "
+                        "quick 0: only 'tvm default'); 0 skips tuning")
     parser.add_argument("--compare", type=Path, help="an earlier kernels JSON: regression view")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args(argv)
@@ -414,9 +484,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown op(s) {', '.join(unknown)}; known: {', '.join(FULL)}")
     console = Console()
-    with console.status("measuring") as status:
+    trials = args.tvm_trials if args.tvm_trials >= 0 else (0 if args.quick else 64)
+    with console.status("measuring") as status, \
+            tempfile.TemporaryDirectory(prefix="graphopt-bench-tuning-") as cache:
         data = run(ops, args.quick, args.repeats or (3 if args.quick else 15),
-                   parse_block(args.block), progress=lambda s: status.update(f"measuring {s}"))
+                   parse_block(args.block), progress=lambda s: status.update(f"measuring {s}"),
+                   tvm_trials=trials, tvm_cache=Path(cache))
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "kernels_quick" if args.quick else "kernels"
     (args.out / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")

@@ -104,7 +104,8 @@ def bench_model(name: str, quick: bool, add: list[str], budgets: list[float], ro
 
 def to_markdown(data: dict) -> str:
     lines = ["# Models: onnxruntime on the input vs on graphopt's output", "",
-             f"Machine: {data['machine']['cpu']}, {data['threads']} onnxruntime thread(s); "
+             f"Machine: {data['machine']['cpu']}, "
+             f"{data['threads'] or 'default (all cores)'} onnxruntime thread(s); "
              f"{'quick' if data['quick'] else 'benchmark'} shapes; {data['rounds']} "
              "interleaved rounds (ORT_ENABLE_ALL). Speedup = input / output latency, median "
              "of per-round ratios [95% bootstrap CI]. Cosine on held-out random inputs. The "

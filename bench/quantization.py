@@ -246,7 +246,8 @@ def calibration_memory(sizes: list[int], tmp: Path) -> list[dict]:
 # ---------------------------------------------------------------------------------- report
 def to_markdown(data: dict) -> str:
     lines = ["# Quantization: graphopt vs onnxruntime's quantizer, int8 vs fp32", "",
-             f"Machine: {data['machine']['cpu']}, {data['threads']} onnxruntime thread(s); "
+             f"Machine: {data['machine']['cpu']}, "
+             f"{data['threads'] or 'default (all cores)'} onnxruntime thread(s); "
              f"{'quick' if data['quick'] else 'benchmark'} shapes; {data['rounds']} "
              "interleaved rounds (ORT_ENABLE_ALL). Speedup = fp32 / int8 latency, median of "
              "per-round ratios [95% bootstrap CI]. Cosine vs fp32 on 8 held-out inputs; "

@@ -38,7 +38,7 @@ from graphopt.errors import UserError
 
 CHECK_TOLERANCE = 1e-4  # compiled x86 module vs onnxruntime: max error relative to range
 CROSS_LINKERS = {"aarch64": "aarch64-linux-gnu-gcc"}
-UNTUNED_CPU = ("untuned TVM CPU code is naive loops, typically 30-200x slower than "
+UNTUNED_CPU = ("untuned TVM CPU code is naive loops, typically 10-200x slower than "
                "onnxruntime: deploy model.opt.onnx with onnxruntime, or tune with --tune N")
 
 

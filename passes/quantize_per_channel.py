@@ -22,7 +22,6 @@ so trying a set of layers is one run, not one graph build.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -501,7 +500,8 @@ def static_simulation(graph: gs.Graph, state: StaticState) -> Simulation:
         scale, zero = params[name]
         dq = _qdq(g, x, scale, zero)
         # Layers read the quantized tensor only while they are quantized themselves.
-        others = [n for n in readers if n.op not in LAYER_OPS or n.domain not in (None, "", "ai.onnx")]
+        others = [n for n in readers
+                  if n.op not in LAYER_OPS or n.domain not in (None, "", "ai.onnx")]
         if others:
             sim.switch("t:" + name, x, dq, others)
         for reader in readers:

@@ -4,7 +4,6 @@ reported by name, `graphopt run` on the artifact, `graphopt targets`."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import tarfile
