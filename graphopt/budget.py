@@ -1,7 +1,11 @@
 """Accuracy budgets, and the search that keeps a lossy pass inside one.
 
 A budget bounds the model's output error against the original model on calibration data:
-`cosine=0.99` (output cosine at least 0.99), `max_abs=0.05`, `max_rel=0.01`.
+`cosine=0.99` (output cosine at least 0.99), `max_abs=0.05`, `max_rel=0.01`; or, with labelled
+evaluation data (`--eval`), a task metric: `accuracy_drop=0.01` (top-1 accuracy at most 0.01
+below the original model's on that data). Task budgets are judged on every labelled sample
+(sensitivities too: accuracy on a handful of samples says nothing); ties in accuracy are broken
+by the output cosine, so the most harmful of equally harmless layers still goes first.
 
 Lossy passes (factorize, sparsify, quantize) describe each layer they could change as a list
 of candidates, cheapest first, each replacing some weights with approximated arrays. The search:
@@ -36,7 +40,11 @@ from graphopt.errors import UserError
 
 log = logging.getLogger("graphopt.budget")
 
-METRICS = ("cosine", "max_abs", "max_rel")
+METRICS = ("cosine", "max_abs", "max_rel", "accuracy_drop")
+TASK_METRICS = ("accuracy_drop",)  # need labelled data (--eval)
+# A task distance is the accuracy drop plus TIE * (1 - cosine) (at most 2 * TIE): a tie-break
+# far below one sample's share of the accuracy (1e-9 << 1 / samples).
+TIE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -44,33 +52,52 @@ class Budget:
     metric: str  # one of METRICS
     limit: float
 
+    @property
+    def needs_labels(self) -> bool:
+        return self.metric in TASK_METRICS
+
     def distance(self, error: verify.ErrorStats) -> float:
         """How far from exact (0.0); the budget allows up to `allowance`."""
         if self.metric == "cosine":
             return 1.0 - error.cosine if math.isfinite(error.cosine) else math.inf
+        if self.metric == "accuracy_drop":
+            drop = error.accuracy_drop
+            if not math.isfinite(drop):
+                return math.inf
+            cosine = error.cosine if math.isfinite(error.cosine) else -1.0
+            return drop + TIE * (1.0 - cosine)
         value = error.max_abs if self.metric == "max_abs" else error.max_rel
         return value if math.isfinite(value) else math.inf
 
     @property
     def allowance(self) -> float:
+        if self.metric == "accuracy_drop":
+            return self.limit + 2 * TIE
         return 1.0 - self.limit if self.metric == "cosine" else self.limit
 
     def holds(self, error: verify.ErrorStats) -> bool:
+        if self.metric == "accuracy_drop":
+            # Accuracies are fractions: 0.93 - 0.92 > 0.01 in floats, hence the epsilon.
+            drop = error.accuracy_drop
+            return math.isfinite(drop) and drop <= self.limit + 1e-12
         return self.distance(error) <= self.allowance
 
     def __str__(self) -> str:
         return f"{self.metric}={self.limit:g}"
 
     def describe(self, error: verify.ErrorStats) -> str:
-        value = {"cosine": error.cosine, "max_abs": error.max_abs,
-                 "max_rel": error.max_rel}[self.metric]
         relation = ">=" if self.metric == "cosine" else "<="
         verdict = "within" if self.holds(error) else "OVER"
+        if self.metric == "accuracy_drop":
+            return (f"top-1 accuracy {error.accuracy:.4f} vs {error.reference_accuracy:.4f}: "
+                    f"drop {error.accuracy_drop:.4f} ({verdict} budget <= {self.limit:g})")
+        value = {"cosine": error.cosine, "max_abs": error.max_abs,
+                 "max_rel": error.max_rel}[self.metric]
         return f"{self.metric} {value:.6g} ({verdict} budget {relation} {self.limit:g})"
 
 
 def parse_budget(text: str, where: str = "--budget") -> Budget:
-    """`cosine=0.99`, `max_abs=0.05` or `max_rel=0.01`."""
+    """`cosine=0.99`, `max_abs=0.05`, `max_rel=0.01` or `accuracy_drop=0.01`."""
     metric, sep, value = text.strip().partition("=")
     metric = metric.strip()
     if not sep or metric not in METRICS:
@@ -82,6 +109,9 @@ def parse_budget(text: str, where: str = "--budget") -> Budget:
         raise UserError(f"{where} '{text}': '{value}' is not a number") from None
     if metric == "cosine" and not 0.0 < limit <= 1.0:
         raise UserError(f"{where} '{text}': a cosine budget must be in (0, 1], e.g. 0.99")
+    if metric == "accuracy_drop" and not 0.0 <= limit <= 1.0:
+        raise UserError(f"{where} '{text}': an accuracy drop is a fraction in [0, 1], e.g. "
+                        "0.01 for one point of top-1 accuracy")
     if metric != "cosine" and not (limit >= 0.0 and math.isfinite(limit)):
         raise UserError(f"{where} '{text}': {metric} must be a finite number >= 0")
     return Budget(metric, limit)
@@ -93,7 +123,8 @@ class WeightProbe:
     take other values. One onnxruntime session, in which those weights are graph inputs."""
 
     def __init__(self, graph: gs.Graph, weights: Sequence[str], feeds: Sequence[verify.Feeds],
-                 reference: Sequence[Mapping[str, np.ndarray]]) -> None:
+                 reference: Sequence[Mapping[str, np.ndarray]],
+                 labels: verify.Labels | None = None) -> None:
         probe = graph.copy()
         tensors = probe.tensors()
         self.originals: dict[str, np.ndarray] = {}
@@ -112,6 +143,7 @@ class WeightProbe:
         self.session = verify.GraphSession(probe)
         self.feeds = list(feeds)
         self.reference = list(reference)
+        self.labels = labels
         self.runs = 0
 
     def outputs_with(self, replaced: Mapping[str, np.ndarray], samples: int | None = None
@@ -127,10 +159,20 @@ class WeightProbe:
         self.runs += 1
         return results
 
+    def exact(self) -> verify.ErrorStats:
+        """The error of the original weights: none (with the reference's accuracy)."""
+        if self.labels is None:
+            return verify.EXACT
+        return verify.compare_all(self.reference, self.reference, self.labels)
+
     def error(self, replaced: Mapping[str, np.ndarray], samples: int | None = None
               ) -> verify.ErrorStats:
+        """Error on the first `samples` feeds; with labels on all of them (a task metric on a
+        few samples is noise)."""
+        if self.labels is not None:
+            samples = None
         outputs = self.outputs_with(replaced, samples)
-        return verify.compare_all(self.reference[:len(outputs)], outputs)
+        return verify.compare_all(self.reference[:len(outputs)], outputs, self.labels)
 
 
 # ---------------------------------------------------------------------------------- search
@@ -202,7 +244,7 @@ def search(layers: Sequence[Layer], probe: WeightProbe, budget: Budget,
             for layer in layers:
                 if choice[layer.name] is not None:
                     replaced.update(layer.candidates[choice[layer.name]].make())
-            error = probe.error(replaced) if replaced else verify.EXACT
+            error = probe.error(replaced) if replaced else probe.exact()
             evaluated[key] = (budget.holds(error), error)
             trace.append((cost_of(choice), budget.distance(error)))
         return evaluated[key]
@@ -272,17 +314,48 @@ def _cheaper(layer: Layer, current: int | None, scores: Sequence[float],
 
 # ------------------------------------------------------------------------- for lossy passes
 DEFAULT = "cosine=0.99"
+DEFAULT_WITH_LABELS = "accuracy_drop=0.01"  # when --eval gives labelled data
 DISTANCE = {"cosine": "1 - output cosine", "max_abs": "max abs output error",
-            "max_rel": "max rel output error"}
+            "max_rel": "max rel output error",
+            "accuracy_drop": "top-1 accuracy drop on the --eval data"}
 
 
 def resolve(ctx: Any, option: str, where: str) -> Budget:
-    """A lossy pass's budget: its own option, else --budget, else DEFAULT."""
+    """A lossy pass's budget: its own option, else --budget, else DEFAULT (a task budget when
+    there are labels)."""
+    labels = getattr(ctx, "labels", None)
     if option:
-        return parse_budget(option, where)
-    if ctx.budget is not None:
-        return ctx.budget
-    return parse_budget(DEFAULT)
+        budget = parse_budget(option, where)
+    elif ctx.budget is not None:
+        budget = ctx.budget
+    else:
+        budget = parse_budget(DEFAULT_WITH_LABELS if labels is not None else DEFAULT)
+    if budget.needs_labels and labels is None:
+        raise UserError(f"budget {budget} is a task metric and needs labelled data: give "
+                        "--eval labelled.npz (the model's inputs and 'labels')")
+    return budget
+
+
+def judged_on(graph: gs.Graph, ctx: Any, budget: Budget, feeds: Sequence[verify.Feeds]
+              ) -> tuple[list[verify.Feeds], list, verify.Labels | None]:
+    """(feeds, reference outputs, labels) a budget is judged on: the labelled --eval data for a
+    task budget, else `feeds`; the reference is the *input model's* outputs where the pipeline
+    has them for these very inputs (so that earlier lossy passes count against the budget
+    too), else this graph's."""
+    labels = None
+    if budget.needs_labels:
+        labels = getattr(ctx, "labels", None)
+        if labels is None:
+            raise UserError(f"budget {budget} needs labelled data: give --eval labelled.npz")
+        feeds = ctx.feeds
+    feeds = list(feeds)
+    known = ctx.feeds or []
+    if ctx.reference is not None and len(feeds) <= min(len(known), len(ctx.reference)) \
+            and all(a is b for a, b in zip(feeds, known)):
+        reference = ctx.reference[:len(feeds)]
+    else:
+        reference = verify.run_graph(graph, feeds)
+    return feeds, reference, labels
 
 
 def calibration_feeds(graph: gs.Graph, ctx: Any) -> list[verify.Feeds]:
@@ -297,18 +370,15 @@ def calibration_feeds(graph: gs.Graph, ctx: Any) -> list[verify.Feeds]:
 def search_graph(graph: gs.Graph, ctx: Any, layers: Sequence[Layer], weights: Sequence[str],
                  budget: Budget, feeds: Sequence[verify.Feeds],
                  sensitivity_samples: int | None = None) -> SearchResult:
-    """`search` on this graph, against the *input model's* outputs where the pipeline has
-    them for these very inputs (so earlier lossy passes count against the budget too)."""
-    same_inputs = ctx.calibration is None or ctx.calibration is ctx.feeds
-    if same_inputs and ctx.reference is not None and len(ctx.reference) == len(feeds):
-        reference = ctx.reference
-    else:
-        reference = verify.run_graph(graph, feeds)
-    probe = WeightProbe(graph, weights, feeds, reference)
+    """`search` on this graph, judged as `judged_on` says."""
+    feeds, reference, labels = judged_on(graph, ctx, budget, feeds)
+    probe = WeightProbe(graph, weights, feeds, reference, labels)
     return search(layers, probe, budget, ctx.task if ctx.progress is not None else None,
                   sensitivity_samples)
 
 
-def finite(x: float) -> float | str:
-    """JSON-safe: inf/nan as strings."""
-    return x if math.isfinite(x) else str(x)
+def finite(x: float, budget: Budget | None = None) -> float | str:
+    """JSON-safe: inf/nan as strings; a task budget's distance without its tie-break."""
+    if not math.isfinite(x):
+        return str(x)
+    return round(x, 8) if budget is not None and budget.needs_labels else x

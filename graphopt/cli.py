@@ -119,7 +119,8 @@ def compile(
         "--skip", help="Leave these passes out of the pipeline.")] = None,
     budget: Annotated[Optional[str], typer.Option(
         "--budget", help="Accuracy budget for lossy passes vs the input model on the "
-        "calibration data: cosine=0.99, max_abs=0.05 or max_rel=0.01.")] = None,
+        "calibration data: cosine=0.99, max_abs=0.05 or max_rel=0.01; with --eval also "
+        "accuracy_drop=0.01 (top-1, the default there).")] = None,
     quantize: Annotated[Optional[str], typer.Option(
         "--quantize", help="Add int8 quantization (quantize_per_channel): static (calibrated "
         "QDQ), dynamic (MatMul/Gemm), weight-int8 or weight-int4 (weight only).")] = None,
@@ -133,6 +134,10 @@ def compile(
     calibration: Annotated[Optional[Path], typer.Option(
         "--calibration", help="Inputs to verify (and calibrate) on: .npz, .npy, or a "
         "directory of NAME.npy.")] = None,
+    eval_data: Annotated[Optional[Path], typer.Option(
+        "--eval", help="Labelled data (.npz: the inputs and 'labels'): every pass is "
+        "verified on it and the report gives top-1 accuracy of the first output before and "
+        "after; enables --budget accuracy_drop=...")] = None,
     input_shape: Annotated[Optional[list[str]], typer.Option(
         "--input-shape", help="Shape for a dynamic input, e.g. input=1x3x224x224.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random verification inputs.")] = 0,
@@ -160,7 +165,8 @@ def compile(
         options = CompileOptions(
             target=target, passes=_split(passes), add=_split(add), skip=_split(skip),
             budget=budget, config=config, quantize=quantize, exclude=_split(exclude),
-            plugins=plugin or [], calibration=calibration, input_shapes=input_shape or [],
+            plugins=plugin or [], calibration=calibration, eval=eval_data,
+            input_shapes=input_shape or [],
             seed=seed, measure=measure, runs=runs, verify=not no_verify,
             codegen=not no_codegen, tune=tune, rpc=rpc, device_key=device_key,
             tuning_cache=tuning_cache)

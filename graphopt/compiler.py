@@ -42,6 +42,7 @@ class CompileOptions:
     config: Path | None = None
     plugins: Sequence[str] = ()
     calibration: Path | None = None
+    eval: Path | None = None  # labelled data (inputs + labels): top-1 accuracy, task budgets
     input_shapes: Sequence[str] = ()
     seed: int = 0
     measure: bool = False
@@ -188,6 +189,9 @@ def compile_model(
                                                   list(o.skip), config, o.config, add)
     budget_text = o.budget or config.get("pipeline", {}).get("budget")
     accuracy_budget = parse_budget(budget_text) if budget_text else None
+    if accuracy_budget is not None and accuracy_budget.needs_labels and o.eval is None:
+        raise UserError(f"--budget {accuracy_budget} is a task metric and needs labelled "
+                        "data: give --eval labelled.npz (the model's inputs and 'labels')")
     warnings = registry.warnings + warnings
     given_shapes = verify.parse_input_shapes(o.input_shapes)
     out_dir = output_dir(output, model_path)
@@ -215,14 +219,29 @@ def compile_model(
         source += f" (passes verified on the first {VERIFY_SAMPLES} of {len(feeds)} samples)"
     verification = Verification(feeds[:VERIFY_SAMPLES], source, enabled=o.verify,
                                 skipped_reason=None if o.verify else "--no-verify")
+    calibration = feeds if o.calibration is not None else None
+    if o.eval is not None:
+        # Every labelled sample: accuracy on a subset would be a different number.
+        eval_feeds, labels = verify.load_labelled(o.eval, graph)
+        verification.feeds, verification.labels = eval_feeds, labels
+        verification.lossless_samples = VERIFY_SAMPLES
+        verification.source = (f"labelled data {o.eval} ({len(eval_feeds)} samples, top-1 "
+                               f"accuracy of output '{labels.output}'; lossless passes "
+                               f"verified on the first {VERIFY_SAMPLES})")
+        if calibration is None:
+            calibration = eval_feeds
+            shapes = {k: list(v.shape) for k, v in eval_feeds[0].items()}
     lossy = [n for n in names if not registry.get_pass(n).lossless]
     if lossy:
         warnings.append(f"lossy passes requested: {', '.join(lossy)}")
-    if lossy and o.calibration is None:
+    if lossy and o.calibration is None and o.eval is not None:
+        warnings.append("no --calibration data: lossy passes calibrated on the --eval inputs; "
+                        "give --calibration to keep calibration and evaluation data apart")
+    elif lossy and calibration is None:
         warnings.append("no --calibration data: lossy passes measured their error on random "
                         "inputs, which say little about accuracy on real data")
     base = PassContext(target=target, input_shapes=shapes,
-                       calibration=feeds if o.calibration is not None else None,
+                       calibration=calibration,
                        budget=accuracy_budget, progress=task_progress,
                        exclude=tuple(o.exclude))
     # Hand the graph over: a pass may return a new graph object, and a reference kept here

@@ -95,6 +95,7 @@ class PassContext:
     feeds: list[verify.Feeds] = field(default_factory=list)
     reference: list[dict[str, Any]] | None = None
     budget: Any = None  # graphopt.budget.Budget from --budget, or None
+    labels: verify.Labels | None = None  # --eval: the labels of `feeds` (task budgets)
     exclude: tuple[str, ...] = ()  # --exclude: layers lossy passes leave alone
     progress: TaskProgress | None = None
     notes: list[str] = field(default_factory=list)
@@ -262,6 +263,10 @@ class Verification:
     skipped_reason: str | None = None
     warnings: list[str] = field(default_factory=list)
     lossless_max_rel: float = LOSSLESS_MAX_REL  # set from the outputs' float types
+    labels: verify.Labels | None = None  # --eval: the feeds' labels (top-1 accuracy)
+    # Lossless passes are checked on the first this many feeds (None: all): with a big --eval
+    # set, lossy passes and the final model are judged on all of it, lossless ones need not.
+    lossless_samples: int | None = None
 
 
 @dataclass
@@ -293,10 +298,14 @@ def run_pipeline(
     interface = sorted(t.name for t in graph.outputs)
     outputs = _initial_outputs(graph, verification)
     reference = outputs
+    # No change: exact, with the input model's accuracy when there are labels.
+    exact = verify.EXACT if outputs is None or verification.labels is None else \
+        verify.compare_all(outputs, outputs, verification.labels)
     verification.lossless_max_rel = lossless_tolerance(outputs)
     records: list[PassRecord] = []
     ir.freeze_weights(graph)
     fingerprint = ir.fingerprint(graph)
+    partial = False  # some pass checked on a subset of the feeds
     for index, p in enumerate(passes):
         if progress is not None:
             progress(p.name, index, len(passes))
@@ -304,7 +313,8 @@ def run_pipeline(
                           target=base_ctx.target, input_shapes=shapes,
                           calibration=base_ctx.calibration, feeds=verification.feeds,
                           reference=reference, budget=base_ctx.budget,
-                          progress=base_ctx.progress, exclude=base_ctx.exclude)
+                          labels=verification.labels, progress=base_ctx.progress,
+                          exclude=base_ctx.exclude)
         start = time.perf_counter()
         graph = ir.cleanup(p.run(graph, ctx))
         seconds = time.perf_counter() - start
@@ -312,7 +322,7 @@ def run_pipeline(
         new_fingerprint = ir.fingerprint(graph)
         if new_fingerprint == fingerprint:
             # Nothing the model computes changed: same outputs by construction.
-            same = verify.EXACT if outputs is not None else None
+            same = exact if outputs is not None else None
             cumulative = records[-1].cumulative if records else same
             records.append(PassRecord(p.name, p.lossless, ctx.options, seconds, stats, stats,
                                       same, cumulative, "unchanged", ctx.notes,
@@ -325,23 +335,34 @@ def run_pipeline(
         error = cumulative = None
         verified = "skipped"
         if verification.enabled and outputs is not None:
+            feeds = verification.feeds[:verification.lossless_samples if p.lossless else None]
             try:
-                new_outputs = verify.run_graph(graph, verification.feeds)
+                new_outputs = verify.run_graph(graph, feeds)
             except verify.Unrunnable as exc:
                 raise VerificationError(
                     f"pass '{p.name}' produced a model onnxruntime cannot run: {exc}") from exc
-            error = verify.compare_all(outputs, new_outputs)
-            cumulative = verify.compare_all(reference, new_outputs)
+            n = len(new_outputs)
+            whole = n == len(outputs)
+            labels = verification.labels if whole else None  # accuracy: on all or not at all
+            error = verify.compare_all(outputs[:n], new_outputs, labels)
+            cumulative = verify.compare_all(reference[:n], new_outputs, labels)
             verified = _judge(p, error, cumulative, base_ctx.budget,
                               verification.lossless_max_rel)
-            outputs = new_outputs
+            if whole:
+                outputs = new_outputs
+            else:
+                partial = True
         records.append(PassRecord(p.name, p.lossless, ctx.options, seconds, stats, new_stats,
                                   error, cumulative, verified, ctx.notes, dict(ctx.counters),
                                   ctx.warnings, ctx.layers))
         stats = new_stats
     if progress is not None:
         progress("done", len(passes), len(passes))
-    final = records[-1].cumulative if records else (verify.EXACT if reference else None)
+    final = records[-1].cumulative if records else (exact if reference else None)
+    if partial and final is not None:
+        # Some pass was checked on a subset: judge the final model on every sample.
+        final = verify.compare_all(reference, verify.run_graph(graph, verification.feeds),
+                                   verification.labels)
     return PipelineResult(graph, records, input_stats, stats, final, verification)
 
 
@@ -355,6 +376,9 @@ def _initial_outputs(graph: gs.Graph, verification: Verification) -> list | None
         verification.skipped_reason = f"onnxruntime cannot run the input model ({exc})"
         log.warning("verification skipped: %s", verification.skipped_reason)
         return None
+    if verification.labels is not None:
+        # Labels that do not fit the outputs are the user's to fix, before any pass runs.
+        verify.top1_accuracy(outputs, verification.labels)
     bad = sorted({name for sample in outputs for name, value in sample.items()
                   if not _finite(value)})
     if bad:

@@ -3,9 +3,10 @@
 Schema "graphopt.report/1" (top-level keys): graphopt_version, created, command, input, output,
 target, pipeline, lossy_passes, verification, passes[], final_error, measure, warnings.
 Each pass: name, lossless, options, seconds, before/after {nodes, ops, params, bytes, macs,
-flops}, error and cumulative_error {max_abs, max_rel, cosine} (vs the previous stage and vs the
-input model), verified, notes, counters, warnings, layers (a lossy pass's per-layer rows:
-what it did to each layer, its sensitivity and the reason for its decision).
+flops}, error and cumulative_error {max_abs, max_rel, cosine; with --eval also accuracy,
+reference_accuracy, accuracy_drop} (vs the previous stage and vs the input model),
+verified, notes, counters, warnings, layers (a lossy pass's per-layer rows: what it did to
+each layer, its sensitivity and the reason for its decision).
 """
 
 from __future__ import annotations
@@ -173,6 +174,15 @@ def summary_rows(report: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
+def accuracy_lines(report: Mapping[str, Any]) -> list[str]:
+    """Top-1 accuracy before/after on the --eval data, when there was some."""
+    e = report.get("final_error") or {}
+    if "accuracy" not in e:
+        return []
+    return [f"top-1 accuracy on the --eval data: input {e['reference_accuracy']:.4f}, output "
+            f"{e['accuracy']:.4f} (drop {e['accuracy_drop']:.4f})"]
+
+
 def codegen_lines(c: Mapping[str, Any] | None) -> list[str]:
     """What code generation produced, in a few plain lines (terminal and markdown)."""
     if not c:
@@ -217,11 +227,12 @@ def to_markdown(report: Mapping[str, Any]) -> str:
         f"- lossy passes: {', '.join(report['lossy_passes']) or 'none (every pass is lossless)'}",
         "- verification: " + (f"on {v['inputs']}, shapes {v['input_shapes']}" if v["enabled"]
                                else f"skipped ({v['skipped_reason']})"),
-        f"- output vs input: max abs {fmt_error(report['final_error'], 'max_abs')}, "
-        f"max rel {fmt_error(report['final_error'], 'max_rel')}, "
-        f"cosine {fmt_error(report['final_error'], 'cosine')}",
-        "", "## Summary", "", "| | input | output |", "|---|---:|---:|",
+        (f"- output vs input: max abs {fmt_error(report['final_error'], 'max_abs')}, "
+         f"max rel {fmt_error(report['final_error'], 'max_rel')}, "
+         f"cosine {fmt_error(report['final_error'], 'cosine')}"),
     ]
+    lines += [f"- {line}" for line in accuracy_lines(report)]
+    lines += ["", "## Summary", "", "| | input | output |", "|---|---:|---:|"]
     lines += [f"| {r[0]} | {r[1]} | {r[2]} |" for r in summary_rows(report)]
     m = report.get("measure")
     if m:
@@ -312,7 +323,7 @@ def print_report(report: Mapping[str, Any], console: Console) -> None:
             console.print(layers)
             if len(rows) > TERMINAL_LAYER_ROWS:
                 console.print(f"... {len(rows) - TERMINAL_LAYER_ROWS} more layers in report.md")
-    for line in codegen_lines(report.get("codegen")):
+    for line in accuracy_lines(report) + codegen_lines(report.get("codegen")):
         console.print(escape(line), highlight=False)
     for w in report["warnings"]:
         console.print(f"[yellow]warning:[/] {escape(w)}")

@@ -6,15 +6,19 @@ ignored):
     max_rel = max |a - b| / max |a|      (relative to the output's range: stable near zeros)
     cosine  = <a, b> / (|a| |b|)         (1.0 when both are all zeros)
 Integer and boolean outputs must match exactly; any difference counts as max_rel = inf.
+
+With labelled evaluation data (`--eval`), the task metric: top-1 accuracy of the model's first
+output (argmax over its last axis) against the labels, for the reference and the new outputs.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +40,21 @@ class ErrorStats:
     max_abs: float
     max_rel: float
     cosine: float
+    # Top-1 accuracy on labelled data of the new and the reference outputs (NaN: no labels).
+    accuracy: float = math.nan
+    reference_accuracy: float = math.nan
+
+    @property
+    def accuracy_drop(self) -> float:
+        return self.reference_accuracy - self.accuracy
 
     def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+        d = asdict(self)
+        if math.isnan(self.accuracy):
+            del d["accuracy"], d["reference_accuracy"]
+        else:
+            d["accuracy_drop"] = self.accuracy_drop
+        return d
 
 
 EXACT = ErrorStats(0.0, 0.0, 1.0)
@@ -369,15 +385,23 @@ def compare(reference, actual) -> ErrorStats:
 
 
 def compare_all(
-    reference: Sequence[Mapping[str, np.ndarray]], actual: Sequence[Mapping[str, np.ndarray]]
+    reference: Sequence[Mapping[str, np.ndarray]], actual: Sequence[Mapping[str, np.ndarray]],
+    labels: Labels | None = None,
 ) -> ErrorStats:
-    """Worst error over all outputs and samples."""
+    """Worst error over all outputs and samples; with labels (one per sample, in order) also
+    both top-1 accuracies."""
     errors = []
     for ref, new in zip(reference, actual):
         if set(ref) != set(new):
-            return ErrorStats(float("inf"), float("inf"), 0.0)
+            worst = ErrorStats(float("inf"), float("inf"), 0.0)
+            return worst if labels is None else replace(
+                worst, accuracy=0.0, reference_accuracy=top1_accuracy(reference, labels))
         errors += [compare(ref[name], new[name]) for name in ref]
-    return _worst(errors)
+    worst = _worst(errors)
+    if labels is None:
+        return worst
+    return replace(worst, accuracy=top1_accuracy(actual, labels),
+                   reference_accuracy=top1_accuracy(reference, labels))
 
 
 def _worst(errors: Sequence[ErrorStats]) -> ErrorStats:
@@ -386,3 +410,89 @@ def _worst(errors: Sequence[ErrorStats]) -> ErrorStats:
         worst = ErrorStats(max(worst.max_abs, e.max_abs), max(worst.max_rel, e.max_rel),
                            min(worst.cosine, e.cosine))
     return worst
+
+
+# --------------------------------------------------------------------------- labelled data
+LABELS_KEY = "labels"  # the array of an --eval file that holds the labels
+
+
+@dataclass(frozen=True)
+class Labels:
+    """The labels of labelled evaluation data, one array per sample (aligned with its feeds):
+    class indices for the predictions of the model's output `output`, i.e. its argmax over the
+    last axis (a classifier's (B, classes) -> (B,) labels; a token classifier's (B, T, classes)
+    -> (B, T)). Negative labels are not counted (PyTorch's ignore_index, -100)."""
+
+    output: str
+    values: tuple[np.ndarray, ...]
+    source: str
+
+
+def load_labelled(path: str | os.PathLike[str], graph: gs.Graph) -> tuple[list[Feeds], Labels]:
+    """An --eval file: an .npz with the model's inputs (as for `load_feeds`) and `labels`, whose
+    leading axis runs over the samples like the inputs' (S samples, or k*B rows for k batches
+    of a fixed batch B)."""
+    path = Path(path)
+    if path.suffix != ".npz" and not path.is_dir():
+        raise UserError(f"--eval '{path}': labelled data must be an .npz (or a directory of "
+                        f".npy files) with the model's inputs and '{LABELS_KEY}'")
+    feeds = load_feeds(path, graph)
+    try:
+        if path.is_dir():
+            file = path / f"{LABELS_KEY}.npy"
+            labels = np.load(file, allow_pickle=False) if file.exists() else None
+        else:
+            labels = _load_npz(path).get(LABELS_KEY)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--eval '{path}': cannot read '{LABELS_KEY}' ({exc})") from exc
+    if labels is None:
+        raise UserError(f"--eval '{path}' has no '{LABELS_KEY}' array: add the class index "
+                        "of each sample (np.savez(path, input=..., labels=...))")
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iub":
+        raise UserError(f"--eval '{path}': '{LABELS_KEY}' is {labels.dtype}; it must hold "
+                        "integer class indices")
+    n = len(feeds)
+    if n == 1:
+        parts = [labels]
+    elif labels.ndim >= 1 and labels.shape[0] % n == 0:
+        # One row per sample (S stacked samples), else each sample's k*B rows of a batch.
+        rows = labels.shape[0] // n
+        parts = [labels[i] if rows == 1 else labels[i * rows:(i + 1) * rows]
+                 for i in range(n)]
+    else:
+        raise UserError(f"--eval '{path}': '{LABELS_KEY}' has shape {list(labels.shape)} but "
+                        f"the inputs hold {n} samples: give labels for each sample")
+    if not graph.outputs:
+        raise UserError("the model has no outputs to evaluate")
+    values = tuple(np.asarray(p, dtype=np.int64) for p in parts)
+    return feeds, Labels(graph.outputs[0].name, values, str(path))
+
+
+def predictions(scores: np.ndarray, label_shape: tuple[int, ...]) -> np.ndarray:
+    """The predicted class indices of one sample's output, shaped like its labels."""
+    scores = np.asarray(scores)
+    if scores.dtype.kind in "iu" and scores.size == math.prod(label_shape):
+        return scores.reshape(label_shape)  # the model outputs class indices itself
+    if scores.ndim == 0:
+        raise UserError("the first output is a scalar: top-1 accuracy needs class scores "
+                        "on its last axis")
+    predicted = np.argmax(scores, axis=-1)
+    if predicted.size != math.prod(label_shape):
+        raise UserError(f"--eval labels of shape {list(label_shape)} do not fit the first "
+                        f"output's predictions of shape {list(predicted.shape)} (argmax over "
+                        f"the last axis of {list(scores.shape)}): give one label per prediction")
+    return predicted.reshape(label_shape)
+
+
+def top1_accuracy(outputs: Sequence[Mapping[str, np.ndarray]], labels: Labels) -> float:
+    """Fraction of counted labels (>= 0) that the argmax of the labelled output hits."""
+    correct = counted = 0
+    for sample, label in zip(outputs, labels.values):
+        if labels.output not in sample:
+            return math.nan
+        hit = predictions(sample[labels.output], label.shape) == label
+        counted_here = label >= 0
+        correct += int(np.count_nonzero(hit & counted_here))
+        counted += int(np.count_nonzero(counted_here))
+    return correct / counted if counted else math.nan

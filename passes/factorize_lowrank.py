@@ -501,7 +501,7 @@ def factorize_lowrank(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
                  f"{budgets.DISTANCE[budget.metric]} with that layer alone factorized (at its "
                  "chosen rank, or at the largest rank tried when kept)")
         if not search.holds:
-            ctx.warn(f"could not stay in budget {budget}: {search.error}")
+            ctx.warn(f"could not stay in budget {budget}: {budget.describe(search.error)}")
     ctx.note(f"svd: {'whitened (data-aware)' if whiten else 'plain'}; ranks rounded to "
              f"multiples of {rules.multiple}; rule: {rule}")
     return graph
@@ -529,7 +529,7 @@ def _by_budget(graph: gs.Graph, sites: list[Site], rules: Rules, budget: budgets
         if decision.sensitivity:
             at = decision.choice if decision.choice is not None else len(
                 decision.sensitivity) - 1
-            errors[id(site)] = {"sensitivity": budgets.finite(decision.sensitivity[at])}
+            errors[id(site)] = {"sensitivity": budgets.finite(decision.sensitivity[at], budget)}
     return plans, errors, result
 
 

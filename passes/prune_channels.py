@@ -405,5 +405,5 @@ def _by_budget(graph: gs.Graph, ctx: PassContext, groups: list[Group], multiple:
     ctx.note(f"budget {budget}: {budget.describe(result.error)} after {result.evaluations} "
              "model runs")
     if not result.holds:
-        ctx.warn(f"could not stay in budget {budget}: {result.error}")
+        ctx.warn(f"could not stay in budget {budget}: {budget.describe(result.error)}")
     return plans

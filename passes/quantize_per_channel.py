@@ -477,9 +477,10 @@ class Simulation:
         ir.add_node(self.graph, "Where", [self.gate(key), quantized, original], [out])
         _read_from(original, out, only=readers)
 
-    def probe(self, feeds: Sequence[verify.Feeds], reference) -> budgets.WeightProbe:
+    def probe(self, feeds: Sequence[verify.Feeds], reference,
+              labels: verify.Labels | None = None) -> budgets.WeightProbe:
         return budgets.WeightProbe(ir.cleanup(self.graph), list(self.gates.values()), feeds,
-                                   reference)
+                                   reference, labels)
 
     def switches(self, keys: Iterable[str]) -> dict[str, np.ndarray]:
         return {self.gates[k]: np.array(True) for k in keys if k in self.gates}
@@ -636,9 +637,9 @@ def _search(graph: gs.Graph, ctx: PassContext, state: StaticState,
     # Without a budget the sensitivities still decide bias correction and fill the report.
     budget = budgets.parse_budget(budgets.DEFAULT) if everything else budgets.resolve(
         ctx, ctx.options["budget"], "quantize_per_channel.budget")
-    reference = _reference(graph, ctx, judged)
+    judged, reference, labels = budgets.judged_on(graph, ctx, budget, judged)
     sim = static_simulation(graph, state)
-    probe = sim.probe(judged, reference)
+    probe = sim.probe(judged, reference, labels)
     samples = ctx.options["samples"]
     advance = ctx.task("quantization sensitivity", len(names) + len(all_fixed))
     sensitivity: dict[str, float] = {}
@@ -652,12 +653,12 @@ def _search(graph: gs.Graph, ctx: PassContext, state: StaticState,
             fixed = budget.distance(probe.error(sim.switches(
                 static_switches(graph, state, {name}, {name})), samples))
             advance(1)
-            info[name]["sensitivity_without_bias_correction"] = budgets.finite(plain)
+            info[name]["sensitivity_without_bias_correction"] = budgets.finite(plain, budget)
             if fixed < plain:
                 bias_fixed.add(name)
                 best = fixed
         sensitivity[name] = best
-        info[name]["sensitivity"] = budgets.finite(best)
+        info[name]["sensitivity"] = budgets.finite(best, budget)
     if everything:
         ctx.note("budget 'none': every eligible layer quantized")
         return set(names), bias_fixed, info
@@ -671,7 +672,8 @@ def _search(graph: gs.Graph, ctx: PassContext, state: StaticState,
     while True:
         candidate = graph.copy()
         apply_static(candidate, state, on, bias_fixed)
-        real = verify.compare_all(reference, _run_optimized(ir.cleanup(candidate), judged))
+        real = verify.compare_all(reference, _run_optimized(ir.cleanup(candidate), judged),
+                                  labels)
         if budget.holds(real) or not on:
             break
         worst = max(on, key=lambda n: sensitivity[n])
@@ -686,7 +688,8 @@ def _search(graph: gs.Graph, ctx: PassContext, state: StaticState,
              f"sensitivity = the model's {budgets.DISTANCE[budget.metric]} with that layer "
              "alone quantized (its input, weight, bias and output)")
     if not budget.holds(real):
-        ctx.warn(f"quantize_per_channel: could not stay in budget {budget}: {real}")
+        ctx.warn(f"quantize_per_channel: could not stay in budget {budget}: "
+                 f"{budget.describe(real)}")
     return on, bias_fixed & on, info
 
 
@@ -701,7 +704,7 @@ def _fallback(names: list[str], sensitivity: Mapping[str, float], holds
     def check(k: int) -> bool:
         nonlocal runs
         if k not in results:
-            results[k] = holds(set(order[k:])) if k < len(order) else (True, verify.EXACT)
+            results[k] = holds(set(order[k:]))  # k = all: the float model, which holds
             runs += 1
         return results[k][0]
 
@@ -714,16 +717,6 @@ def _fallback(names: list[str], sensitivity: Mapping[str, float], holds
             lo = mid + 1
     check(lo)
     return set(order[lo:]), results[lo][1], runs
-
-
-def _reference(graph: gs.Graph, ctx: PassContext, feeds: list[verify.Feeds]):
-    """The input model's outputs where the pipeline has them for these very inputs (so that
-    earlier lossy passes count against the budget too), else this graph's."""
-    known = ctx.feeds or []
-    if ctx.reference is not None and len(feeds) <= min(len(known), len(ctx.reference)) \
-            and all(a is b for a, b in zip(feeds, known)):
-        return ctx.reference[:len(feeds)]
-    return verify.run_graph(graph, feeds)
 
 
 def _run_optimized(graph: gs.Graph, feeds: Sequence[verify.Feeds]) -> list[dict]:
@@ -857,15 +850,15 @@ def _layer_search(graph: gs.Graph, ctx: PassContext, layers: list[QuantLayer],
         ctx.note("budget 'none': every eligible layer quantized")
         return set(names), info
     budget = budgets.resolve(ctx, ctx.options["budget"], "quantize_per_channel.budget")
-    reference = _reference(graph, ctx, judged)
+    judged, reference, labels = budgets.judged_on(graph, ctx, budget, judged)
     sim = build(_with_output_identities(graph), set(), simulate=True)
-    probe = sim.probe(judged, reference)
+    probe = sim.probe(judged, reference, labels)
     samples = ctx.options["samples"]
     advance = ctx.task("quantization sensitivity", len(names))
     sensitivity = {}
     for name in names:
         sensitivity[name] = budget.distance(probe.error(sim.switches(["l:" + name]), samples))
-        info[name]["sensitivity"] = budgets.finite(sensitivity[name])
+        info[name]["sensitivity"] = budgets.finite(sensitivity[name], budget)
         advance(1)
 
     def holds(on: set[str]):
@@ -880,7 +873,8 @@ def _layer_search(graph: gs.Graph, ctx: PassContext, layers: list[QuantLayer],
     ctx.note(f"budget {budget}: {budget.describe(error)} after {runs} model runs; sensitivity "
              f"= the model's {budgets.DISTANCE[budget.metric]} with that layer alone quantized")
     if not budget.holds(error):
-        ctx.warn(f"quantize_per_channel: could not stay in budget {budget}: {error}")
+        ctx.warn(f"quantize_per_channel: could not stay in budget {budget}: "
+                 f"{budget.describe(error)}")
     return on, info
 
 

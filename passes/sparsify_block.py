@@ -133,7 +133,7 @@ def _levels(graph: gs.Graph, ctx: PassContext, items: list[_Layer]
         decision = result.decisions[layer.name]
         # Candidates are sorted cheapest first; when kept, report the lightest level's.
         at = decision.choice if decision.choice is not None else len(layer.candidates) - 1
-        extra[id(item)] = {"sensitivity": budgets.finite(decision.sensitivity[at])}
+        extra[id(item)] = {"sensitivity": budgets.finite(decision.sensitivity[at], budget)}
         if decision.choice is None:
             levels[id(item)] = None
             extra[id(item)]["reason"] = decision.reason
@@ -143,5 +143,5 @@ def _levels(graph: gs.Graph, ctx: PassContext, items: list[_Layer]
              f"model runs; sensitivity = the model's {budgets.DISTANCE[budget.metric]} with "
              "that layer alone sparsified (at its chosen level, or the lightest when kept)")
     if not result.holds:
-        ctx.warn(f"could not stay in budget {budget}: {result.error}")
+        ctx.warn(f"could not stay in budget {budget}: {budget.describe(result.error)}")
     return levels, extra

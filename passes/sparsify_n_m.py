@@ -131,7 +131,7 @@ def _choose(graph: gs.Graph, ctx: PassContext, layers: list[WeightLayer],
     sensitivity = {}
     for layer in layers:
         decision = result.decisions[layer.node.name]
-        sensitivity[id(layer)] = {"sensitivity": budgets.finite(decision.sensitivity[0])}
+        sensitivity[id(layer)] = {"sensitivity": budgets.finite(decision.sensitivity[0], budget)}
         if decision.choice is not None:
             chosen.add(id(layer))
         else:
@@ -140,5 +140,5 @@ def _choose(graph: gs.Graph, ctx: PassContext, layers: list[WeightLayer],
              f"model runs; sensitivity = the model's {budgets.DISTANCE[budget.metric]} with "
              "that layer alone sparsified")
     if not result.holds:
-        ctx.warn(f"could not stay in budget {budget}: {result.error}")
+        ctx.warn(f"could not stay in budget {budget}: {budget.describe(result.error)}")
     return chosen, reasons, sensitivity

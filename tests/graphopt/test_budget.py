@@ -77,6 +77,9 @@ class FakeProbe:
         self.runs += 1
         return verify.ErrorStats(0.0, 0.0, 1.0 - sum(self.errors[k] for k in replaced))
 
+    def exact(self) -> verify.ErrorStats:
+        return verify.EXACT
+
 
 def _layer(name: str, costs_and_errors: list[tuple[float, float]], errors: dict) -> budget.Layer:
     candidates = []
@@ -134,3 +137,31 @@ def test_sensitivity_may_use_fewer_samples_but_combined_models_use_all() -> None
                   sensitivity_samples=2)
     assert {s for n, s in seen if n == 1 and s is not None} == {2}
     assert (2, None) in seen  # the combination of both layers, on every sample
+
+
+# -------------------------------------------------------------------------- task budgets
+def _task(accuracy: float, reference: float = 0.9, cosine: float = 1.0) -> verify.ErrorStats:
+    return verify.ErrorStats(0.0, 0.0, cosine, accuracy, reference)
+
+
+def test_accuracy_drop_budget() -> None:
+    b = budget.parse_budget("accuracy_drop=0.01")
+    assert b.needs_labels and not budget.parse_budget("cosine=0.9").needs_labels
+    assert b.holds(_task(0.89)) and b.holds(_task(0.93, 0.94))  # 0.94-0.93 > 0.01 in floats
+    assert not b.holds(_task(0.88)) and not b.holds(verify.ErrorStats(0, 0, 1.0))  # no labels
+    # equal accuracy drops are ordered by the output cosine, far below one sample's share
+    assert b.distance(_task(0.9, cosine=0.9)) > b.distance(_task(0.9, cosine=0.99)) >= 0.0
+    assert b.distance(_task(0.9, cosine=-1.0)) <= b.allowance < b.distance(_task(0.8899))
+    assert "drop 0.0200 (OVER budget <= 0.01)" in b.describe(_task(0.88))
+    with pytest.raises(UserError, match="fraction in \\[0, 1\\]"):
+        budget.parse_budget("accuracy_drop=2")
+
+
+def test_task_budget_needs_labels_and_is_the_default_with_them() -> None:
+    from graphopt.pipeline import PassContext
+    with pytest.raises(UserError, match="--eval labelled.npz"):
+        budget.resolve(PassContext(), "accuracy_drop=0.01", "x.budget")
+    labels = verify.Labels("y", (np.zeros(1, np.int64),), "test")
+    assert budget.resolve(PassContext(labels=labels), "", "x.budget") == \
+        budget.parse_budget("accuracy_drop=0.01")
+    assert budget.resolve(PassContext(), "", "x.budget") == budget.parse_budget("cosine=0.99")

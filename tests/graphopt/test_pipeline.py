@@ -175,3 +175,42 @@ def test_lossless_tolerance_follows_the_coarsest_float_output() -> None:
     assert lossless_tolerance([{"y": np.zeros(2, np.float32), "i": np.zeros(2, np.int64)},
                                {"h": np.zeros(2, np.float16)}]) == pytest.approx(
         4 * float(np.finfo(np.float16).eps))
+
+
+def test_labels_give_accuracy_and_lossless_passes_may_check_a_subset() -> None:
+    """With --eval labels every lossy pass and the final model are judged on all samples
+    (top-1 accuracy included); lossless passes on the first `lossless_samples`."""
+    from graphopt.passes.fold_constants import fold_constants
+    model = testing.mlp_opset11()
+    graph = ir.import_graph(model)
+    shapes = verify.concrete_shapes(graph, {})
+    feeds = [verify.random_feeds(graph, shapes, seed=s) for s in range(6)]
+    outputs = verify.run_graph(graph, feeds)
+    name = graph.outputs[0].name
+    labels = verify.Labels(name, tuple(np.atleast_1d(o[name].argmax(-1)) for o in outputs),
+                           "test")
+    runs: list[int] = []
+    real_run = verify.run_graph
+
+    def counting(g, f):
+        runs.append(len(f))
+        return real_run(g, f)
+
+    verification = Verification(feeds, "labelled", labels=labels, lossless_samples=2)
+    passes = [fold_constants, _lossy]
+    opts = {p.name: p.resolve_options({}) for p in passes}
+    import graphopt.pipeline as pipeline_module
+    pipeline_module.verify.run_graph = counting
+    try:
+        result = run_pipeline(graph, passes, opts, verification,
+                              PassContext(input_shapes=shapes), like=model)
+    finally:
+        pipeline_module.verify.run_graph = real_run
+    lossy = result.records[-1]
+    assert lossy.cumulative.reference_accuracy == 1.0 and lossy.cumulative.accuracy <= 1.0
+    assert result.final_error.reference_accuracy == 1.0
+    assert result.records[0].verified == "passed"  # fold_constants changed the model
+    # input model on all 6, fold_constants (lossless) on 2, the lossy pass on all 6, and the
+    # final model again on all 6 since a pass was checked on a subset
+    assert runs == [6, 2, 6, 6]
+    assert "accuracy" not in result.records[0].cumulative.as_dict()  # a subset: no accuracy

@@ -111,3 +111,80 @@ def test_load_feeds_splits_a_stacked_sample_axis(tmp_path) -> None:
     np.savez(tmp_path / "bad.npz", x=data, m=data[:2])
     with pytest.raises(UserError, match="different numbers of samples"):
         verify.load_feeds(tmp_path / "bad.npz", graph)
+
+
+# ----------------------------------------------------------------------------- labelled data
+def _labels(*arrays, output="y") -> verify.Labels:
+    return verify.Labels(output, tuple(np.asarray(a) for a in arrays), "test")
+
+
+def test_top1_accuracy_counts_hits_and_ignores_negative_labels() -> None:
+    scores = np.array([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5], [0.0, 0.0, 1.0]])
+    # predictions 1, 0, 2, 2; the last label is ignored (PyTorch's -100)
+    labels = _labels([1, 2, 2, -100])
+    assert verify.top1_accuracy([{"y": scores}], labels) == pytest.approx(2 / 3)
+    # per sample: the second sample's one prediction (0) misses
+    two = _labels([1, 0, 2], [1])
+    outs = [{"y": scores[:3]}, {"y": scores[2:3]}]
+    assert verify.top1_accuracy(outs, two) == pytest.approx(3 / 4)
+    # token classification: (B, T, classes) scores, (B, T) labels
+    tokens = np.stack([scores, scores[::-1]])
+    assert verify.top1_accuracy([{"y": tokens}], _labels([[1, 0, 2, 2], [2, 2, 0, 1]])) == 1.0
+
+
+def test_predictions_accept_class_indices_and_reject_misfits() -> None:
+    assert verify.predictions(np.array([[3], [1]], dtype=np.int64), (2,)).tolist() == [3, 1]
+    with pytest.raises(UserError, match="do not fit"):
+        verify.predictions(np.zeros((4, 10), np.float32), (5,))
+    with pytest.raises(UserError, match="scalar"):
+        verify.predictions(np.float32(1.0), ())
+
+
+def test_compare_all_with_labels_gives_both_accuracies() -> None:
+    ref = [{"y": np.array([[0.0, 1.0], [1.0, 0.0]])}]
+    new = [{"y": np.array([[0.0, 1.0], [0.0, 1.0]])}]  # second prediction flips
+    e = verify.compare_all(ref, new, _labels([1, 0]))
+    assert (e.reference_accuracy, e.accuracy) == (1.0, 0.5) and e.accuracy_drop == 0.5
+    assert e.as_dict()["accuracy_drop"] == 0.5
+    assert "accuracy" not in verify.compare_all(ref, new).as_dict()  # no labels: no fields
+
+
+def _classifier():
+    b = testing.ModelBuilder(seed=3)
+    x = b.input("x", ["batch", 8])
+    b.output(b.node("MatMul", [x, b.weight(b.randn(8, 4))], outputs=["y"]), shape=["batch", 4])
+    return ir.import_graph(b.build())
+
+
+def test_load_labelled_splits_labels_like_the_inputs(tmp_path: Path) -> None:
+    graph = _classifier()
+    x = np.random.default_rng(0).standard_normal((5, 2, 8)).astype(np.float32)
+    np.savez(tmp_path / "stacked.npz", x=x, labels=np.arange(10).reshape(5, 2) % 4)
+    feeds, labels = verify.load_labelled(tmp_path / "stacked.npz", graph)
+    assert len(feeds) == 5 and labels.output == "y"
+    assert [v.tolist() for v in labels.values[:2]] == [[0, 1], [2, 3]]
+    # flat labels for stacked (S, B, ...) inputs: B rows per sample
+    np.savez(tmp_path / "flat.npz", x=x, labels=np.arange(10) % 4)
+    _, flat = verify.load_labelled(tmp_path / "flat.npz", graph)
+    assert [v.tolist() for v in flat.values[:2]] == [[0, 1], [2, 3]]
+    # one sample: all labels belong to it
+    np.savez(tmp_path / "one.npz", x=x[0], labels=np.array([3, 1]))
+    feeds, one = verify.load_labelled(tmp_path / "one.npz", graph)
+    assert len(feeds) == 1 and one.values[0].tolist() == [3, 1]
+
+
+def test_load_labelled_errors(tmp_path: Path) -> None:
+    graph = _classifier()
+    x = np.zeros((4, 1, 8), np.float32)
+    np.savez(tmp_path / "nolabels.npz", x=x)
+    with pytest.raises(UserError, match="no 'labels' array"):
+        verify.load_labelled(tmp_path / "nolabels.npz", graph)
+    np.savez(tmp_path / "count.npz", x=x, labels=np.zeros(3, np.int64))
+    with pytest.raises(UserError, match="4 samples"):
+        verify.load_labelled(tmp_path / "count.npz", graph)
+    np.savez(tmp_path / "float.npz", x=x, labels=np.zeros(4, np.float32))
+    with pytest.raises(UserError, match="integer class indices"):
+        verify.load_labelled(tmp_path / "float.npz", graph)
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(UserError, match="must be an .npz"):
+        verify.load_labelled(tmp_path / "x.npy", graph)

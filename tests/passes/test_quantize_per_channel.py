@@ -227,6 +227,51 @@ def test_budget_falls_back_the_sensitive_layer_only() -> None:
     assert verify.compare_all(reference, verify.run_graph(everything, feeds)).cosine < 0.999
 
 
+def _noisy_labels(model, feeds, flip=0.2, seed=0) -> verify.Labels:
+    """A task's labels: the float model's predictions with a share of them wrong (so the
+    reference accuracy is about 1 - flip, as with real labels)."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for out in verify.run_graph(ir.import_graph(model), feeds):
+        predicted = out["y"].argmax(-1)
+        wrong = rng.random(predicted.shape) < flip
+        values.append(np.where(wrong, rng.integers(0, 10, predicted.shape), predicted))
+    return verify.Labels("y", tuple(values), "test")
+
+
+def test_task_budget_falls_back_the_sensitive_layer_only() -> None:
+    model, sensitive = _mlp_with_a_sensitive_layer()
+    evaluation = _feeds((4, 32), n=50, seed=1)
+    labels = _noisy_labels(model, evaluation)
+    ctx = PassContext(feeds=evaluation, labels=labels)
+    graph = testing.run_pass(quantize_per_channel, model, calibration=_feeds((4, 32), n=8),
+                             ctx=ctx, budget="accuracy_drop=0.01")
+    rows = {r["layer"]: r for r in ctx.layers}
+    assert rows[sensitive]["decision"].startswith("float")
+    assert all(rows[n]["decision"].startswith("int8") for n in rows if n != sensitive)
+    # sensitivity is the accuracy drop with that layer alone quantized, on all 200 labels
+    assert rows[sensitive]["sensitivity"] > 0.1
+    assert all(abs(rows[n]["sensitivity"] * 200 - round(rows[n]["sensitivity"] * 200)) < 1e-6
+               for n in rows)
+    assert any("top-1 accuracy" in note for note in ctx.notes)
+    # as deployed (onnxruntime's integer kernels), on the labelled data
+    reference = verify.run_graph(ir.import_graph(model), evaluation)
+    outputs = [{"y": y} for y in _run_optimized(graph, evaluation)]
+    error = verify.compare_all(reference, outputs, labels)
+    assert 0.7 < error.reference_accuracy < 0.9 and error.accuracy_drop <= 0.01
+    everything = testing.run_pass(quantize_per_channel, model, calibration=_feeds((4, 32)),
+                                  budget="none")
+    broken = verify.compare_all(reference, verify.run_graph(everything, evaluation), labels)
+    assert broken.accuracy_drop > 0.1
+
+
+def test_task_budget_without_labels_is_a_user_error() -> None:
+    model, _ = _mlp_with_a_sensitive_layer()
+    with pytest.raises(UserError, match="--eval"):
+        testing.run_pass(quantize_per_channel, model, calibration=_feeds((4, 32), n=2),
+                         budget="accuracy_drop=0.01")
+
+
 def test_exclude_by_name_op_type_and_glob() -> None:
     model, _ = _mlp_with_a_sensitive_layer()
     feeds = _feeds((4, 32), n=2)
@@ -383,3 +428,49 @@ def test_cli_bad_quantize_mode(tmp_path) -> None:
                                       "--quantize", "int3"])
     assert result.exit_code != 0
     assert "--quantize int3: unknown mode" in result.output
+
+
+def test_cli_eval_reports_accuracy_and_judges_a_task_budget(tmp_path) -> None:
+    model, sensitive = _mlp_with_a_sensitive_layer()
+    onnx.save(model, tmp_path / "m.onnx")
+    evaluation = _feeds((4, 32), n=40, seed=2)
+    labels = _noisy_labels(model, evaluation)
+    np.savez(tmp_path / "eval.npz", x=np.stack([f["x"] for f in evaluation]),
+             labels=np.stack(labels.values))
+    np.savez(tmp_path / "cal.npz", x=np.stack([f["x"] for f in _feeds((4, 32), n=8)]))
+    result = CliRunner().invoke(app, [
+        "compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out"), "--no-codegen",
+        "--quantize", "static", "--calibration", str(tmp_path / "cal.npz"),
+        "--eval", str(tmp_path / "eval.npz")])  # default budget with labels: accuracy_drop
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    final = report["final_error"]
+    assert final["accuracy_drop"] <= 0.01 and 0.7 < final["reference_accuracy"] < 0.9
+    assert report["verification"]["samples"] == 40
+    record = next(p for p in report["passes"] if p["name"] == "quantize_per_channel")
+    assert "accuracy" in record["cumulative_error"]
+    assert any("budget accuracy_drop=0.01" in n for n in record["notes"])
+    decisions = {r["layer"]: r["decision"] for r in record["layers"]}
+    assert decisions[sensitive].startswith("float") and decisions["fc1"].startswith("int8")
+    assert "top-1 accuracy on the --eval data" in (tmp_path / "out" / "report.md").read_text()
+    assert "top-1 accuracy on the --eval data" in result.output
+    # the output model really has that accuracy in onnxruntime
+    outputs = verify.run_graph(ir.import_graph(onnx.load(tmp_path / "out" / "model.opt.onnx")),
+                               evaluation)
+    reference = verify.run_graph(ir.import_graph(model), evaluation)
+    assert verify.compare_all(reference, outputs, labels).accuracy == pytest.approx(
+        final["accuracy"])
+
+
+def test_cli_task_budget_errors(tmp_path) -> None:
+    model, _ = _mlp_with_a_sensitive_layer()
+    onnx.save(model, tmp_path / "m.onnx")
+    base = ["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out"), "--no-codegen",
+            "--quantize", "static"]
+    result = CliRunner().invoke(app, base + ["--budget", "accuracy_drop=0.01"])
+    assert result.exit_code == 2 and "needs labelled data: give --eval" in result.output
+    np.savez(tmp_path / "bad.npz", x=np.zeros((3, 4, 32), np.float32),
+             labels=np.zeros((3, 5), np.int64))  # 5 labels for 4 predictions per sample
+    result = CliRunner().invoke(app, base + ["--eval", str(tmp_path / "bad.npz")])
+    assert result.exit_code == 2 and "do not fit the first output" in result.output
+    assert not (tmp_path / "out" / "model.opt.onnx").exists()

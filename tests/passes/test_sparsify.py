@@ -177,6 +177,32 @@ def test_block_budget_allocates_sparsity_by_sensitivity() -> None:
         assert e.cosine >= 0.995
 
 
+def test_block_sparsity_under_a_task_budget() -> None:
+    """With labels (--eval), the search keeps the top-1 accuracy drop within the budget on
+    the labelled samples, which are not the calibration samples."""
+    d = 128
+    b = testing.ModelBuilder(seed=4)
+    h = b.input("x", ["batch", d])
+    for i in range(2):
+        w = RNG.standard_normal((d, d)) / np.sqrt(d)
+        w[:, 16 * (i + 1):] *= 0.05  # most columns matter little
+        h = b.node("Tanh", [b.node("MatMul", [h, b.weight(w.astype(np.float32))],
+                                   name=f"layer{i}")])
+    b.output(b.node("MatMul", [h, b.weight(b.randn(d, 10))], outputs=["y"]),
+             shape=["batch", 10])
+    model = b.build()
+    calibration = [testing.random_inputs(model, {"x": [16, d]}, seed=s) for s in range(2)]
+    evaluation = [testing.random_inputs(model, {"x": [16, d]}, seed=s) for s in range(10, 20)]
+    reference = verify.run_graph(ir.import_graph(model), evaluation)
+    labels = verify.Labels("y", tuple(r["y"].argmax(-1) for r in reference), "test")
+    ctx = PassContext(input_shapes={"x": [16, d]}, feeds=evaluation, labels=labels)
+    graph = testing.run_pass(sparsify_block, model, ctx=ctx, calibration=calibration,
+                             block="1x4", budget="accuracy_drop=0.05", min_size=1)
+    assert any(r.get("block_sparsity", 0) > 0 for r in ctx.layers)  # what fits is sparsified
+    error = verify.compare_all(reference, verify.run_graph(graph, evaluation), labels)
+    assert error.reference_accuracy == 1.0 and error.accuracy_drop <= 0.05
+
+
 def test_bad_block_shape() -> None:
     with pytest.raises(UserError, match="sparsify_block.block"):
         testing.run_pass(sparsify_block, _mlp(["easy"]), block="4by4", sparsity=0.5)
