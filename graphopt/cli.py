@@ -123,7 +123,8 @@ def compile(
         "accuracy_drop=0.01 (top-1, the default there).")] = None,
     quantize: Annotated[Optional[str], typer.Option(
         "--quantize", help="Add int8 quantization (quantize_per_channel): static (calibrated "
-        "QDQ), dynamic (MatMul/Gemm), weight-int8 or weight-int4 (weight only).")] = None,
+        "QDQ), dynamic (MatMul/Gemm), weight-int8, weight-int4 (MatMulNBits) or "
+        "weight-int4-dq (opset-21 int4 DequantizeLinear) (weight only).")] = None,
     exclude: Annotated[Optional[list[str]], typer.Option(
         "--exclude", help="Keep these layers in float: node names, op types or glob "
         "patterns (comma-separated).")] = None,

@@ -71,6 +71,7 @@ QUANTIZE_MODES = {
     "dynamic": {"mode": "dynamic"},
     "weight-int8": {"mode": "weight_only", "weights": "int8"},
     "weight-int4": {"mode": "weight_only", "weights": "int4"},
+    "weight-int4-dq": {"mode": "weight_only", "weights": "int4", "int4_format": "dq"},
 }
 
 

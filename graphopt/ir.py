@@ -236,10 +236,37 @@ def _initializers_as_inputs(graph: onnx.GraphProto) -> None:
                 tensor.name, tensor.data_type, list(tensor.dims)))
 
 
+# ONNX types of 4 bits, stored two per byte (kept as protobufs: gs cannot export them).
+FOUR_BIT_TYPES = frozenset(getattr(onnx.TensorProto, t) for t in ("INT4", "UINT4", "FLOAT4E2M1")
+                           if hasattr(onnx.TensorProto, t))
+
+
 def tensor_nbytes(tensor: gs.Constant) -> int:
     shape = tuple(tensor.shape or ())
+    count = int(np.prod(shape, dtype=np.int64))
+    values = tensor._values
+    if isinstance(values, LazyValues) and isinstance(values.tensor, onnx.TensorProto) and \
+            values.tensor.data_type in FOUR_BIT_TYPES:
+        return (count + 1) // 2
     itemsize = np.dtype(tensor.dtype).itemsize if tensor.dtype is not None else 4
-    return int(np.prod(shape, dtype=np.int64)) * itemsize
+    return count * itemsize
+
+
+def int4_constant(graph: gs.Graph, q: np.ndarray, hint: str) -> gs.Constant:
+    """A constant of ONNX type INT4 holding the integers q (in [-8, 7]), packed two per byte
+    over the flattened tensor, low nibble first (the ONNX layout). It stays a protobuf, like an
+    input model's int4 weights: onnx-graphsurgeon exports it as is."""
+    q = np.asarray(q)
+    if q.size and (q.min() < -8 or q.max() > 7):
+        raise ValueError("int4 values must lie in [-8, 7]")
+    flat = q.reshape(-1).astype(np.uint8) & 0x0F
+    if flat.size % 2:
+        flat = np.concatenate([flat, np.zeros(1, np.uint8)])
+    packed = (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8)
+    name = fresh_name(graph, hint)
+    proto = onnx.TensorProto(name=name, data_type=onnx.TensorProto.INT4, dims=list(q.shape),
+                             raw_data=packed.tobytes())
+    return gs.Constant(name, LazyValues(proto))
 
 
 def weight_bytes(graph: gs.Graph) -> int:

@@ -2,8 +2,9 @@
 
     static       x -> Q -> DQ -> Conv(DQ(W_int8, per out channel), DQ(b_int32)) -> Q -> DQ ...
     dynamic      x -> DynamicQuantizeLinear -> MatMulInteger(x_u8, W_int8) -> Cast -> Mul(s_x*s_w)
-    weight_only  DQ(W_int8 per channel | W_int4 per block) -> MatMul/Gemm/Conv,
-                 or MatMulNBits (onnxruntime's int4 kernel) for MatMul/Gemm
+    weight_only  DQ(W_int8 per channel or block) -> MatMul/Gemm/Conv; int4 in blocks as
+                 MatMulNBits (onnxruntime's int4 kernel) for MatMul/Gemm, or as opset-21
+                 DQ(W_int4 per block) -> MatMul/Gemm/Conv (standard ONNX)
 
 Static mode quantizes each layer's input and output activations per tensor (asymmetric
 uint8 by default, the target's `activation_dtype`), with ranges calibrated on the data
@@ -42,8 +43,13 @@ OPTIONS = {
     "activations": Option("target", "activation dtype: the target's fast one, uint8 or int8",
                           choices=("target", "uint8", "int8")),
     "symmetric_activations": Option(False, "symmetric activation ranges (zero point 0/128)"),
-    "weights": Option("int8", "weight dtype; int4: weight_only mode, as onnxruntime's "
-                      "MatMulNBits (2-D MatMul/Gemm weights)", choices=("int8", "int4")),
+    "weights": Option("int8", "weight dtype; int4: weight_only mode, in blocks (see "
+                      "int4_format)", choices=("int8", "int4")),
+    "int4_format": Option("matmulnbits", "int4 weights as onnxruntime's MatMulNBits (2-D "
+                          "MatMul/Gemm weights, external data for big models) or as opset-21 "
+                          "int4 DequantizeLinear (standard ONNX, any layer; onnxruntime fuses "
+                          "DQ -> MatMul into MatMulNBits itself)",
+                          choices=("matmulnbits", "dq")),
     "block_size": Option(0, "weight_only: scales per block of this many weights along the "
                          "reduction axis (0: per output channel for int8, 32 for int4); int8 "
                          "blocks are opset-21 DequantizeLinear (the model is raised to 21)",
@@ -353,8 +359,8 @@ def corrected_bias(lq: LayerQuant, mean: np.ndarray | None) -> np.ndarray | None
 
 
 # ------------------------------------------------------------------------------- rewriting
-def _dq(graph: gs.Graph, q: np.ndarray, scale: np.ndarray, zero: np.ndarray, hint: str,
-        axis: int | None = None, block_size: int = 0, dtype=np.float32,
+def _dq(graph: gs.Graph, q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None,
+        hint: str, axis: int | None = None, block_size: int = 0, dtype=np.float32,
         stored: gs.Constant | None = None) -> gs.Variable:
     out = ir.var(graph, hint + "_dq", dtype, list(q.shape))
     attrs: dict[str, Any] = {}
@@ -363,10 +369,10 @@ def _dq(graph: gs.Graph, q: np.ndarray, scale: np.ndarray, zero: np.ndarray, hin
     if block_size:
         attrs["block_size"] = int(block_size)
     stored = stored if stored is not None else ir.const(graph, q, hint + "_quantized")
-    ir.add_node(graph, "DequantizeLinear",
-                [stored, ir.const(graph, np.asarray(scale, np.float32), hint + "_scale"),
-                 ir.const(graph, np.asarray(zero), hint + "_zero_point")],
-                [out], attrs, hint=hint + "_DequantizeLinear")
+    inputs = [stored, ir.const(graph, np.asarray(scale, np.float32), hint + "_scale")]
+    if zero is not None:  # (absent: 0 of the stored type)
+        inputs.append(ir.const(graph, np.asarray(zero), hint + "_zero_point"))
+    ir.add_node(graph, "DequantizeLinear", inputs, [out], attrs, hint=hint + "_DequantizeLinear")
     return out
 
 
@@ -559,10 +565,11 @@ def quantize_per_channel(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         raise UserError("quantize_per_channel: weights=int4 needs mode=weight_only "
                         "(integer int4 kernels take float activations)")
     exclude = [p.strip() for p in o["exclude"].split(",") if p.strip()] + list(ctx.exclude)
-    need = 21 if mode == "weight_only" and dtype == "int8" and o["block_size"] else 13
+    need = 21 if mode == "weight_only" and ((dtype == "int8" and o["block_size"]) or (
+        dtype == "int4" and o["int4_format"] == "dq")) else 13
     if (graph.opset or 0) < need:
         ctx.note(f"opset {graph.opset} -> {need} (per-channel DequantizeLinear needs 13, "
-                 "block-wise 21)")
+                 "block-wise and int4 21)")
         graph = ir.convert_opset(graph, need)
     layers = find_layers(graph, ctx, mode, exclude)
     if not layers:
@@ -919,17 +926,30 @@ def _weight_only(graph: gs.Graph, ctx: PassContext, layers: list[QuantLayer]) ->
     o = ctx.options
     dtype = o["weights"]
     block = o["block_size"] or (DEFAULT_INT4_BLOCK if dtype == "int4" else 0)
-    if dtype == "int4":
+    nbits = dtype == "int4" and o["int4_format"] == "matmulnbits"
+    if nbits:
         if block < 16 or block & (block - 1):
             raise UserError(f"quantize_per_channel: int4 block_size {block} must be a power "
-                            "of 2 >= 16 (onnxruntime's MatMulNBits)")
+                            "of 2 >= 16 (onnxruntime's MatMulNBits; int4_format = \"dq\" "
+                            "takes any block size >= 2)")
         for layer in [l for l in layers if not _matmulnbits_ok(l)]:
-            ctx.skip(layer.node, "int4 runs as MatMulNBits: 2-D MatMul/Gemm weights only")
+            ctx.skip(layer.node, "int4 runs as MatMulNBits: 2-D MatMul/Gemm weights only "
+                     "(int4_format = \"dq\" takes any layer)")
         layers = [l for l in layers if _matmulnbits_ok(l)]
+    elif dtype == "int4" and block < 2:
+        raise UserError(f"quantize_per_channel: int4 block_size {block} must be >= 2")
     if not layers:
         ctx.note("no eligible layer")
         return graph
     quants = {l.name: quantize_layer(l, dtype, block, False) for l in layers}
+    if dtype == "int4" and not nbits:
+        # int4 constants stay inside the protobuf (gs exports only NumPy-typed arrays to
+        # external data): past protobuf's 2 GiB, MatMulNBits with external data is the way.
+        packed = sum((q.q.size + 1) // 2 for q in quants.values())
+        if packed > ir.LARGE_MODEL_BYTES:
+            raise UserError(f"quantize_per_channel: {packed / 2**30:.1f} GiB of int4 weights "
+                            "do not fit a protobuf as int4 DequantizeLinear: use "
+                            "int4_format = \"matmulnbits\" (the default)")
     feeds, judged = _feeds(graph, ctx)
 
     def build(g: gs.Graph, on: set[str], simulate: bool) -> Simulation | None:
@@ -944,7 +964,7 @@ def _weight_only(graph: gs.Graph, ctx: PassContext, layers: list[QuantLayer]) ->
             if simulate:  # the dequantized weight is what the layer then computes with
                 sim.switch("l:" + layer.name, node.inputs[1],
                            ir.const(target, lq.dequantized, layer.weight.name + "_sim"), [node])
-            elif dtype == "int4":
+            elif nbits:
                 moved = LayerQuant(QuantLayer(node, node.inputs[1], layer.values,
                                               layer.out_axis, layer.in_axis, layer.bias),
                                    lq.q, lq.scale, lq.dequantized, lq.sqnr_db, block)
@@ -952,6 +972,10 @@ def _weight_only(graph: gs.Graph, ctx: PassContext, layers: list[QuantLayer]) ->
                 ir.replace_all_uses(target, node.outputs[0], y)
                 node.inputs.clear()
                 node.outputs.clear()
+            elif dtype == "int4":
+                node.inputs[1] = _dq(target, lq.q, lq.scale, None, layer.weight.name,
+                                     layer.in_axis, block, stored=ir.int4_constant(
+                                         target, lq.q, layer.weight.name + "_int4"))
             else:
                 axis = layer.in_axis if block else layer.out_axis
                 node.inputs[1] = _dq(target, lq.q, lq.scale, np.zeros(lq.scale.shape, np.int8),
@@ -962,7 +986,8 @@ def _weight_only(graph: gs.Graph, ctx: PassContext, layers: list[QuantLayer]) ->
     build(graph, on, simulate=False)
     what = f"{dtype} weights" + (f", blocks of {block}" if block else ", per channel")
     _report_layers(ctx, layers, quants, on, set(), info, {}, what)
-    ctx.count("MatMulNBits layers" if dtype == "int4" else "int8 weight-only layers", len(on))
-    ctx.note(f"weight only: {what}" + (" (MatMulNBits)" if dtype == "int4" else "")
+    ctx.count("MatMulNBits layers" if nbits else f"{dtype} weight-only layers", len(on))
+    ctx.note(f"weight only: {what}" + (" (MatMulNBits)" if nbits else " (DequantizeLinear)"
+                                       if dtype == "int4" else "")
              + "; activations stay float (for memory-bound models)")
     return graph

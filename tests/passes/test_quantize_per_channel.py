@@ -349,11 +349,12 @@ def test_dynamic_matches_numpy_reference() -> None:
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("weights,block,op", [("int8", 0, "DequantizeLinear"),
-                                              ("int8", 32, "DequantizeLinear"),
-                                              ("int4", 32, "MatMulNBits"),
-                                              ("int4", 16, "MatMulNBits")])
-def test_weight_only_matches_numpy_reference(weights: str, block: int, op: str) -> None:
+@pytest.mark.parametrize("weights,block,op,fmt", [
+    ("int8", 0, "DequantizeLinear", "matmulnbits"), ("int8", 32, "DequantizeLinear", ""),
+    ("int4", 32, "MatMulNBits", "matmulnbits"), ("int4", 16, "MatMulNBits", "matmulnbits"),
+    ("int4", 32, "DequantizeLinear", "dq"), ("int4", 24, "DequantizeLinear", "dq")])
+def test_weight_only_matches_numpy_reference(weights: str, block: int, op: str,
+                                             fmt: str) -> None:
     """x @ dequantize(W_q) exactly as NumPy computes it, for MatMul and Gemm (with bias)."""
     b = testing.ModelBuilder(seed=4, opset=17)
     x = b.input("x", [2, 5, 64])
@@ -368,11 +369,21 @@ def test_weight_only_matches_numpy_reference(weights: str, block: int, op: str) 
     ctx = PassContext()
     graph = testing.run_pass(quantize_per_channel, model, calibration=feeds, ctx=ctx,
                              mode="weight_only", weights=weights, block_size=block,
-                             budget="none")
+                             budget="none", int4_format=fmt or "matmulnbits")
     assert testing.op_types(graph).count(op) >= 2
-    if block and weights == "int8":
-        assert graph.opset == 21  # block-wise DequantizeLinear
-    if weights == "int4":
+    if block and op == "DequantizeLinear":
+        assert graph.opset == 21  # block-wise (and int4) DequantizeLinear
+    if fmt == "dq":  # standard ONNX int4: packed two per byte, in the saved model too
+        stored = [ir.producer(n.inputs[1]).inputs[0] for n in graph.nodes
+                  if n.op in ("MatMul", "Gemm")]
+        assert all(ir.tensor_nbytes(t) == (int(np.prod(t.shape)) + 1) // 2 for t in stored)
+        proto = ir.to_onnx(graph)
+        onnx.checker.check_model(proto)
+        types = {t.name: t.data_type for t in proto.graph.initializer}
+        assert all(types[t.name] == onnx.TensorProto.INT4 for t in stored)
+        # onnxruntime fuses DQ -> MatMul into MatMulNBits for power-of-2 blocks >= 16
+        assert (_optimized_ops(graph)["MatMulNBits"] >= 1) == (block & (block - 1) == 0)
+    if op == "MatMulNBits":
         assert all(n.attrs["bits"] == 4 and n.attrs["block_size"] == block
                    for n in graph.nodes if n.op == "MatMulNBits")
     dtype = weights
@@ -474,3 +485,37 @@ def test_cli_task_budget_errors(tmp_path) -> None:
     result = CliRunner().invoke(app, base + ["--eval", str(tmp_path / "bad.npz")])
     assert result.exit_code == 2 and "do not fit the first output" in result.output
     assert not (tmp_path / "out" / "model.opt.onnx").exists()
+
+
+def test_int4_dequantize_linear_on_a_conv_and_in_the_saved_file(tmp_path) -> None:
+    """int4_format = "dq" takes layers MatMulNBits cannot (Conv), blocks along the input
+    channels; the result matches NumPy and survives a save/load."""
+    b = testing.ModelBuilder(seed=6, opset=17)
+    x = b.input("x", [1, 32, 6, 6])
+    w = b.randn(8, 32, 3, 3, scale=0.1)
+    b.output(b.node("Conv", [x, b.weight(w)], pads=[1, 1, 1, 1], outputs=["y"]),
+             shape=[1, 8, 6, 6])
+    model = b.build()
+    feeds = _feeds((1, 32, 6, 6), n=2)
+    ctx = PassContext()
+    graph = testing.run_pass(quantize_per_channel, model, calibration=feeds, ctx=ctx,
+                             mode="weight_only", weights="int4", int4_format="dq",
+                             block_size=16, budget="none")
+    dq = _dq_of(graph, next(n for n in graph.nodes if n.op == "Conv"))
+    assert dq.attrs == {"axis": 1, "block_size": 16} and len(dq.inputs) == 2
+    q, scale = quant.quantize_weight(w, 1, "int4", 16)
+    assert q.min() >= -8 and q.max() <= 7 and scale.shape == (8, 2, 3, 3)
+    expected_w = quant.dequantize(q, scale, np.zeros_like(scale, np.int8), 1, 16)
+    reference = ir.import_graph(model)
+    reference.nodes[0].inputs[1] = gs.Constant("w_dq", expected_w)
+    expected = verify.run_graph(reference, feeds)
+    got = verify.run_graph(graph, feeds)
+    np.testing.assert_allclose(got[0]["y"], expected[0]["y"], rtol=1e-5, atol=1e-5)
+    path = ir.save(graph, tmp_path / "q.onnx")
+    loaded = onnx.load(path)
+    int4 = [t for t in loaded.graph.initializer if t.data_type == onnx.TensorProto.INT4]
+    assert len(int4) == 1 and len(int4[0].raw_data) == w.size // 2
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, feeds[0])[0], expected[0]["y"], rtol=1e-5,
+                               atol=1e-5)
+    assert ctx.counters["int4 weight-only layers"] == 1
