@@ -132,9 +132,10 @@ def compile(
         "--config", help="TOML file: [pipeline] passes/skip and [passes.NAME] options.")] = None,
     plugin: Annotated[Optional[list[str]], typer.Option(
         "--plugin", help="Import this module and register the passes it defines.")] = None,
-    calibration: Annotated[Optional[Path], typer.Option(
-        "--calibration", help="Inputs to verify (and calibrate) on: .npz, .npy, or a "
-        "directory of NAME.npy.")] = None,
+    calibration: Annotated[Optional[list[Path]], typer.Option(
+        "--calibration", help="Inputs to verify (and calibrate) on: .npz, .npy, a "
+        "directory of NAME.npy, or a .txt list of those; repeat it to combine files.")
+    ] = None,
     eval_data: Annotated[Optional[Path], typer.Option(
         "--eval", help="Labelled data (.npz: the inputs and 'labels'): every pass is "
         "verified on it and the report gives top-1 accuracy of the first output before and "
@@ -166,12 +167,19 @@ def compile(
         options = CompileOptions(
             target=target, passes=_split(passes), add=_split(add), skip=_split(skip),
             budget=budget, config=config, quantize=quantize, exclude=_split(exclude),
-            plugins=plugin or [], calibration=calibration, eval=eval_data,
+            plugins=plugin or [], calibration=_one_or_list(calibration), eval=eval_data,
             input_shapes=input_shape or [],
             seed=seed, measure=measure, runs=runs, verify=not no_verify,
             codegen=not no_codegen, tune=tune, rpc=rpc, device_key=device_key,
             tuning_cache=tuning_cache)
         _compile(model, output, example, options)
+
+
+def _one_or_list(paths: list[Path] | None) -> Path | list[Path] | None:
+    """--calibration given once: that path; several times: the list."""
+    if not paths:
+        return None
+    return paths[0] if len(paths) == 1 else list(paths)
 
 
 def _compile(model_path: Path | None, output: Path, example: bool,

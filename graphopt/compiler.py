@@ -41,7 +41,9 @@ class CompileOptions:
     exclude: Sequence[str] = ()  # layers lossy passes leave alone (names, op types, globs)
     config: Path | None = None
     plugins: Sequence[str] = ()
-    calibration: Path | None = None
+    # A data file or directory, a .txt list of them, a list of paths, or (from Python) a list
+    # of {input name: array} samples.
+    calibration: verify.CalibrationSource | None = None
     eval: Path | None = None  # labelled data (inputs + labels): top-1 accuracy, task budgets
     input_shapes: Sequence[str] = ()
     seed: int = 0
@@ -208,8 +210,7 @@ def compile_model(
     graph = ir.import_graph(proto, model_path.parent, release=True)
     shapes = verify.concrete_shapes(graph, given_shapes)
     if o.calibration is not None:
-        feeds = verify.load_feeds(o.calibration, graph)
-        source = f"calibration data {o.calibration}"
+        feeds, source = verify.load_calibration(o.calibration, graph)
         shapes = {k: list(v.shape) for k, v in feeds[0].items()}
     else:
         feeds = [verify.random_feeds(graph, shapes, o.seed)]

@@ -20,6 +20,7 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -243,6 +244,58 @@ def load_feeds(path: str | os.PathLike[str], graph: gs.Graph) -> list[Feeds]:
             part[name] = array
         out.append(part)
     return out
+
+
+CalibrationSource = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]],
+                          Sequence[Mapping[str, np.ndarray]]]
+
+
+def load_calibration(source: CalibrationSource, graph: gs.Graph) -> tuple[list[Feeds], str]:
+    """Calibration data from a file or directory (`load_feeds`), a `.txt` list of such files
+    (one path per line, relative to the list; `#` comments), a list of paths (their samples
+    one after another), or, from Python, a list of feeds (dicts of input arrays).
+    Returns (samples, a description for the report)."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.suffix == ".txt":
+            if not path.is_file():
+                raise UserError(f"calibration list '{path}' not found: check the path")
+            lines = [line.split("#", 1)[0].strip() for line in
+                     path.read_text(encoding="utf-8").splitlines()]
+            files = [path.parent / line for line in lines if line]
+            if not files:
+                raise UserError(f"calibration list '{path}' names no data files: one .npz, "
+                                ".npy or directory per line")
+            feeds, _ = load_calibration(files, graph)
+            return feeds, f"calibration data {path} ({len(files)} files, {len(feeds)} samples)"
+        feeds = load_feeds(path, graph)
+        return feeds, f"calibration data {path}"
+    items = list(source)
+    if not items:
+        raise UserError("calibration data is an empty list: give at least one sample")
+    if all(isinstance(item, Mapping) for item in items):
+        feeds = []
+        for i, item in enumerate(items):
+            missing = [t.name for t in graph.inputs if t.name not in item]
+            if missing:
+                raise UserError(f"calibration sample {i} has no array for input(s) "
+                                f"{', '.join(missing)}")
+            sample = {}
+            for t in graph.inputs:
+                array = np.asarray(item[t.name])
+                if t.dtype is not None and array.dtype != np.dtype(t.dtype):
+                    array = array.astype(t.dtype)
+                if t.shape is not None:
+                    _check_fits(t.name, list(t.shape), list(array.shape))
+                sample[t.name] = array
+            feeds.append(sample)
+        return feeds, f"calibration data ({len(feeds)} samples given in memory)"
+    if not all(isinstance(item, (str, os.PathLike)) for item in items):
+        raise UserError("calibration data must be a path, a list of paths or a list of "
+                        "{input name: array} samples")
+    feeds = [f for item in items for f in load_feeds(item, graph)]
+    described = ", ".join(str(Path(item)) for item in items)
+    return feeds, f"calibration data {described} ({len(feeds)} samples)"
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:

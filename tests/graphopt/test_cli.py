@@ -61,6 +61,27 @@ def test_compile_with_calibration_data_and_input_shape(cli, save_model, tmp_path
     assert report["verification"]["input_shapes"] == {"x": [2, 9, 32]}
 
 
+def test_compile_with_several_calibration_files_and_a_python_list(cli, save_model,
+                                                                  tmp_path) -> None:
+    from graphopt.compiler import CompileOptions, compile_model
+    model = save_model(testing.encoder())
+    rng = np.random.default_rng(0)
+    for name, n in (("a", 3), ("b", 2)):
+        np.savez(tmp_path / f"{name}.npz",  # n stacked samples of shape (1, 5, 32)
+                 x=rng.standard_normal((n, 1, 5, 32)).astype(np.float32))
+    result = cli("compile", model, "-o", tmp_path / "o", "--no-codegen", "--calibration",
+                 tmp_path / "a.npz", "--calibration", tmp_path / "b.npz")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["verification"]["samples"] == 5 and "5 samples" in \
+        report["verification"]["inputs"]
+    samples = [{"x": rng.standard_normal((2, 7, 32)).astype(np.float32)} for _ in range(4)]
+    done = compile_model(model, tmp_path / "p", CompileOptions(calibration=samples,
+                                                               codegen=False))
+    assert done.report["verification"]["samples"] == 4
+    assert done.report["verification"]["input_shapes"] == {"x": [2, 7, 32]}
+
+
 def test_target_variants(cli, tmp_path: Path) -> None:
     result = cli("compile", "--example", "-t", "arm:cortex-a76", "-o", tmp_path / "o")
     assert result.exit_code == 0, result.output

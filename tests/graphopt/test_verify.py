@@ -188,3 +188,30 @@ def test_load_labelled_errors(tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", x)
     with pytest.raises(UserError, match="must be an .npz"):
         verify.load_labelled(tmp_path / "x.npy", graph)
+
+
+def test_load_calibration_from_lists(tmp_path: Path) -> None:
+    graph = _classifier()
+    rng = np.random.default_rng(1)
+    a, b = (rng.standard_normal((n, 2, 8)).astype(np.float32) for n in (3, 2))
+    np.savez(tmp_path / "a.npz", x=a)
+    (tmp_path / "b").mkdir()
+    np.save(tmp_path / "b" / "x.npy", b)
+    feeds, source = verify.load_calibration([tmp_path / "a.npz", tmp_path / "b"], graph)
+    assert len(feeds) == 5 and "5 samples" in source
+    np.testing.assert_array_equal(feeds[3]["x"], b[0])
+    (tmp_path / "list.txt").write_text("# calibration files\na.npz\n\nb  # the rest\n")
+    listed, source = verify.load_calibration(tmp_path / "list.txt", graph)
+    assert len(listed) == 5 and "2 files" in source
+    np.testing.assert_array_equal(listed[0]["x"], a[0])
+    memory, source = verify.load_calibration([{"x": a[0].astype(np.float64)}], graph)
+    assert memory[0]["x"].dtype == np.float32 and "in memory" in source
+    with pytest.raises(UserError, match="no array for input"):
+        verify.load_calibration([{"y": a[0]}], graph)
+    with pytest.raises(UserError, match="empty list"):
+        verify.load_calibration([], graph)
+    with pytest.raises(UserError, match="not found"):
+        verify.load_calibration(tmp_path / "missing.txt", graph)
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(UserError, match="names no data files"):
+        verify.load_calibration(tmp_path / "empty.txt", graph)
