@@ -12,6 +12,7 @@ A group with fewer than N non-zeros stores explicit zeros, so any N:M-compliant 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,18 @@ class BSR:
     data: np.ndarray  # (blocks, bh, bw)
     shape: tuple[int, int]  # (n, k): W^T
     block: tuple[int, int]
+
+    @functools.cached_property
+    def entries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The same weight as block-row *entries*, what the kernels stream: each stored block
+        is bw entries, one per input column it covers. (entry pointer per block row
+        [rows + 1], input column per entry [e] int32, values per entry [e, bh] float32)."""
+        bh, bw = self.block
+        eptr = (self.indptr.astype(np.int64) * bw).astype(np.int32)
+        cols = (self.indices[:, None] * bw + np.arange(bw, dtype=np.int32)).reshape(-1)
+        vals = np.ascontiguousarray(self.data.transpose(0, 2, 1).reshape(-1, bh),
+                                    dtype=np.float32)
+        return eptr, cols.astype(np.int32), vals
 
     @property
     def density(self) -> float:
@@ -72,6 +85,17 @@ class NMCompressed:
     @property
     def nbytes(self) -> int:
         return self.values.nbytes + self.index.nbytes
+
+    @functools.cached_property
+    def entries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The kept values as per-output-column entries, BSR.entries' layout with 1x1 blocks:
+        (pointer per output column [n + 1], input column per entry [e] int32, value per
+        entry [e, 1] float32)."""
+        kept, cols = self.values.shape
+        rows = (np.arange(kept, dtype=np.int64) // self.n * self.m)[:, None] + self.index
+        eptr = (np.arange(cols + 1, dtype=np.int64) * kept).astype(np.int32)
+        return (eptr, np.ascontiguousarray(rows.T.reshape(-1), dtype=np.int32),
+                np.ascontiguousarray(self.values.T.reshape(-1, 1), dtype=np.float32))
 
 
 def to_nm(w: np.ndarray, n: int = 2, m: int = 4) -> NMCompressed:

@@ -1,6 +1,7 @@
-"""Numba kernels for the host CPU: parallel over output columns (threads), nogil, cached.
+"""Numba kernels for the host CPU: parallel over output rows/columns (threads), nogil, cached.
 
-Each computes what its NumPy reference in ref.py computes; tests compare them on odd shapes.
+Each computes what its NumPy reference in ref.py computes
+tests compare them on odd shapes.
 Numba imports stay inside graphopt.kernels.
 """
 
@@ -13,33 +14,127 @@ from graphopt.kernels.formats import BSR, NMCompressed
 
 
 @numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
-def _bsr_kernel(xt, indptr, indices, data, bh, bw):  # pragma: no cover - compiled
-    # xt is x^T zero-padded to whole blocks: (k_pad, m). Each output row of W^T gets
-    # y^T[row] += w * x^T[col] (an axpy over the m activation rows: contiguous, vectorized).
+def _bsr_rows_kernel(xt, eptr, cols, vals, bh, n):  # pragma: no cover - compiled
+    # Many activation rows. xt is x^T zero-padded to whole blocks: (k_pad, m). Output row
+    # (r, a) of y^T is the sum over block row r's entries e of vals[e, a] * x^T[cols[e]]:
+    # axpys along the m activation rows (contiguous, vectorized). Four output rows are done
+    # together (each input row loaded once for the four) and two entries per pass, so an
+    # output element is loaded and stored once per eight FMAs; leftover rows go one by one,
+    # four entries per pass. Each block row's (bh, m) result is written straight into y
+    # (m, n), so there is no transpose afterwards.
     m = xt.shape[1]
-    rows = indptr.size - 1
-    yt = np.zeros((rows * bh, m), dtype=np.float32)
+    rows = eptr.size - 1
+    y = np.empty((m, n), dtype=np.float32)
     for r in numba.prange(rows):
-        for at in range(indptr[r], indptr[r + 1]):
-            c0 = indices[at] * bw
+        acc = np.zeros((bh, m), dtype=np.float32)
+        start = eptr[r]
+        end = eptr[r + 1]
+        a = 0
+        while a + 4 <= bh:  # four output rows at once: each input row loaded once for all
+            o0 = acc[a]
+            o1 = acc[a + 1]
+            o2 = acc[a + 2]
+            o3 = acc[a + 3]
+            e = start
+            while e + 2 <= end:
+                s0 = xt[cols[e]]
+                s1 = xt[cols[e + 1]]
+                w00 = vals[e, a]
+                w01 = vals[e, a + 1]
+                w02 = vals[e, a + 2]
+                w03 = vals[e, a + 3]
+                w10 = vals[e + 1, a]
+                w11 = vals[e + 1, a + 1]
+                w12 = vals[e + 1, a + 2]
+                w13 = vals[e + 1, a + 3]
+                for i in range(m):
+                    p = s0[i]
+                    q = s1[i]
+                    o0[i] += w00 * p + w10 * q
+                    o1[i] += w01 * p + w11 * q
+                    o2[i] += w02 * p + w12 * q
+                    o3[i] += w03 * p + w13 * q
+                e += 2
+            if e < end:
+                s0 = xt[cols[e]]
+                w00 = vals[e, a]
+                w01 = vals[e, a + 1]
+                w02 = vals[e, a + 2]
+                w03 = vals[e, a + 3]
+                for i in range(m):
+                    p = s0[i]
+                    o0[i] += w00 * p
+                    o1[i] += w01 * p
+                    o2[i] += w02 * p
+                    o3[i] += w03 * p
+            a += 4
+        while a < bh:  # the rest one by one, four entries per pass
+            out = acc[a]
+            e = start
+            while e + 4 <= end:
+                s0 = xt[cols[e]]
+                s1 = xt[cols[e + 1]]
+                s2 = xt[cols[e + 2]]
+                s3 = xt[cols[e + 3]]
+                v0 = vals[e, a]
+                v1 = vals[e + 1, a]
+                v2 = vals[e + 2, a]
+                v3 = vals[e + 3, a]
+                for i in range(m):
+                    out[i] += v0 * s0[i] + v1 * s1[i] + v2 * s2[i] + v3 * s3[i]
+                e += 4
+            while e < end:
+                s0 = xt[cols[e]]
+                v0 = vals[e, a]
+                for i in range(m):
+                    out[i] += v0 * s0[i]
+                e += 1
+            a += 1
+        base = r * bh
+        width = min(bh, n - base)
+        for i in range(m):
+            for a in range(width):
+                y[i, base + a] = acc[a, i]
+    return y
+
+
+@numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
+def _bsr_few_rows_kernel(x, eptr, cols, vals, bh):  # pragma: no cover - compiled
+    # Few activation rows (x: (m, k_pad), m small): per block row, a gather-dot over its
+    # entries; the bh outputs of an entry are contiguous in vals (vectorized for wide
+    # blocks). Bound by the gathers' latency today: slower than a dense gemv from cache
+    # (bench/results/kernels_sparse.md).
+    m = x.shape[0]
+    rows = eptr.size - 1
+    y = np.zeros((m, rows * bh), dtype=np.float32)
+    for r in numba.prange(rows):
+        acc = np.zeros(bh, dtype=np.float32)
+        for i in range(m):
+            acc[:] = 0.0
+            for e in range(eptr[r], eptr[r + 1]):
+                xv = x[i, cols[e]]
+                for a in range(bh):
+                    acc[a] += vals[e, a] * xv
             for a in range(bh):
-                out = yt[r * bh + a]
-                for b in range(bw):
-                    v = data[at, a, b]
-                    src = xt[c0 + b]
-                    for i in range(m):
-                        out[i] += v * src[i]
-    return yt
+                y[i, r * bh + a] = acc[a]
+    return y
+
+
+FEW_ROWS = 4  # up to this many activation rows, the gather-dot kernel
 
 
 def bsr_matmul(x: np.ndarray, w: BSR) -> np.ndarray:
     n, k = w.shape
-    bw = w.block[1]
-    xt = np.zeros((-(-k // bw) * bw, x.shape[0]), dtype=np.float32)
+    bh, bw = w.block
+    eptr, cols, vals = w.entries
+    k_pad = -(-k // bw) * bw
+    if x.shape[0] <= FEW_ROWS:
+        xp = np.zeros((x.shape[0], k_pad), dtype=np.float32)
+        xp[:, :k] = x
+        return np.ascontiguousarray(_bsr_few_rows_kernel(xp, eptr, cols, vals, bh)[:, :n])
+    xt = np.zeros((k_pad, x.shape[0]), dtype=np.float32)
     xt[:k] = x.T
-    data = np.ascontiguousarray(w.data, dtype=np.float32)
-    yt = _bsr_kernel(xt, w.indptr, w.indices, data, w.block[0], bw)
-    return np.ascontiguousarray(yt[:n].T)
+    return _bsr_rows_kernel(xt, eptr, cols, vals, bh, n)
 
 
 TILE = 64  # output columns per parallel task of the N:M kernel
@@ -66,7 +161,12 @@ def _nm_kernel(x, values, index, keep, group):  # pragma: no cover - compiled
 
 def nm_matmul(x: np.ndarray, w: NMCompressed) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
-    return _nm_kernel(x, np.ascontiguousarray(w.values, dtype=np.float32), w.index, w.n, w.m)
+    if x.shape[0] <= FEW_ROWS:
+        return _nm_kernel(x, np.ascontiguousarray(w.values, dtype=np.float32), w.index, w.n,
+                          w.m)
+    # Many rows: the kept values as entries (1x1 blocks) through the BSR rows kernel.
+    eptr, cols, vals = w.entries
+    return _bsr_rows_kernel(np.ascontiguousarray(x.T), eptr, cols, vals, 1, eptr.size - 1)
 
 
 @numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)

@@ -27,7 +27,7 @@ def n_m_sparse(k: int, n: int, keep: int = 2, group: int = 4) -> np.ndarray:
 SHAPES = [(1, 64, 48), (7, 30, 13), (128, 96, 64), (3, 1, 5), (5, 17, 1)]
 
 
-@pytest.mark.parametrize("block", [(1, 4), (4, 4), (16, 1), (3, 5)])
+@pytest.mark.parametrize("block", [(1, 4), (4, 4), (16, 1), (3, 5), (6, 2)])
 @pytest.mark.parametrize("level", [0.0, 0.75, 1.0])
 @pytest.mark.parametrize("m, k, n", SHAPES)
 def test_bsr_round_trip_and_kernels(block, level, m, k, n) -> None:
