@@ -8,6 +8,7 @@
     conformance  every onnx node test case through every pipeline (conformance_sweep.py)
     quantization int8: graphopt vs onnxruntime's quantizer, vs fp32, memory (quantization.py)
     codegen      TVM artifacts: compile/tuning time, latency vs onnxruntime (codegen.py)
+    sparse_run   encoder with block-sparse FFN: graphopt run vs onnxruntime (sparse_run.py)
 
 Each writes JSON + markdown (and plots where it has them) under bench/results/.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 
 COMMANDS = {"kernels": "kernels", "models": "models", "lossless": "lossless_passes",
             "lowrank": "lowrank", "huge": "huge_model", "conformance": "conformance_sweep",
-            "quantization": "quantization", "codegen": "codegen"}
+            "quantization": "quantization", "codegen": "codegen", "sparse_run": "sparse_run"}
 
 
 def main(argv: list[str]) -> int:

@@ -316,6 +316,13 @@ def run(
         "--engine", help="auto: the compiled x86 artifact (model.x86.so) when OUT has one "
         "built for these input shapes and this CPU, else onnxruntime; tvm; onnxruntime.")
     ] = "auto",
+    sparse_kernels: Annotated[bool, typer.Option(
+        "--sparse-kernels/--no-sparse-kernels", help="In onnxruntime, run block-sparse "
+        "MatMuls through graphopt's BSR kernel where it measured faster for their shape "
+        "(decisions cached).")] = True,
+    tuning_cache: Annotated[Optional[Path], typer.Option(
+        "--tuning-cache", help="Where the sparse-kernel decisions are cached (default "
+        "$GRAPHOPT_CACHE or ~/.cache/graphopt).")] = None,
 ) -> None:
     """Run what compile produced (its x86 artifact, or the ONNX model in onnxruntime), or
     any ONNX model, and save its outputs."""
@@ -345,7 +352,7 @@ def run(
             outputs = _run_artifact(artifact, graph, feeds)
         else:
             try:
-                outputs = verify.run_graph(graph, [feeds])[0]
+                outputs = _run_onnxruntime(graph, feeds, sparse_kernels, tuning_cache)
             except verify.Unrunnable as exc:
                 raise UserError(f"onnxruntime cannot run '{path}' on '{input}': {exc}") \
                     from exc
@@ -367,6 +374,25 @@ def run(
                           f"{value.max():.4g}" if numeric else "-")
         console.print(table)
         console.print(f"wrote {output}")
+
+
+def _run_onnxruntime(graph: gs.Graph, feeds: dict[str, np.ndarray], sparse_kernels: bool,
+                     cache: Path | None) -> dict[str, np.ndarray]:
+    """The model in onnxruntime; block-sparse MatMuls through graphopt's BSR kernel where
+    that measured faster for their shape (graphopt.sparse_run)."""
+    from graphopt import sparse_run
+    layers = sparse_run.find_layers(graph, {k: list(v.shape) for k, v in feeds.items()}) \
+        if sparse_kernels else []
+    if not layers:
+        return verify.run_graph(graph, [feeds])[0]
+    with Progress(transient=True, console=console) as bars:
+        task = bars.add_task("timing sparse kernels vs onnxruntime", total=len(layers))
+        decisions = sparse_run.decide(graph, layers, cache,
+                                      lambda n: bars.advance(task, n))
+    runner = sparse_run.SparseRunner(graph, decisions)
+    for line in report.sparse_lines({"sparse_run": [d.as_dict() for d in decisions]}):
+        console.print(escape(line), highlight=False)
+    return runner.run(feeds)
 
 
 def _artifact_problem(out_dir: Path, artifact: Path, feeds: dict[str, np.ndarray]) -> str | None:

@@ -270,8 +270,11 @@ def compile_model(
                                external_data=external)
         artifact = _codegen(staged_model, target, result, verification, o, task_progress,
                             warnings) if o.codegen else {"status": "off (--no-codegen)"}
-        latency = report.measure_latency(str(model_path), str(staged_model), feeds[0],
-                                         runs=o.runs, step=measure_step) if o.measure else None
+        sparse = _sparse_runner(result.graph, feeds[0], o) if o.measure else None
+        latency = report.measure_latency(
+            str(model_path), str(staged_model), feeds[0], runs=o.runs, step=measure_step,
+            sparse=sparse[0].run if sparse and sparse[0].kernel_layers else None) \
+            if o.measure else None
         if latency is not None and latency["speedup"] is not None and latency["speedup"] < 0.95:
             warnings.append(f"the output model is slower than the input in onnxruntime on this "
                             f"machine ({latency['output_ms']:.3g} ms vs {latency['input_ms']:.3g}"
@@ -282,11 +285,24 @@ def compile_model(
             output_path=staged_model, target=target.as_dict(), lossy=lossy,
             command=list(command), measure=latency, warnings=warnings)
         data["codegen"] = artifact
+        if sparse:
+            data["sparse_run"] = [d.as_dict() for d in sparse[1]]
         data["output"]["path"] = str(out_dir / OUTPUT_MODEL)
         report.write_reports(staging, data)
         _publish(staging, out_dir)
     return CompileResult(data, out_dir / OUTPUT_MODEL, out_dir / "report.json",
                          out_dir / "report.md")
+
+
+def _sparse_runner(graph, feeds: verify.Feeds, o: CompileOptions):
+    """(runner, decisions) for --measure when the output has block-sparse MatMuls: each run
+    through graphopt's BSR kernel where it measured faster (graphopt.sparse_run); or None."""
+    from graphopt import sparse_run
+    layers = sparse_run.find_layers(graph, {k: list(v.shape) for k, v in feeds.items()})
+    if not layers:
+        return None
+    decisions = sparse_run.decide(graph, layers, o.tuning_cache)
+    return sparse_run.SparseRunner(graph, decisions), decisions
 
 
 ARTIFACT_FILES = ("model.x86.so", "model.arm.so", "model.arm.tar", "model.cuda.so",

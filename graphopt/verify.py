@@ -329,9 +329,11 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
 
 # ----------------------------------------------------------------------------------- running
 def session(src: str | bytes, optimize: bool = False, threads: int = 0,
-            initializers: Mapping[str, np.ndarray] | None = None) -> ort.InferenceSession:
+            initializers: Mapping[str, np.ndarray] | None = None,
+            spin: bool = True) -> ort.InferenceSession:
     """An onnxruntime CPU session; `optimize=False` runs the graph exactly as written.
-    `initializers` supplies the arrays of a skeleton model's stubbed weights (zero-copy)."""
+    `initializers` supplies the arrays of a skeleton model's stubbed weights (zero-copy).
+    `spin=False`: idle intra-op threads sleep at once (other threads need the cores)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -345,6 +347,8 @@ def session(src: str | bytes, optimize: bool = False, threads: int = 0,
         options.add_session_config_entry("session.disable_prepacking", "1")
     if threads:
         options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     values = []
     if initializers:
         values = [ort.OrtValue.ortvalue_from_numpy(a) for a in initializers.values()]

@@ -1,0 +1,249 @@
+"""Sparse layers run through graphopt's kernels, with onnxruntime running the rest.
+
+A compiled model keeps its sparse weights dense (standard ONNX that any runtime runs). At run
+time, `graphopt run` and `compile --measure` may run a block-sparse MatMul with the Numba BSR
+kernel (graphopt.kernels) instead of onnxruntime's dense MatMul - but only where that
+measured faster for the layer's weight and activation shape. The model is cut at those
+layers: onnxruntime sessions run the pieces between them, the kernel runs the layers, and
+tensors pass between them as NumPy arrays.
+
+Why not a custom op inside one onnxruntime session: onnxruntime-extensions' Python custom
+ops cost about 10 us per call plus about 19 ns per output element (its output conversion;
+29 ms for a 128x3072 float output, measured here), far more than the kernel saves. A cut
+costs one more session call (about 10-30 us) and a copy of the tensors crossing it, which
+the timing counts: the sparse side is timed as the kernel plus an onnxruntime call that
+copies the layer's output. Decisions are cached per (kernel, weight shape, block, density,
+activation rows, CPU) in the cache directory, so later runs decide at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import timeit
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphopt import ir, sparsity, tuning, verify
+
+MIN_ZEROS = 0.5  # below this many zeros a sparse kernel cannot win: not even timed
+MARGIN = 1.05  # the kernel must be this much faster than the dense MatMul to be used
+CACHE_NAME = "sparse_run.json"
+
+
+@dataclass(frozen=True)
+class SparseLayer:
+    node: str
+    weight: str
+    k: int
+    n: int
+    block: tuple[int, int]  # of W^T (out x in), as BSR stores it
+    zeros: float  # fraction of the weight's blocks that are all zero
+    rows: int  # activation rows per call (product of the input's leading dims)
+
+    @property
+    def key(self) -> str:
+        return (f"bsr:{self.k}x{self.n}:{self.block[0]}x{self.block[1]}:"
+                f"{round(self.zeros, 2):.2f}:{self.rows}:{_cpu()}")
+
+
+@dataclass(frozen=True)
+class Decision:
+    layer: SparseLayer
+    sparse_ms: float
+    dense_ms: float
+
+    @property
+    def use(self) -> bool:
+        return self.sparse_ms * MARGIN < self.dense_ms
+
+    def as_dict(self) -> dict:
+        return {"layer": self.layer.node, "weight": f"{self.layer.k}x{self.layer.n}",
+                "block": "x".join(map(str, self.layer.block)), "block_zeros":
+                round(self.layer.zeros, 4), "rows": self.layer.rows,
+                "sparse_ms": round(self.sparse_ms, 4), "dense_ms": round(self.dense_ms, 4),
+                "kernel": "graphopt BSR" if self.use else "onnxruntime dense"}
+
+
+def find_layers(graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]]
+                ) -> list[SparseLayer]:
+    """MatMuls whose constant 2-D float32 weight has all-zero blocks over at least MIN_ZEROS
+    of it (the largest block shape of sparsity.BLOCK_SHAPES that holds nearly all its
+    zeros, as graphopt inspect finds them), with their activation rows."""
+    shapes = ir.static_shapes(graph, input_shapes)
+    layers = []
+    for node in graph.nodes:
+        if node.op != "MatMul" or not isinstance(node.inputs[1], gs.Constant):
+            continue
+        w = np.asarray(node.inputs[1].values)
+        x_shape = shapes.get(node.inputs[0].name)
+        if w.ndim != 2 or w.dtype != np.float32 or not x_shape or \
+                not all(isinstance(d, int) for d in x_shape):
+            continue
+        zeros = float(np.mean(w == 0))
+        if zeros < MIN_ZEROS:
+            continue
+        fits = []
+        for text in sparsity.BLOCK_SHAPES:
+            block = sparsity.parse_block(text)
+            blocked = sparsity.block_sparsity(w.T, block)
+            if blocked >= max(MIN_ZEROS, 0.95 * zeros):
+                fits.append((block[0] * block[1], blocked, block))
+        if not fits:
+            continue
+        _, blocked, block = max(fits)
+        rows = int(np.prod(x_shape[:-1], dtype=np.int64))
+        layers.append(SparseLayer(node.name, node.inputs[1].name, w.shape[0], w.shape[1],
+                                  block, blocked, rows))
+    return layers
+
+
+def decide(graph: gs.Graph, layers: Sequence[SparseLayer], cache_dir: Path | None = None,
+           advance: Callable[[int], None] | None = None) -> list[Decision]:
+    """Time each layer's sparse op against onnxruntime's dense MatMul (cached)."""
+    path = tuning.cache_root(cache_dir) / CACHE_NAME
+    cache = _read_cache(path)
+    weights = {t.name: t for t in graph.tensors().values() if isinstance(t, gs.Constant)}
+    decisions = []
+    for layer in layers:
+        if layer.key not in cache:
+            w = np.asarray(weights[layer.weight].values, dtype=np.float32)
+            cache[layer.key] = _time(layer, w)
+        sparse_ms, dense_ms = cache[layer.key]
+        decisions.append(Decision(layer, sparse_ms, dense_ms))
+        if advance is not None:
+            advance(1)
+    _write_cache(path, cache)
+    return decisions
+
+
+class SparseRunner:
+    """Runs a graph with the layers decided for the kernel through it, onnxruntime doing the
+    rest: the nodes, in topological order, are cut into onnxruntime pieces at those layers."""
+
+    def __init__(self, graph: gs.Graph, decisions: Sequence[Decision],
+                 threads: int = 0) -> None:
+        from graphopt.kernels import formats
+        g = ir.infer_shapes(graph.copy())  # the pieces' inputs and outputs need types
+        g.toposort()
+        chosen = {d.layer.node: d for d in decisions if d.use}
+        self.outputs = [t.name for t in g.outputs]
+        self.steps: list[tuple[str, tuple]] = []  # ("ort", piece) | ("bsr", layer)
+        piece: list[gs.Node] = []
+        nodes = list(g.nodes)
+        for i, node in enumerate(nodes):
+            if node.name not in chosen:
+                piece.append(node)
+                continue
+            if piece:
+                self.steps.append(("ort", _piece(g, piece, nodes[i:], threads)))
+                piece = []
+            w = np.asarray(node.inputs[1].values, np.float32)
+            self.steps.append(("bsr", (node.inputs[0].name, node.outputs[0].name,
+                                       formats.to_bsr(w, chosen[node.name].layer.block))))
+        if piece:
+            self.steps.append(("ort", _piece(g, piece, [], threads)))
+        self.kernel_layers = len(chosen)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from graphopt.kernels import numba_kernels
+        env = dict(feeds)
+        for kind, step in self.steps:
+            if kind == "bsr":
+                src, dst, bsr = step
+                x = np.asarray(env[src], np.float32)
+                y = numba_kernels.bsr_matmul(x.reshape(-1, x.shape[-1]), bsr)
+                env[dst] = y.reshape(*x.shape[:-1], y.shape[-1])
+            else:
+                session, inputs, outputs = step
+                env.update(zip(outputs, session.run(outputs, {n: env[n] for n in inputs})))
+        return {name: env[name] for name in self.outputs}
+
+
+def _piece(g: gs.Graph, nodes: list[gs.Node], later: list[gs.Node], threads: int) -> tuple:
+    """(session, input names, output names) of the nodes as a graph of their own: its inputs
+    are what they read and do not make (constants stay inside), its outputs what they make
+    that later steps or the model's outputs read."""
+    made = {t.name for n in nodes for t in n.outputs}
+    inputs: dict[str, gs.Tensor] = {}
+    for n in nodes:
+        for t in n.inputs:
+            if isinstance(t, gs.Variable) and t.name and t.name not in made:
+                inputs.setdefault(t.name, t)
+    wanted = {t.name for n in later for t in n.inputs} | {t.name for t in g.outputs}
+    outputs = [t for n in nodes for t in n.outputs if t.name in wanted]
+    sub = gs.Graph(nodes=nodes, inputs=list(inputs.values()), outputs=outputs, opset=g.opset,
+                   import_domains=g.import_domains)
+    # Its idle threads must not spin: the kernel's threads need the cores right after.
+    session = verify.session(ir.to_onnx(sub).SerializeToString(), optimize=True,
+                             threads=threads, spin=False)
+    return session, list(inputs), [t.name for t in outputs]
+
+
+# -------------------------------------------------------------------------------- internals
+def _time(layer: SparseLayer, w: np.ndarray) -> tuple[float, float]:
+    """(sparse, dense) ms of one call: onnxruntime's one-node MatMul session against the
+    kernel plus one onnxruntime call that copies an output of the layer's size (what a cut
+    costs)."""
+    from graphopt.kernels import formats, numba_kernels
+    x = np.random.default_rng(0).standard_normal((layer.rows, layer.k)).astype(np.float32)
+    dense = verify.session(ir.to_onnx(_one_node("MatMul", w)).SerializeToString(),
+                           optimize=True)
+    cut = verify.session(ir.to_onnx(_one_node("Identity", np.zeros((0, layer.n),
+                                                                    np.float32)))
+                         .SerializeToString(), optimize=True, spin=False)
+    bsr = formats.to_bsr(w, layer.block)
+    out = {"x": np.zeros((layer.rows, layer.n), np.float32)}
+
+    def sparse() -> None:
+        numba_kernels.bsr_matmul(x, bsr)
+        cut.run(None, out)
+
+    times = []
+    for call in (sparse, lambda: dense.run(None, {"x": x})):
+        call()  # warm-up (JIT, arenas)
+        timer = timeit.Timer(call)
+        number, _ = timer.autorange()
+        times.append(min(timer.repeat(3, number)) / number * 1e3)
+    return times[0], times[1]
+
+
+def _one_node(op: str, w: np.ndarray) -> gs.Graph:
+    """x (rows, k) -> MatMul(x, w) or Identity(x) -> y, with k, n from w's shape."""
+    k = w.shape[0] if op == "MatMul" else w.shape[1]
+    x = gs.Variable("x", dtype=np.float32, shape=["rows", k])
+    y = gs.Variable("y", dtype=np.float32, shape=["rows", w.shape[1]])
+    inputs = [x, gs.Constant("w", w)] if op == "MatMul" else [x]
+    return gs.Graph(nodes=[gs.Node(op, inputs=inputs, outputs=[y])], inputs=[x], outputs=[y],
+                    opset=17)
+
+
+def _cpu() -> str:
+    return f"{platform.machine()}-{os.cpu_count()}cpu"
+
+
+def _read_cache(path: Path) -> dict[str, list[float]]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_cache(path: Path, cache: Mapping[str, Sequence[float]]) -> None:
+    """Atomically (a reader never sees half a file); a cache that cannot be written only
+    costs the timing again next time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(dict(cache), f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        pass
