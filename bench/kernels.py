@@ -134,7 +134,7 @@ def dense_problems(shapes, rng, tvm_kernels: TvmKernels = NO_TVM) -> list[Proble
 
 def bsr_problems(shapes, levels, block, rng) -> list[Problem]:
     from graphopt import sparsity
-    from graphopt.kernels import formats, numba_kernels, ref
+    from graphopt.kernels import formats, numba_kernels, ref, tvm_kernels
     out = []
     for m, k, n in shapes:
         for level in levels:
@@ -147,13 +147,14 @@ def bsr_problems(shapes, levels, block, rng) -> list[Problem]:
                 ref.dense_matmul(x, w), {
                     "numpy (OpenBLAS) dense": lambda x=x, w=w: x @ w,
                     "numba": lambda x=x, b=bsr: numba_kernels.bsr_matmul(x, b),
-                }, ("numba",), sparsity=level, m=m, meta={"block": list(block)}))
+                    "tvm (TIR)": lambda x=x, b=bsr: tvm_kernels.host_bsr_matmul(x, b),
+                }, ("numba", "tvm (TIR)"), sparsity=level, m=m, meta={"block": list(block)}))
     return out
 
 
 def nm_problems(shapes, rng) -> list[Problem]:
     from graphopt import sparsity
-    from graphopt.kernels import formats, numba_kernels, ref
+    from graphopt.kernels import formats, numba_kernels, ref, tvm_kernels
     out = []
     for m, k, n in shapes:
         x = rng.standard_normal((m, k), dtype=np.float32)
@@ -163,7 +164,9 @@ def nm_problems(shapes, rng) -> list[Problem]:
         out.append(Problem("2:4", f"{m}x{k}x{n}", 2.0 * m * k * n, ref.dense_matmul(x, w), {
             "numpy (OpenBLAS) dense": lambda x=x, w=w: x @ w,
             "numba": lambda x=x, c=c: numba_kernels.nm_matmul(x, c),
-        }, ("numba",), sparsity=0.5, m=m, meta={"weight_bytes_vs_dense": c.nbytes / w.nbytes}))
+            "tvm (TIR)": lambda x=x, c=c: tvm_kernels.host_nm_matmul(x, c),
+        }, ("numba", "tvm (TIR)"), sparsity=0.5, m=m,
+            meta={"weight_bytes_vs_dense": c.nbytes / w.nbytes}))
     return out
 
 
@@ -395,7 +398,8 @@ def to_markdown(data: dict) -> str:
              "both in this run. TVM rows: the op as a one-node ONNX model built by graphopt's "
              "codegen, untuned ('tvm default', TVM's default CPU pipeline: no schedules) and "
              "tuned by MetaSchedule from an empty database (trials per problem as named); BSR "
-             "and 2:4 have none (TVM has no sparse kernels).", "",
+             "and 2:4 'tvm (TIR)': graphopt's own TIR kernels (graphopt.kernels.tvm_kernels, "
+             "fixed schedules, untuned; TVM has no sparse kernels).", "",
              "| op | problem | implementation | median ms | p95 ms | GFLOP/s | % peak |",
              "|---|---|---|---:|---:|---:|---:|"]
     for row in data["rows"]:

@@ -1,0 +1,194 @@
+"""TVM kernels (TIR) for dense, BSR and N:M-compressed matmul, for any TVM target: x86 and
+aarch64 CPUs (llvm) and CUDA.
+
+Each computes what its NumPy reference in ref.py computes, from the same formats
+(formats.BSR, formats.NMCompressed). Shapes are fixed per build (TIR buffers are static);
+`host_*` functions build for this machine once per shape and run. The CPU schedules: threads
+over output rows of blocks (BSR) or activation rows, the innermost loop vectorized along the
+activation rows (BSR, on x^T) or the output columns. The CUDA ones: a thread block per
+block row (BSR) or activation row, threads along the contiguous axis.
+
+They are correct everywhere and compile for every target, but untuned: on this x86 CPU the
+Numba kernels are faster (see bench/results/kernels_sparse.md); tunables are the next step.
+TVM imports stay inside this module.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+from graphopt.kernels.formats import BSR, NMCompressed
+
+CUDA_THREADS = 64  # threads per CUDA thread block
+
+
+def bsr_func(m: int, k_pad: int, rows: int, bh: int, bw: int, nnz: int, gpu: bool = False):
+    """y^T (rows*bh, m) = BSR(W^T) @ x^T, x^T being (k_pad, m)."""
+    from tvm.script import tirx as T
+    nnz = max(nnz, 1)  # (an empty weight still has one, unread, block)
+
+    if gpu:
+        lanes = min(CUDA_THREADS, m)
+        steps = -(-m // lanes)
+
+        @T.prim_func
+        def bsr_gpu(x_t: T.Buffer((k_pad, m), "float32"),
+                    data: T.Buffer((nnz, bh, bw), "float32"),
+                    indices: T.Buffer((nnz,), "int32"), indptr: T.Buffer((rows + 1,), "int32"),
+                    y_t: T.Buffer((rows * bh, m), "float32")):
+            T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+            for r in T.thread_binding(rows, thread="blockIdx.x"):
+                for t in T.thread_binding(lanes, thread="threadIdx.x"):
+                    for s in range(steps):
+                        for a in range(bh):
+                            if s * lanes + t < m:
+                                y_t[r * bh + a, s * lanes + t] = T.float32(0)
+                                for e in range(indptr[r + 1] - indptr[r]):
+                                    for b in range(bw):
+                                        y_t[r * bh + a, s * lanes + t] = (
+                                            y_t[r * bh + a, s * lanes + t]
+                                            + data[indptr[r] + e, a, b]
+                                            * x_t[indices[indptr[r] + e] * bw + b, s * lanes + t])
+        return bsr_gpu
+
+    @T.prim_func
+    def bsr_cpu(x_t: T.Buffer((k_pad, m), "float32"), data: T.Buffer((nnz, bh, bw), "float32"),
+                indices: T.Buffer((nnz,), "int32"), indptr: T.Buffer((rows + 1,), "int32"),
+                y_t: T.Buffer((rows * bh, m), "float32")):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        for r in T.parallel(rows):
+            for a in range(bh):
+                for i in T.vectorized(m):
+                    y_t[r * bh + a, i] = T.float32(0)
+                for e in range(indptr[r + 1] - indptr[r]):
+                    for b in range(bw):
+                        for i in T.vectorized(m):
+                            y_t[r * bh + a, i] = y_t[r * bh + a, i] + data[
+                                indptr[r] + e, a, b] * x_t[indices[indptr[r] + e] * bw + b, i]
+    return bsr_cpu
+
+
+def nm_func(m: int, kept: int, n: int, keep: int, group: int, k: int, gpu: bool = False):
+    """y (m, n) = x (m, k) @ W, W stored N:M-compressed: values/index (kept, n)."""
+    from tvm.script import tirx as T
+
+    if gpu:
+        lanes = min(CUDA_THREADS, n)
+        steps = -(-n // lanes)
+
+        @T.prim_func
+        def nm_gpu(x: T.Buffer((m, k), "float32"), values: T.Buffer((kept, n), "float32"),
+                   index: T.Buffer((kept, n), "uint8"), y: T.Buffer((m, n), "float32")):
+            T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+            for i in T.thread_binding(m, thread="blockIdx.x"):
+                for t in T.thread_binding(lanes, thread="threadIdx.x"):
+                    for s in range(steps):
+                        if s * lanes + t < n:
+                            y[i, s * lanes + t] = T.float32(0)
+                            for r in range(kept):
+                                y[i, s * lanes + t] = y[i, s * lanes + t] + values[
+                                    r, s * lanes + t] * x[i, r // keep * group + T.Cast(
+                                        "int32", index[r, s * lanes + t])]
+        return nm_gpu
+
+    @T.prim_func
+    def nm_cpu(x: T.Buffer((m, k), "float32"), values: T.Buffer((kept, n), "float32"),
+               index: T.Buffer((kept, n), "uint8"), y: T.Buffer((m, n), "float32")):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        for i in T.parallel(m):
+            for j in T.vectorized(n):
+                y[i, j] = T.float32(0)
+            for r in range(kept):
+                for j in T.vectorized(n):
+                    y[i, j] = y[i, j] + values[r, j] * x[
+                        i, r // keep * group + T.Cast("int32", index[r, j])]
+    return nm_cpu
+
+
+def dense_func(m: int, k: int, n: int, gpu: bool = False):
+    """y (m, n) = x (m, k) @ w (k, n): the baseline in the same style."""
+    from tvm.script import tirx as T
+
+    if gpu:
+        lanes = min(CUDA_THREADS, n)
+        steps = -(-n // lanes)
+
+        @T.prim_func
+        def dense_gpu(x: T.Buffer((m, k), "float32"), w: T.Buffer((k, n), "float32"),
+                      y: T.Buffer((m, n), "float32")):
+            T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+            for i in T.thread_binding(m, thread="blockIdx.x"):
+                for t in T.thread_binding(lanes, thread="threadIdx.x"):
+                    for s in range(steps):
+                        if s * lanes + t < n:
+                            y[i, s * lanes + t] = T.float32(0)
+                            for p in range(k):
+                                y[i, s * lanes + t] = y[i, s * lanes + t] + x[i, p] * w[
+                                    p, s * lanes + t]
+        return dense_gpu
+
+    @T.prim_func
+    def dense_cpu(x: T.Buffer((m, k), "float32"), w: T.Buffer((k, n), "float32"),
+                  y: T.Buffer((m, n), "float32")):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        for i in T.parallel(m):
+            for j in T.vectorized(n):
+                y[i, j] = T.float32(0)
+            for p in range(k):
+                for j in T.vectorized(n):
+                    y[i, j] = y[i, j] + x[i, p] * w[p, j]
+    return dense_cpu
+
+
+def build(func, target: dict[str, Any]):
+    """Compile a kernel for a TVM target dict (CUDA: with an llvm host)."""
+    import tvm
+    tgt = tvm.target.Target(target, host={"kind": "llvm"}) if target["kind"] == "cuda" \
+        else tvm.target.Target(target)
+    return tvm.compile(tvm.IRModule({"main": func}), target=tgt)
+
+
+# ------------------------------------------------------------------------- on this machine
+HOST = {"kind": "llvm"}  # the host CPU as LLVM sees it
+
+
+@functools.lru_cache(maxsize=64)
+def _host_kernel(kind: str, shape: tuple):
+    make = {"bsr": bsr_func, "nm": nm_func, "dense": dense_func}[kind]
+    return build(make(*shape), HOST)["main"]
+
+
+def _run(kind: str, shape: tuple, *arrays: np.ndarray, out_shape: tuple) -> np.ndarray:
+    import tvm
+    args = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]
+    out = tvm.runtime.tensor(np.zeros(out_shape, np.float32))
+    _host_kernel(kind, shape)(*args, out)
+    return out.numpy()
+
+
+def host_bsr_matmul(x: np.ndarray, w: BSR) -> np.ndarray:
+    n, k = w.shape
+    bh, bw = w.block
+    rows = w.indptr.size - 1
+    k_pad = -(-k // bw) * bw
+    xt = np.zeros((k_pad, x.shape[0]), np.float32)
+    xt[:k] = x.T
+    data = w.data.astype(np.float32) if w.indices.size else np.zeros((1, bh, bw), np.float32)
+    indices = w.indices if w.indices.size else np.zeros(1, np.int32)
+    yt = _run("bsr", (x.shape[0], k_pad, rows, bh, bw, w.indices.size), xt, data, indices,
+              w.indptr, out_shape=(rows * bh, x.shape[0]))
+    return np.ascontiguousarray(yt[:n].T)
+
+
+def host_nm_matmul(x: np.ndarray, w: NMCompressed) -> np.ndarray:
+    kept, n = w.values.shape
+    return _run("nm", (x.shape[0], kept, n, w.n, w.m, w.k), x.astype(np.float32),
+                w.values.astype(np.float32), w.index, out_shape=(x.shape[0], n))
+
+
+def host_dense_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return _run("dense", (x.shape[0], x.shape[1], w.shape[1]), x.astype(np.float32),
+                w.astype(np.float32), out_shape=(x.shape[0], w.shape[1]))

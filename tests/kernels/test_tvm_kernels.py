@@ -1,0 +1,108 @@
+"""TVM (TIR) kernels: match the NumPy references on this CPU on odd shapes (non-multiples of
+the block, 1 row, empty blocks, fully dense, fully empty); build for aarch64 (ELF AArch64
+objects) and CUDA (PTX for the requested arch); run on a GPU where there is one."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from graphopt import codegen, sparsity
+from graphopt.kernels import formats, ref, tvm_kernels
+
+RNG = np.random.default_rng(1)
+EM_AARCH64 = 183
+
+
+def _block_sparse(k, n, block, level):
+    w = RNG.standard_normal((k, n)).astype(np.float32)
+    return np.where(sparsity.block_mask(w.T, block, level).T, w, 0).astype(np.float32)
+
+
+def _n_m_sparse(k, n, keep=2, group=4):
+    w = RNG.standard_normal((k, n)).astype(np.float32)
+    return np.where(sparsity.nm_mask(w, keep, group, axis=0), w, 0).astype(np.float32)
+
+
+@pytest.mark.parametrize("block", [(4, 4), (3, 5), (16, 1)])
+@pytest.mark.parametrize("level", [0.0, 0.75, 1.0])
+@pytest.mark.parametrize("m, k, n", [(1, 64, 48), (7, 30, 13), (3, 1, 5)])
+def test_bsr_matches_reference(block, level, m, k, n) -> None:
+    w = _block_sparse(k, n, block, level)
+    bsr = formats.to_bsr(w, block)
+    x = RNG.standard_normal((m, k)).astype(np.float32)
+    got = tvm_kernels.host_bsr_matmul(x, bsr)
+    assert got.shape == (m, n) and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref.bsr_matmul(x, bsr), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("keep, group", [(2, 4), (1, 4), (4, 8)])
+@pytest.mark.parametrize("m, k, n", [(1, 64, 48), (7, 32, 13)])
+def test_n_m_and_dense_match_reference(keep, group, m, k, n) -> None:
+    w = _n_m_sparse(k, n, keep, group)
+    c = formats.to_nm(w, keep, group)
+    x = RNG.standard_normal((m, k)).astype(np.float32)
+    np.testing.assert_allclose(tvm_kernels.host_nm_matmul(x, c), ref.nm_matmul(x, c),
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(tvm_kernels.host_dense_matmul(x, w), ref.dense_matmul(x, w),
+                               rtol=1e-4, atol=1e-4)
+
+
+KERNELS = {
+    "bsr": lambda gpu: tvm_kernels.bsr_func(16, 64, 12, 4, 4, 10, gpu=gpu),
+    "nm": lambda gpu: tvm_kernels.nm_func(16, 32, 48, 2, 4, 64, gpu=gpu),
+    "dense": lambda gpu: tvm_kernels.dense_func(16, 64, 48, gpu=gpu),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KERNELS))
+def test_aarch64_build_is_elf_aarch64(kind: str, tmp_path: Path) -> None:
+    lib = tvm_kernels.build(KERNELS[kind](False), {"kind": "llvm", "mtriple":
+                                                   "aarch64-linux-gnu", "mattr": ["+neon"]})
+    lib.export_library(str(tmp_path / "k.tar"))
+    with tarfile.open(tmp_path / "k.tar") as archive:
+        archive.extractall(tmp_path, filter="data")
+        objects = [n for n in archive.getnames() if n.endswith(".o")]
+    assert objects
+    for name in objects:
+        header = (tmp_path / name).read_bytes()[:20]
+        assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == \
+            EM_AARCH64
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) not installed")
+@pytest.mark.parametrize("kind", sorted(KERNELS))
+def test_cuda_build_gives_ptx_for_the_arch(kind: str, tmp_path: Path) -> None:
+    with codegen.captured_cuda_source() as sources:
+        tvm_kernels.build(KERNELS[kind](True), {"kind": "cuda", "arch": "sm_80"})
+    assert sources and "__global__" in sources[0]
+    files = codegen.nvcc_compile("\n".join(sources), "sm_80", tmp_path, kind)
+    assert ".target sm_80" in (tmp_path / files[0]).read_text()
+
+
+def _gpu_available() -> bool:
+    if shutil.which("nvidia-smi") is None:
+        return False
+    return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _gpu_available(), reason="needs an NVIDIA GPU (none on this machine)")
+def test_cuda_kernels_run_on_a_gpu() -> None:
+    import tvm
+    dev = tvm.cuda()
+    w = _block_sparse(64, 48, (4, 4), 0.75)
+    bsr = formats.to_bsr(w, (4, 4))
+    x = RNG.standard_normal((16, 64)).astype(np.float32)
+    lib = tvm_kernels.build(tvm_kernels.bsr_func(16, 64, 12, 4, 4, bsr.indices.size, gpu=True),
+                            {"kind": "cuda", "arch": "sm_80"})
+    args = [tvm.runtime.tensor(a, dev) for a in (np.ascontiguousarray(x.T), bsr.data,
+                                                 bsr.indices, bsr.indptr)]
+    out = tvm.runtime.tensor(np.zeros((48, 16), np.float32), dev)
+    lib["main"](*args, out)
+    np.testing.assert_allclose(out.numpy().T, ref.bsr_matmul(x, bsr), rtol=1e-4, atol=1e-4)
