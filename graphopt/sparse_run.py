@@ -18,14 +18,11 @@ activation rows, CPU) in the cache directory, so later runs decide at once.
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import tempfile
 import timeit
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -49,8 +46,9 @@ class SparseLayer:
 
     @property
     def key(self) -> str:
+        from graphopt.kernels.autotune import target
         return (f"bsr:{self.k}x{self.n}:{self.block[0]}x{self.block[1]}:"
-                f"{round(self.zeros, 2):.2f}:{self.rows}:{_cpu()}")
+                f"{round(self.zeros, 2):.2f}:{self.rows}:{target()}")
 
 
 @dataclass(frozen=True)
@@ -58,6 +56,7 @@ class Decision:
     layer: SparseLayer
     sparse_ms: float
     dense_ms: float
+    config: Mapping[str, Any] = field(default_factory=dict)  # the kernel's tuned settings
 
     @property
     def use(self) -> bool:
@@ -68,6 +67,7 @@ class Decision:
                 "block": "x".join(map(str, self.layer.block)), "block_zeros":
                 round(self.layer.zeros, 4), "rows": self.layer.rows,
                 "sparse_ms": round(self.sparse_ms, 4), "dense_ms": round(self.dense_ms, 4),
+                "kernel_settings": dict(self.config),
                 "kernel": "graphopt BSR" if self.use else "onnxruntime dense"}
 
 
@@ -75,7 +75,11 @@ def find_layers(graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]]
                 ) -> list[SparseLayer]:
     """MatMuls whose constant 2-D float32 weight has all-zero blocks over at least MIN_ZEROS
     of it (the largest block shape of sparsity.BLOCK_SHAPES that holds nearly all its
-    zeros, as graphopt inspect finds them), with their activation rows."""
+    zeros, as graphopt inspect finds them), with their activation rows. None in a model
+    with If/Loop/Scan subgraphs (not cut: the whole model runs in onnxruntime)."""
+    if any(isinstance(v, gs.Graph) for n in graph.nodes for v in n.attrs.values()):
+        # Subgraphs read outer tensors that are not node inputs: cutting would lose them.
+        return []
     shapes = ir.static_shapes(graph, input_shapes)
     layers = []
     for node in graph.nodes:
@@ -106,20 +110,24 @@ def find_layers(graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]]
 
 def decide(graph: gs.Graph, layers: Sequence[SparseLayer], cache_dir: Path | None = None,
            advance: Callable[[int], None] | None = None) -> list[Decision]:
-    """Time each layer's sparse op against onnxruntime's dense MatMul (cached)."""
-    path = tuning.cache_root(cache_dir) / CACHE_NAME
-    cache = _read_cache(path)
+    """Tune the kernel for each layer (kernels.autotune) and time it against onnxruntime's
+    dense MatMul; both cached."""
+    from graphopt.kernels import autotune
+    root = tuning.cache_root(cache_dir)
+    path = root / CACHE_NAME
+    cache = autotune.read_cache(path)
     weights = {t.name: t for t in graph.tensors().values() if isinstance(t, gs.Constant)}
     decisions = []
     for layer in layers:
-        if layer.key not in cache:
+        entry = cache.get(layer.key)
+        if not isinstance(entry, dict):
             w = np.asarray(weights[layer.weight].values, dtype=np.float32)
-            cache[layer.key] = _time(layer, w)
-        sparse_ms, dense_ms = cache[layer.key]
-        decisions.append(Decision(layer, sparse_ms, dense_ms))
+            entry = cache[layer.key] = _time(layer, w, root)
+        decisions.append(Decision(layer, entry["sparse_ms"], entry["dense_ms"],
+                                  entry["config"]))
         if advance is not None:
             advance(1)
-    _write_cache(path, cache)
+    autotune.write_cache(path, cache)
     return decisions
 
 
@@ -145,8 +153,10 @@ class SparseRunner:
                 self.steps.append(("ort", _piece(g, piece, nodes[i:], threads)))
                 piece = []
             w = np.asarray(node.inputs[1].values, np.float32)
+            decision = chosen[node.name]
             self.steps.append(("bsr", (node.inputs[0].name, node.outputs[0].name,
-                                       formats.to_bsr(w, chosen[node.name].layer.block))))
+                                       formats.to_bsr(w, decision.layer.block),
+                                       dict(decision.config))))
         if piece:
             self.steps.append(("ort", _piece(g, piece, [], threads)))
         self.kernel_layers = len(chosen)
@@ -156,9 +166,9 @@ class SparseRunner:
         env = dict(feeds)
         for kind, step in self.steps:
             if kind == "bsr":
-                src, dst, bsr = step
+                src, dst, bsr, config = step
                 x = np.asarray(env[src], np.float32)
-                y = numba_kernels.bsr_matmul(x.reshape(-1, x.shape[-1]), bsr)
+                y = numba_kernels.bsr_matmul(x.reshape(-1, x.shape[-1]), bsr, **config)
                 env[dst] = y.reshape(*x.shape[:-1], y.shape[-1])
             else:
                 session, inputs, outputs = step
@@ -187,11 +197,11 @@ def _piece(g: gs.Graph, nodes: list[gs.Node], later: list[gs.Node], threads: int
 
 
 # -------------------------------------------------------------------------------- internals
-def _time(layer: SparseLayer, w: np.ndarray) -> tuple[float, float]:
-    """(sparse, dense) ms of one call: onnxruntime's one-node MatMul session against the
-    kernel plus one onnxruntime call that copies an output of the layer's size (what a cut
-    costs)."""
-    from graphopt.kernels import formats, numba_kernels
+def _time(layer: SparseLayer, w: np.ndarray, cache_dir: Path) -> dict[str, Any]:
+    """The kernel's best settings for this layer (kernels.autotune), and (sparse, dense) ms of
+    one call: onnxruntime's one-node MatMul session against the tuned kernel plus one
+    onnxruntime call that copies an output of the layer's size (what a cut costs)."""
+    from graphopt.kernels import autotune, formats, numba_kernels
     x = np.random.default_rng(0).standard_normal((layer.rows, layer.k)).astype(np.float32)
     dense = verify.session(ir.to_onnx(_one_node("MatMul", w)).SerializeToString(),
                            optimize=True)
@@ -199,10 +209,11 @@ def _time(layer: SparseLayer, w: np.ndarray) -> tuple[float, float]:
                                                                     np.float32)))
                          .SerializeToString(), optimize=True, spin=False)
     bsr = formats.to_bsr(w, layer.block)
+    config = autotune.best("bsr", layer.rows, bsr, cache_dir)
     out = {"x": np.zeros((layer.rows, layer.n), np.float32)}
 
     def sparse() -> None:
-        numba_kernels.bsr_matmul(x, bsr)
+        numba_kernels.bsr_matmul(x, bsr, **config)
         cut.run(None, out)
 
     times = []
@@ -211,7 +222,7 @@ def _time(layer: SparseLayer, w: np.ndarray) -> tuple[float, float]:
         timer = timeit.Timer(call)
         number, _ = timer.autorange()
         times.append(min(timer.repeat(3, number)) / number * 1e3)
-    return times[0], times[1]
+    return {"sparse_ms": times[0], "dense_ms": times[1], "config": config}
 
 
 def _one_node(op: str, w: np.ndarray) -> gs.Graph:
@@ -222,28 +233,3 @@ def _one_node(op: str, w: np.ndarray) -> gs.Graph:
     inputs = [x, gs.Constant("w", w)] if op == "MatMul" else [x]
     return gs.Graph(nodes=[gs.Node(op, inputs=inputs, outputs=[y])], inputs=[x], outputs=[y],
                     opset=17)
-
-
-def _cpu() -> str:
-    return f"{platform.machine()}-{os.cpu_count()}cpu"
-
-
-def _read_cache(path: Path) -> dict[str, list[float]]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_cache(path: Path, cache: Mapping[str, Sequence[float]]) -> None:
-    """Atomically (a reader never sees half a file); a cache that cannot be written only
-    costs the timing again next time."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(dict(cache), f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except OSError:
-        pass

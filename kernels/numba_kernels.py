@@ -7,6 +7,9 @@ Numba imports stay inside graphopt.kernels.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numba
 import numpy as np
 
@@ -123,18 +126,38 @@ def _bsr_few_rows_kernel(x, eptr, cols, vals, bh):  # pragma: no cover - compile
 FEW_ROWS = 4  # up to this many activation rows, the gather-dot kernel
 
 
-def bsr_matmul(x: np.ndarray, w: BSR) -> np.ndarray:
+@contextlib.contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """Numba's thread count for this thread while inside (None: leave it)."""
+    if not count:
+        yield
+        return
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
+def bsr_matmul(x: np.ndarray, w: BSR, path: str | None = None,
+               threads: int | None = None) -> np.ndarray:
+    """y = x @ W. Tunables (kernels.autotune picks them per shape): `path` "rows" (the
+    vectorized many-rows kernel) or "few_rows" (gather-dot; default up to FEW_ROWS rows),
+    `threads` (default: Numba's)."""
     n, k = w.shape
     bh, bw = w.block
     eptr, cols, vals = w.entries
     k_pad = -(-k // bw) * bw
-    if x.shape[0] <= FEW_ROWS:
-        xp = np.zeros((x.shape[0], k_pad), dtype=np.float32)
-        xp[:, :k] = x
-        return np.ascontiguousarray(_bsr_few_rows_kernel(xp, eptr, cols, vals, bh)[:, :n])
-    xt = np.zeros((k_pad, x.shape[0]), dtype=np.float32)
-    xt[:k] = x.T
-    return _bsr_rows_kernel(xt, eptr, cols, vals, bh, n)
+    path = path or ("few_rows" if x.shape[0] <= FEW_ROWS else "rows")
+    with _threads(threads):
+        if path == "few_rows":
+            xp = np.zeros((x.shape[0], k_pad), dtype=np.float32)
+            xp[:, :k] = x
+            return np.ascontiguousarray(_bsr_few_rows_kernel(xp, eptr, cols, vals, bh)[:, :n])
+        xt = np.zeros((k_pad, x.shape[0]), dtype=np.float32)
+        xt[:k] = x.T
+        return _bsr_rows_kernel(xt, eptr, cols, vals, bh, n)
 
 
 TILE = 64  # output columns per parallel task of the N:M kernel
@@ -159,14 +182,20 @@ def _nm_kernel(x, values, index, keep, group):  # pragma: no cover - compiled
     return y
 
 
-def nm_matmul(x: np.ndarray, w: NMCompressed) -> np.ndarray:
+def nm_matmul(x: np.ndarray, w: NMCompressed, path: str | None = None,
+              threads: int | None = None) -> np.ndarray:
+    """y = x @ W. Tunables: `path` "gather" (tiles of output columns, x gathered at the
+    stored indices; default up to FEW_ROWS rows) or "entries" (the kept values as 1x1
+    blocks through the BSR rows kernel), `threads`."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.shape[0] <= FEW_ROWS:
-        return _nm_kernel(x, np.ascontiguousarray(w.values, dtype=np.float32), w.index, w.n,
-                          w.m)
-    # Many rows: the kept values as entries (1x1 blocks) through the BSR rows kernel.
-    eptr, cols, vals = w.entries
-    return _bsr_rows_kernel(np.ascontiguousarray(x.T), eptr, cols, vals, 1, eptr.size - 1)
+    path = path or ("gather" if x.shape[0] <= FEW_ROWS else "entries")
+    with _threads(threads):
+        if path == "gather":
+            return _nm_kernel(x, np.ascontiguousarray(w.values, dtype=np.float32), w.index,
+                              w.n, w.m)
+        eptr, cols, vals = w.entries
+        return _bsr_rows_kernel(np.ascontiguousarray(x.T), eptr, cols, vals, 1,
+                                eptr.size - 1)
 
 
 @numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)

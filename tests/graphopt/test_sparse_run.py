@@ -100,7 +100,8 @@ def test_cli_run_uses_the_kernels_and_matches(cli, tmp_path: Path, monkeypatch) 
     x = RNG.standard_normal((2, 6, 64)).astype(np.float32)
     np.savez(tmp_path / "in.npz", x=x)
     # Whatever this machine's timing says, take the kernel: this test is about numerics.
-    monkeypatch.setattr(sparse_run, "_time", lambda layer, w: (0.001, 1.0))
+    monkeypatch.setattr(sparse_run, "_time", lambda layer, w, root: {
+        "sparse_ms": 0.001, "dense_ms": 1.0, "config": {}})
     result = cli("run", tmp_path / "m.onnx", "-i", tmp_path / "in.npz", "-o",
                  tmp_path / "out.npz", "--tuning-cache", tmp_path / "cache")
     assert result.exit_code == 0, result.output
@@ -118,7 +119,8 @@ def test_cli_run_uses_the_kernels_and_matches(cli, tmp_path: Path, monkeypatch) 
 
 def test_compile_measure_reports_the_sparse_run(cli, tmp_path: Path, monkeypatch) -> None:
     onnx.save(_encoder_ffn(), tmp_path / "m.onnx")
-    monkeypatch.setattr(sparse_run, "_time", lambda layer, w: (0.001, 1.0))
+    monkeypatch.setattr(sparse_run, "_time", lambda layer, w, root: {
+        "sparse_ms": 0.001, "dense_ms": 1.0, "config": {}})
     result = cli("compile", tmp_path / "m.onnx", "-o", tmp_path / "out", "--no-codegen",
                  "--measure", "--runs", "5", "--input-shape", "x=2x6x64",
                  "--tuning-cache", tmp_path / "cache")
@@ -128,3 +130,18 @@ def test_compile_measure_reports_the_sparse_run(cli, tmp_path: Path, monkeypatch
     assert all(r["kernel"] == "graphopt BSR" for r in report["sparse_run"])
     assert report["measure"]["output_sparse_ms"] > 0
     assert "Sparse layers at run time" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_models_with_subgraphs_are_not_cut() -> None:
+    """A subgraph reads outer tensors that are not node inputs: such models run whole."""
+    import onnx_graphsurgeon as gs
+    graph = ir.import_graph(_encoder_ffn())
+    x = graph.inputs[0]
+    cond = gs.Constant("cond", np.array(True))
+    branch_out = gs.Variable("branch_out", dtype=np.float32)
+    branch = gs.Graph(nodes=[gs.Node("Identity", inputs=[x], outputs=[branch_out])],
+                      outputs=[branch_out])
+    out = gs.Variable("if_out", dtype=np.float32)
+    graph.nodes.append(gs.Node("If", inputs=[cond], outputs=[out],
+                               attrs={"then_branch": branch, "else_branch": branch}))
+    assert sparse_run.find_layers(graph, {"x": [1, 6, 64]}) == []
