@@ -5,7 +5,7 @@ Each computes what its NumPy reference in ref.py computes, from the same formats
 (formats.BSR, formats.NMCompressed). Shapes are fixed per build (TIR buffers are static);
 `host_*` functions build for this machine once per shape and run. The CPU schedules: threads
 over output rows of blocks (BSR) or activation rows, the innermost loop vectorized along the
-activation rows (BSR, on x^T) or the output columns. The CUDA ones: a thread block per
+activation rows (BSR, on x^T) or the output columns, LANES at a time. The CUDA ones: a thread block per
 block row (BSR) or activation row, threads along the contiguous axis.
 
 They are correct everywhere and compile for every target, but untuned: on this x86 CPU the
@@ -23,9 +23,14 @@ import numpy as np
 from graphopt.kernels.formats import BSR, NMCompressed
 
 CUDA_THREADS = 64  # threads per CUDA thread block
+# CPU vector lanes per innermost loop: the contiguous axis is cut into chunks of this many
+# lanes plus a scalar tail. (Vectorizing the whole axis at once hands LLVM one vector of
+# thousands of lanes; it then takes many minutes to compile a 3072-column kernel.)
+LANES = 8
 
 
-def bsr_func(m: int, k_pad: int, rows: int, bh: int, bw: int, nnz: int, gpu: bool = False):
+def bsr_func(m: int, k_pad: int, rows: int, bh: int, bw: int, nnz: int, gpu: bool = False,
+             lanes: int = LANES):
     """y^T (rows*bh, m) = BSR(W^T) @ x^T, x^T being (k_pad, m)."""
     from tvm.script import tirx as T
     nnz = max(nnz, 1)  # (an empty weight still has one, unread, block)
@@ -54,6 +59,8 @@ def bsr_func(m: int, k_pad: int, rows: int, bh: int, bw: int, nnz: int, gpu: boo
                                             * x_t[indices[indptr[r] + e] * bw + b, s * lanes + t])
         return bsr_gpu
 
+    full = m // lanes * lanes
+
     @T.prim_func
     def bsr_cpu(x_t: T.Buffer((k_pad, m), "float32"), data: T.Buffer((nnz, bh, bw), "float32"),
                 indices: T.Buffer((nnz,), "int32"), indptr: T.Buffer((rows + 1,), "int32"),
@@ -61,17 +68,23 @@ def bsr_func(m: int, k_pad: int, rows: int, bh: int, bw: int, nnz: int, gpu: boo
         T.func_attr({"global_symbol": "main", "tirx.noalias": True})
         for r in T.parallel(rows):
             for a in range(bh):
-                for i in T.vectorized(m):
+                for i in range(m):
                     y_t[r * bh + a, i] = T.float32(0)
                 for e in range(indptr[r + 1] - indptr[r]):
                     for b in range(bw):
-                        for i in T.vectorized(m):
+                        for io in range(full // lanes):
+                            for il in T.vectorized(lanes):
+                                y_t[r * bh + a, io * lanes + il] = y_t[
+                                    r * bh + a, io * lanes + il] + data[indptr[r] + e, a, b] \
+                                    * x_t[indices[indptr[r] + e] * bw + b, io * lanes + il]
+                        for i in range(full, m):
                             y_t[r * bh + a, i] = y_t[r * bh + a, i] + data[
                                 indptr[r] + e, a, b] * x_t[indices[indptr[r] + e] * bw + b, i]
     return bsr_cpu
 
 
-def nm_func(m: int, kept: int, n: int, keep: int, group: int, k: int, gpu: bool = False):
+def nm_func(m: int, kept: int, n: int, keep: int, group: int, k: int, gpu: bool = False,
+            lanes: int = LANES):
     """y (m, n) = x (m, k) @ W, W stored N:M-compressed: values/index (kept, n)."""
     from tvm.script import tirx as T
 
@@ -94,21 +107,28 @@ def nm_func(m: int, kept: int, n: int, keep: int, group: int, k: int, gpu: bool 
                                         "int32", index[r, s * lanes + t])]
         return nm_gpu
 
+    full = n // lanes * lanes
+
     @T.prim_func
     def nm_cpu(x: T.Buffer((m, k), "float32"), values: T.Buffer((kept, n), "float32"),
                index: T.Buffer((kept, n), "uint8"), y: T.Buffer((m, n), "float32")):
         T.func_attr({"global_symbol": "main", "tirx.noalias": True})
         for i in T.parallel(m):
-            for j in T.vectorized(n):
+            for j in range(n):
                 y[i, j] = T.float32(0)
             for r in range(kept):
-                for j in T.vectorized(n):
+                for jo in range(full // lanes):
+                    for jl in T.vectorized(lanes):
+                        y[i, jo * lanes + jl] = y[i, jo * lanes + jl] + values[
+                            r, jo * lanes + jl] * x[i, r // keep * group + T.Cast(
+                                "int32", index[r, jo * lanes + jl])]
+                for j in range(full, n):
                     y[i, j] = y[i, j] + values[r, j] * x[
                         i, r // keep * group + T.Cast("int32", index[r, j])]
     return nm_cpu
 
 
-def dense_func(m: int, k: int, n: int, gpu: bool = False):
+def dense_func(m: int, k: int, n: int, gpu: bool = False, lanes: int = LANES):
     """y (m, n) = x (m, k) @ w (k, n): the baseline in the same style."""
     from tvm.script import tirx as T
 
@@ -130,15 +150,21 @@ def dense_func(m: int, k: int, n: int, gpu: bool = False):
                                     p, s * lanes + t]
         return dense_gpu
 
+    full = n // lanes * lanes
+
     @T.prim_func
     def dense_cpu(x: T.Buffer((m, k), "float32"), w: T.Buffer((k, n), "float32"),
                   y: T.Buffer((m, n), "float32")):
         T.func_attr({"global_symbol": "main", "tirx.noalias": True})
         for i in T.parallel(m):
-            for j in T.vectorized(n):
+            for j in range(n):
                 y[i, j] = T.float32(0)
             for p in range(k):
-                for j in T.vectorized(n):
+                for jo in range(full // lanes):
+                    for jl in T.vectorized(lanes):
+                        y[i, jo * lanes + jl] = y[i, jo * lanes + jl] + x[i, p] * w[
+                            p, jo * lanes + jl]
+                for j in range(full, n):
                     y[i, j] = y[i, j] + x[i, p] * w[p, j]
     return dense_cpu
 

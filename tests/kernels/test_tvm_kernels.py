@@ -31,7 +31,7 @@ def _n_m_sparse(k, n, keep=2, group=4):
 
 @pytest.mark.parametrize("block", [(4, 4), (3, 5), (16, 1)])
 @pytest.mark.parametrize("level", [0.0, 0.75, 1.0])
-@pytest.mark.parametrize("m, k, n", [(1, 64, 48), (7, 30, 13), (3, 1, 5)])
+@pytest.mark.parametrize("m, k, n", [(1, 64, 48), (7, 30, 13), (3, 1, 5), (19, 30, 13)])
 def test_bsr_matches_reference(block, level, m, k, n) -> None:
     w = _block_sparse(k, n, block, level)
     bsr = formats.to_bsr(w, block)
