@@ -4,9 +4,11 @@ latency against onnxruntime, all measured in one run.
     python -m bench codegen                          # example CNN, ResNet-18, BERT encoder; 200 trials
     python -m bench codegen --trials 200,1000,2000   # more tuning budgets (hours on 2 cores)
     python -m bench codegen --quick                  # the example CNN, 16 trials (CI-sized)
+    python -m bench codegen --lowerings graphopt     # graphopt's lowering only
 
 Each model goes through `graphopt compile` (x86 target, default pipeline) untuned and with
-each trial budget, every budget tuning from an empty database (so its time is its own). Then
+each trial budget, for each lowering (graphopt's: its dense kernel and default schedules;
+TVM's own), every budget tuning from an empty database (so its time is its own). Then
 onnxruntime (ORT_ENABLE_ALL) on the ONNX output and every TVM artifact run interleaved, round
 by round, on the same input; latency is the median, the ratio the median of per-round
 ratios onnxruntime / artifact (> 1: the artifact is faster) with a bootstrap 95% interval.
@@ -39,7 +41,7 @@ def build(name: str) -> tuple[onnx.ModelProto, list[str]]:
     raise SystemExit(f"unknown model {name}")
 
 
-def bench_model(name: str, trials: list[int], rounds: int, tmp: Path) -> dict:
+def bench_model(name: str, configs: list[tuple[str, int]], rounds: int, tmp: Path) -> dict:
     import tvm
 
     from graphopt import codegen, ir, verify
@@ -48,19 +50,23 @@ def bench_model(name: str, trials: list[int], rounds: int, tmp: Path) -> dict:
     src = tmp / f"{name}.onnx"
     onnx.save(model, str(src))
     rows = []
-    for budget in [0, *trials]:
-        print(f"codegen: {name}, {budget} trials", flush=True)
+    for lowering, budget in configs:
+        key = f"{lowering}:{budget}"
+        print(f"codegen: {name}, {lowering} lowering, {budget} trials", flush=True)
         start = time.perf_counter()
-        result = compile_model(src, tmp / f"{name}-{budget}", CompileOptions(
-            target="x86", input_shapes=shapes, tune=budget,
-            tuning_cache=tmp / f"cache-{name}-{budget}"))
+        result = compile_model(src, tmp / f"{name}-{lowering}-{budget}", CompileOptions(
+            target="x86", input_shapes=shapes, tune=budget, lowering=lowering,
+            tuning_cache=tmp / f"cache-{name}-{lowering}-{budget}"))
         total = time.perf_counter() - start
         c = result.report["codegen"]
         if c.get("status") != "built":
-            rows.append({"trials": budget, "failed": c.get("reason")})
+            rows.append({"key": key, "lowering": lowering, "trials": budget,
+                         "failed": c.get("reason")})
             continue
         t = c.get("tuning") or {}
-        rows.append({"trials": budget, "compile_seconds": round(total, 1),
+        rows.append({"key": key, "lowering": lowering, "trials": budget,
+                     "graphopt_kernels": (c.get("kernels") or {}).get("count", 0),
+                     "compile_seconds": round(total, 1),
                      "codegen_seconds": c["seconds"], "tuning_seconds": t.get("seconds"),
                      "seconds_per_100_trials": t.get("seconds_per_100_trials"),
                      "trials_run": t.get("trials", 0), "tasks": t.get("tasks"),
@@ -71,7 +77,7 @@ def bench_model(name: str, trials: list[int], rounds: int, tmp: Path) -> dict:
     feeds = verify.random_feeds(graph, verify.concrete_shapes(
         graph, verify.parse_input_shapes(shapes)), seed=7)
     ort = session(Path(rows[0]["onnx"]), "ALL", 0)
-    vms = {r["trials"]: codegen.load(Path(r["artifact"])) for r in rows if "artifact" in r}
+    vms = {r["key"]: codegen.load(Path(r["artifact"])) for r in rows if "artifact" in r}
     args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[t.name])) for t in graph.inputs]
     times: dict[object, list[float]] = {"ort": [], **{k: [] for k in vms}}
     for i in range(rounds + 2):
@@ -86,8 +92,8 @@ def bench_model(name: str, trials: list[int], rounds: int, tmp: Path) -> dict:
                 times[k].append((time.perf_counter() - start) * 1e3)
     ort_ms = np.array(times["ort"])
     for row in rows:
-        if row["trials"] in vms:
-            ms = np.array(times[row["trials"]])
+        if row["key"] in vms:
+            ms = np.array(times[row["key"]])
             row["latency_ms"] = round(float(np.median(ms)), 3)
             row["ort_over_tvm"] = paired_ratio(ort_ms, ms)  # > 1: the artifact is faster
         row.pop("artifact", None)
@@ -102,20 +108,28 @@ def to_markdown(data: dict) -> str:
              f"{data['rounds']} interleaved rounds. 'ORT / TVM' > 1 means the TVM artifact is "
              "faster than onnxruntime (ORT_ENABLE_ALL) on the same ONNX model: median of "
              "per-round ratios [95% bootstrap CI]. Every tuning budget starts from an empty "
-             "database.", ""]
+             "database. Lowering 'graphopt' (the default): graphopt's packed dense kernel for "
+             "constant-weight MatMul/Gemm (kernels = how many), DLight and graphopt's default "
+             "schedules for the rest, MetaSchedule's where tuned; 'tvm': TVM's own pipeline "
+             "(unscheduled loops unless tuned). TVM runs on "
+             f"{data.get('tvm_threads', '?')} threads.", ""]
     for entry in data["models"]:
         lines += [f"## {entry['model']} ({', '.join(entry['shapes'])}); onnxruntime "
                   f"{entry['onnxruntime_ms']:.3f} ms", "",
-                  "| trials | compile s | tuning s | s / 100 trials | latency ms | ORT / TVM | "
-                  "max rel vs ORT |", "|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| lowering | kernels | trials | compile s | tuning s | s / 100 trials | "
+                  "latency ms | ORT / TVM | max rel vs ORT |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in entry["rows"]:
+            lowering = r.get("lowering", "tvm")
             if "failed" in r:
-                lines.append(f"| {r['trials']} | failed: {r['failed']} | | | | | |")
+                lines.append(f"| {lowering} | | {r['trials']} | failed: {r['failed']} "
+                             "| | | | | |")
                 continue
             tuning = f"{r['tuning_seconds']:.0f}" if r["tuning_seconds"] else "-"
             per100 = f"{r['seconds_per_100_trials']:.0f}" if r["seconds_per_100_trials"] \
                 else "-"
-            lines.append(f"| {r['trials'] or 'untuned'} | {r['compile_seconds']:.1f} | "
+            lines.append(f"| {lowering} | {r.get('graphopt_kernels', 0)} | "
+                         f"{r['trials'] or 'untuned'} | {r['compile_seconds']:.1f} | "
                          f"{tuning} | {per100} | {r['latency_ms']:.3f} | "
                          f"x{fmt_ratio(r['ort_over_tvm'])} | {r['check_max_rel']:.2g} |")
         lines.append("")
@@ -129,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="example,resnet18,bert_encoder")
     parser.add_argument("--trials", default=None,
                         help="comma-separated tuning budgets (default 200; --quick: 16)")
+    parser.add_argument("--lowerings", default="graphopt,tvm",
+                        help="comma-separated: graphopt (default lowering), tvm (TVM's own)")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS, help="output directory")
     args = parser.parse_args(argv)
@@ -136,10 +152,18 @@ def main(argv: list[str] | None = None) -> int:
     trials = [int(t) for t in args.trials.split(",") if t] if args.trials else \
         ([16] if args.quick else [200])
     rounds = args.rounds or (5 if args.quick else 20)
-    data = {"machine": machine_info(0), "rounds": rounds, "trials": trials, "models": []}
+    lowerings = [x for x in args.lowerings.split(",") if x]
+    bad = set(lowerings) - {"graphopt", "tvm"}
+    if bad:
+        parser.error(f"--lowerings: unknown {', '.join(sorted(bad))} (graphopt, tvm)")
+    configs = [(lowering, budget) for lowering in lowerings for budget in [0, *trials]]
+    import os
+    data = {"machine": machine_info(0), "rounds": rounds, "trials": trials,
+            "lowerings": lowerings, "tvm_threads": os.environ.get("TVM_NUM_THREADS"),
+            "models": []}
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
-            data["models"].append(bench_model(name, trials, rounds, Path(tmp)))
+            data["models"].append(bench_model(name, configs, rounds, Path(tmp)))
     stem = args.out / ("codegen_quick" if args.quick else "codegen")
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(data, indent=1, default=str))

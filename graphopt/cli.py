@@ -12,6 +12,7 @@ import logging
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -27,8 +28,16 @@ from rich.table import Table
 
 from graphopt import __version__, analysis, ir, report, verify
 from graphopt.errors import GraphoptError, UserError
+
+
 from graphopt.compiler import OUTPUT_MODEL, CompileOptions, compile_model
 from graphopt.registry import load_registry
+
+
+class Lowering(str, Enum):
+    """How CPU artifacts are lowered (codegen.CodegenOptions.lowering)."""
+    graphopt = "graphopt"
+    tvm = "tvm"
 
 app = typer.Typer(
     help="graphopt: optimize ONNX models for a target, verifying every pass numerically.",
@@ -161,6 +170,11 @@ def compile(
     tuning_cache: Annotated[Optional[Path], typer.Option(
         "--tuning-cache", help="Tuning databases' directory (default $GRAPHOPT_CACHE or "
         "~/.cache/graphopt).")] = None,
+    lowering: Annotated[Lowering, typer.Option(
+        "--lowering", help="CPU artifacts: 'graphopt' (graphopt's packed dense kernel for "
+        "constant-weight MatMul/Gemm, DLight and graphopt's default schedules for the rest) "
+        "or 'tvm' (TVM's own pipeline: unscheduled loops unless tuned).")
+    ] = Lowering.graphopt,
 ) -> None:
     """Optimize MODEL for a target: writes OUT/model.opt.onnx, report.json and report.md."""
     with _errors():
@@ -171,7 +185,7 @@ def compile(
             input_shapes=input_shape or [],
             seed=seed, measure=measure, runs=runs, verify=not no_verify,
             codegen=not no_codegen, tune=tune, rpc=rpc, device_key=device_key,
-            tuning_cache=tuning_cache)
+            tuning_cache=tuning_cache, lowering=lowering.value)
         _compile(model, output, example, options)
 
 

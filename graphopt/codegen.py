@@ -33,13 +33,18 @@ from typing import Any
 import numpy as np
 import onnx
 
-from graphopt import verify
+from graphopt import physical_cores, relax_kernels, verify
 from graphopt.errors import UserError
 
 CHECK_TOLERANCE = 1e-4  # compiled x86 module vs onnxruntime: max error relative to range
 CROSS_LINKERS = {"aarch64": "aarch64-linux-gnu-gcc"}
-UNTUNED_CPU = ("untuned TVM CPU code is naive loops, typically 10-200x slower than "
-               "onnxruntime: deploy model.opt.onnx with onnxruntime, or tune with --tune N")
+UNTUNED_CPU = ("untuned TVM CPU code (--lowering tvm) is naive loops, typically 10-200x "
+               "slower than onnxruntime: use the default lowering, tune with --tune N, or "
+               "deploy model.opt.onnx with onnxruntime")
+UNTUNED_GRAPHOPT = ("no tuning: graphopt's packed dense kernel for constant-weight MatMul/Gemm, "
+                    "DLight and graphopt's default schedules for the rest (conv-heavy models "
+                    "stay slower than onnxruntime; --tune N tunes what is not a graphopt "
+                    "kernel)")
 
 
 class CodegenError(Exception):
@@ -61,13 +66,16 @@ class Artifact:
     check: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    kernels: dict[str, Any] | None = None  # graphopt's kernels in the module (CPU)
+    schedules: str | None = None  # where the CPU schedules came from
 
     def as_dict(self) -> dict[str, Any]:
         return {"status": "built", "target": self.target, "tvm_target": self.tvm_target,
                 "kind": self.kind, "files": self.files, "link_command": self.link_command,
                 "input_shapes": self.input_shapes, "seconds": round(self.seconds, 2),
                 "tuning": self.tuning, "check": self.check, "notes": self.notes,
-                "warnings": self.warnings}
+                "warnings": self.warnings, "kernels": self.kernels,
+                "schedules": self.schedules}
 
 
 # ------------------------------------------------------------------------------- targets
@@ -76,7 +84,7 @@ def tvm_target_dict(target: Any, tuning: bool = False) -> dict[str, Any]:
     core count (MetaSchedule needs it)."""
     spec = dict(target.tvm)
     if spec.get("kind") == "llvm" and tuning and "num-cores" not in spec:
-        spec["num-cores"] = max(1, os.cpu_count() or 1)
+        spec["num-cores"] = physical_cores()
     return spec
 
 
@@ -136,12 +144,35 @@ def _one_line(exc: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------------- build
-def build(mod, target: Any, database=None):
-    """Relax -> executable. With a tuning database: its schedules (MetaSchedule), DLight for
-    the rest; without: TVM's default pipeline for the target (GPU: DLight schedules)."""
+def graphopt_lowering(target: Any, options: Any) -> bool:
+    """graphopt's kernels and default schedules apply: CPU targets, unless --lowering tvm."""
+    return relax_kernels.applies(target) and getattr(options, "lowering", "graphopt") == \
+        "graphopt"
+
+
+def prepare(mod, target: Any) -> tuple[Any, dict[str, Any]]:
+    """graphopt's Relax rewrites for a CPU target, before tuning and building: fast
+    approximations of exp/erf/tanh (float32-accurate, vectorizable), and constant-weight
+    matmuls through graphopt's packed dense kernel."""
+    from tvm import relax
+    mod = relax.transform.FastMathTransform()(mod)
+    mod, use = relax_kernels.use_graphopt_kernels(mod, target)
+    return mod, use.as_dict()
+
+
+def build(mod, target: Any, database=None, default_schedules: bool = False):
+    """Relax -> executable. CPU with default_schedules: graphopt's pipeline (the database's
+    schedules where it has them, graphopt's default schedules for the rest). Otherwise with
+    a database: MetaSchedule's compile_relax; without: TVM's default pipeline for the target
+    (GPU: DLight schedules; CPU: unscheduled loops)."""
     import tvm
     tgt = tvm_target(target, tuning=database is not None)
     try:
+        if default_schedules:
+            from graphopt import cpu_schedules
+            with tvm.transform.PassContext(opt_level=3):
+                return tvm.compile(mod, target=tgt, relax_pipeline=cpu_schedules.pipeline(
+                    target, tgt, database))
         if database is not None:
             from tvm.s_tir import meta_schedule as ms
             with tgt:
@@ -271,6 +302,7 @@ class CodegenOptions:
     rpc: str | None = None  # HOST:PORT of a TVM RPC tracker
     device_key: str | None = None
     cache_dir: Path | None = None  # tuning databases (default: ~/.cache/graphopt/tuning)
+    lowering: str = "graphopt"  # CPU: graphopt's kernels + default schedules; "tvm": TVM's own
 
 
 def generate(model_path: Path, target: Any, shapes: Mapping[str, Sequence[int]],
@@ -284,6 +316,9 @@ def generate(model_path: Path, target: Any, shapes: Mapping[str, Sequence[int]],
     artifact = Artifact(target.full_name, tvm_target_dict(target, options.tune > 0),
                         input_shapes={k: list(v) for k, v in shapes.items()})
     mod = import_model(model, shapes)
+    graphopt_cpu = graphopt_lowering(target, options)
+    if graphopt_cpu:
+        mod, artifact.kernels = prepare(mod, target)
     database = None
     if options.tune > 0:
         from graphopt import tuning
@@ -309,15 +344,22 @@ def generate(model_path: Path, target: Any, shapes: Mapping[str, Sequence[int]],
                               "code and the CUDA source (TVM's CUDA runtime loads it); "
                               "model.cuda.ptx/.fatbin are the kernels compiled by nvcc")
     else:
-        executable = build(mod, target, database)
+        executable = build(mod, target, database, default_schedules=graphopt_cpu)
         artifact.kind, artifact.files, artifact.link_command = export(executable, target,
                                                                       out_dir)
         if artifact.kind == "object_archive":
             artifact.notes.append(
                 f"no {CROSS_LINKERS['aarch64']} here: {artifact.files[0]} holds AArch64 "
                 "object files, to link on the device (command above)")
-    if database is None and arch != "cuda":
-        artifact.warnings.append(UNTUNED_CPU)
+    if arch != "cuda":
+        rest = "graphopt's default schedules (DLight rules + fallback)" if graphopt_cpu \
+            else "unscheduled loops"
+        artifact.schedules = rest if database is None else \
+            f"the MetaSchedule database where it has one, {rest} for the rest"
+        if database is None and graphopt_cpu:
+            artifact.notes.append(UNTUNED_GRAPHOPT)
+        elif database is None:
+            artifact.warnings.append(UNTUNED_CPU)
     if target.runs_on_host and arch == "x86_64" and feeds and reference is not None:
         vm = load(out_dir / artifact.files[0])
         artifact.check = check(vm, model, list(feeds), list(reference))

@@ -55,6 +55,7 @@ class CompileOptions:
     rpc: str | None = None  # TVM RPC tracker HOST:PORT for tuning on a remote device
     device_key: str | None = None
     tuning_cache: Path | None = None
+    lowering: str = "graphopt"  # CPU artifacts: graphopt's kernels + schedules, or "tvm"
 
 
 @dataclass(frozen=True)
@@ -328,6 +329,8 @@ def _check_codegen_options(o: CompileOptions, target: Any) -> None:
         raise UserError(f"--tune {o.tune}: give a number of trials >= 0")
     if o.tune and not o.codegen:
         raise UserError("--tune needs code generation: drop --no-codegen")
+    if o.lowering not in ("graphopt", "tvm"):
+        raise UserError(f"lowering {o.lowering!r}: use 'graphopt' or 'tvm'")
     if (o.rpc or o.device_key) and not o.tune:
         raise UserError("--rpc/--device-key tune on remote devices: add --tune N")
     if o.rpc:
@@ -368,7 +371,7 @@ def _codegen(staged_model: Path, target: Any, result: Any, verification: Verific
         except verify.Unrunnable:
             checkable = False
     options = codegen.CodegenOptions(tune=o.tune, rpc=o.rpc, device_key=o.device_key,
-                                     cache_dir=o.tuning_cache)
+                                     cache_dir=o.tuning_cache, lowering=o.lowering)
     try:
         artifact = codegen.generate(staged_model, target, shapes, staged_model.parent,
                                     options, feeds if checkable else (), reference,

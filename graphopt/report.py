@@ -217,6 +217,14 @@ def codegen_lines(c: Mapping[str, Any] | None) -> list[str]:
                      f"{t.get('database')}")
     else:
         lines.append("tuning: off")
+    if c.get("schedules"):
+        lines.append(f"schedules: {c['schedules']}")
+    kernels = c.get("kernels")
+    if kernels and kernels.get("count"):
+        shapes = sorted({f"{r['k']}x{r['n']}" for r in kernels["layers"]})
+        lines.append(f"graphopt kernels: {kernels['count']} constant-weight matmul(s) through "
+                     f"{kernels['kernel']} (tile {kernels['tile']['rows']}x"
+                     f"{kernels['tile']['cols']}; weights {', '.join(shapes)})")
     k = c.get("check")
     if k:
         lines.append(f"check vs onnxruntime on {k['samples']} input(s): max rel "

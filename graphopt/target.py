@@ -23,6 +23,7 @@ class Target:
     tvm: Mapping[str, Any]  # a TVM 0.27 target dict
     vector_bits: int
     pipeline: tuple[str, ...]  # default pass pipeline: lossless passes only
+    vector_registers: int = 16  # SIMD registers: x86 AVX2 16, AVX-512 and AArch64 32
     sparsity: tuple[str, ...] = ()  # sparsity patterns whose kernels pay off here
     quant: tuple[str, ...] = ()  # quantized dtypes with fast kernels here
     activation_dtype: str = "uint8"  # activation dtype of the fast int8 path

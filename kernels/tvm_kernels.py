@@ -16,6 +16,7 @@ TVM imports stay inside this module.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -169,6 +170,81 @@ def dense_func(m: int, k: int, n: int, gpu: bool = False, lanes: int = LANES):
     return dense_cpu
 
 
+@dataclass(frozen=True)
+class MicroKernel:
+    """The register tile of the packed dense kernel: `rows` x `cols` accumulators held in
+    vector registers while the reduction runs; `cols` is a multiple of the vector lanes."""
+    rows: int
+    cols: int
+
+    @classmethod
+    def for_cpu(cls, vector_bits: int, vector_registers: int) -> MicroKernel:
+        lanes = max(1, vector_bits // 32)
+        vectors = 2 if lanes >= 8 else 4  # vectors per tile row (16+ columns)
+        # accumulators + the weight vectors of one step + a broadcast register
+        rows = max(1, min(8, (vector_registers - vectors - 2) // vectors))
+        return cls(rows, vectors * lanes)
+
+
+def pack_dense_weight(w: np.ndarray, cols: int) -> np.ndarray:
+    """(k, n) -> (panels, k, cols): the weight in column panels of the tile width, each
+    panel contiguous along k; the last one zero-padded."""
+    k, n = w.shape
+    panels = -(-n // cols)
+    padded = np.zeros((k, panels * cols), np.float32)
+    padded[:, :n] = w
+    return np.ascontiguousarray(padded.reshape(k, panels, cols).transpose(1, 0, 2))
+
+
+def dense_packed_func(k: int, n: int, tile: MicroKernel):
+    """y (m, n) = x (m, k) @ W for a weight packed by pack_dense_weight; m is symbolic
+    (any batch at run time). Threads over column panels; per panel, tile.rows activation
+    rows at a time against the panel, the tile in registers, then one leftover row at a
+    time. Stores of the last, partial panel are guarded."""
+    from tvm.script import tirx as T
+    mr, nr = tile.rows, tile.cols
+    panels = -(-n // nr)
+    full_panels = n // nr
+
+    @T.prim_func
+    def dense_packed(x_handle: T.handle, wp: T.Buffer((panels, k, nr), "float32"),
+                     y_handle: T.handle):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        m = T.int64()
+        x = T.match_buffer(x_handle, (m, k), "float32")
+        y = T.match_buffer(y_handle, (m, n), "float32")
+        for jp in T.parallel(panels):
+            for ib in range(m // mr):
+                acc = T.decl_buffer((mr, nr), "float32", scope="local")
+                for r in T.unroll(mr):
+                    for c in T.vectorized(nr):
+                        acc[r, c] = T.float32(0)
+                for p in range(k):
+                    for r in T.unroll(mr):
+                        for c in T.vectorized(nr):
+                            acc[r, c] = acc[r, c] + x[ib * mr + r, p] * wp[jp, p, c]
+                if jp < full_panels:
+                    for r in T.unroll(mr):
+                        for c in T.vectorized(nr):
+                            y[ib * mr + r, jp * nr + c] = acc[r, c]
+                else:
+                    for r in range(mr):
+                        for c in range(nr):
+                            if jp * nr + c < n:
+                                y[ib * mr + r, jp * nr + c] = acc[r, c]
+            for i in range(m // mr * mr, m):
+                row = T.decl_buffer((nr,), "float32", scope="local")
+                for c in T.vectorized(nr):
+                    row[c] = T.float32(0)
+                for p in range(k):
+                    for c in T.vectorized(nr):
+                        row[c] = row[c] + x[i, p] * wp[jp, p, c]
+                for c in range(nr):
+                    if jp * nr + c < n:
+                        y[i, jp * nr + c] = row[c]
+    return dense_packed
+
+
 def build(func, target: dict[str, Any]):
     """Compile a kernel for a TVM target dict (CUDA: with an llvm host)."""
     import tvm
@@ -178,13 +254,22 @@ def build(func, target: dict[str, Any]):
 
 
 # ------------------------------------------------------------------------- on this machine
-HOST = {"kind": "llvm"}  # the host CPU as LLVM sees it
+
+
+@functools.cache
+def host_target() -> dict[str, Any]:
+    """This machine's CPU as a TVM target (the x86:host variant where it is x86)."""
+    import platform
+    if platform.machine() in ("x86_64", "AMD64"):
+        from graphopt.targets import X86
+        return dict(X86.refine("host").tvm)
+    return {"kind": "llvm"}
 
 
 @functools.lru_cache(maxsize=64)
 def _host_kernel(kind: str, shape: tuple):
     make = {"bsr": bsr_func, "nm": nm_func, "dense": dense_func}[kind]
-    return build(make(*shape), HOST)["main"]
+    return build(make(*shape), host_target())["main"]
 
 
 def _run(kind: str, shape: tuple, *arrays: np.ndarray, out_shape: tuple) -> np.ndarray:
@@ -218,3 +303,18 @@ def host_nm_matmul(x: np.ndarray, w: NMCompressed) -> np.ndarray:
 def host_dense_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return _run("dense", (x.shape[0], x.shape[1], w.shape[1]), x.astype(np.float32),
                 w.astype(np.float32), out_shape=(x.shape[0], w.shape[1]))
+
+
+@functools.lru_cache(maxsize=64)
+def _host_dense_packed(k: int, n: int, tile: MicroKernel):
+    return build(dense_packed_func(k, n, tile), host_target())["main"]
+
+
+def host_dense_packed_matmul(x: np.ndarray, w: np.ndarray,
+                             tile: MicroKernel = MicroKernel(6, 16)) -> np.ndarray:
+    import tvm
+    fn = _host_dense_packed(w.shape[0], w.shape[1], tile)
+    out = tvm.runtime.tensor(np.zeros((x.shape[0], w.shape[1]), np.float32))
+    fn(tvm.runtime.tensor(np.ascontiguousarray(x, np.float32)),
+       tvm.runtime.tensor(pack_dense_weight(w.astype(np.float32), tile.cols)), out)
+    return out.numpy()

@@ -8,6 +8,7 @@ ARM = Target(
     description="AArch64 CPU with NEON (cross-compiled; onnxruntime CPU, TVM llvm)",
     tvm={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]},
     vector_bits=128,
+    vector_registers=32,
     pipeline=LOSSLESS,
     sparsity=("2:4", "block"),
     quant=("int8",),

@@ -22,8 +22,9 @@ X86 = Target(
         "host": host_overrides(cpu_flags()),  # this machine, as detected
         "generic": {"tvm": {"mcpu": "x86-64"}, "vector_bits": 128},
         "znver3": {"tvm": {"mcpu": "znver3"}},
-        "skylake-avx512": {"tvm": {"mcpu": "skylake-avx512"}, "vector_bits": 512},
+        "skylake-avx512": {"tvm": {"mcpu": "skylake-avx512"}, "vector_bits": 512,
+                           "vector_registers": 32},
         "cascadelake": {"tvm": {"mcpu": "cascadelake"}, "vector_bits": 512,
-                        "activation_dtype": "int8"},  # VNNI
+                        "vector_registers": 32, "activation_dtype": "int8"},  # VNNI
     },
 )

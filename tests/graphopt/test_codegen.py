@@ -41,7 +41,11 @@ def test_x86_artifact_matches_onnxruntime(tmp_path: Path) -> None:
     so = tmp_path / "model.x86.so"
     assert c["files"] == ["model.x86.so"] and _elf_machine(so.read_bytes()) == EM_X86_64
     assert c["check"]["passed"] and c["check"]["max_rel"] <= 1e-4
-    assert any("untuned" in w for w in result.report["warnings"])  # said loudly
+    # default lowering: the classifier's Gemm through graphopt's packed dense kernel, the
+    # rest scheduled by graphopt's defaults, so no "naive loops" warning
+    assert c["kernels"]["count"] == 1 and c["kernels"]["layers"][0]["n"] == 10
+    assert "graphopt's default schedules" in c["schedules"]
+    assert not any("untuned" in w for w in result.report["warnings"])
     # independently: load the module and compare with onnxruntime on fresh inputs
     from graphopt import codegen
     vm = codegen.load(so)
@@ -52,6 +56,22 @@ def test_x86_artifact_matches_onnxruntime(tmp_path: Path) -> None:
         want = verify.run_graph(ir.load(result.model), [feeds])[0]
         assert verify.compare(want["logits"], got["logits"]).max_rel <= 1e-4
     assert [i.name for i in model.graph.input] == ["input"]
+
+
+def test_tvm_lowering_builds_tvms_own_loops_and_says_so(tmp_path: Path) -> None:
+    result = compile_model(None, tmp_path, CompileOptions(target="x86", lowering="tvm"),
+                           example=True)
+    c = result.report["codegen"]
+    assert c["check"]["passed"] and c["kernels"] is None
+    assert c["schedules"] == "unscheduled loops"
+    assert any("untuned" in w for w in result.report["warnings"])  # said loudly
+
+
+def test_bad_lowering_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="lowering 'fast'"):
+        compile_model(None, tmp_path, CompileOptions(target="x86", lowering="fast"),
+                      example=True)
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
 def test_graphopt_run_uses_the_artifact(tmp_path: Path) -> None:

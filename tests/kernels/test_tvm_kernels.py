@@ -53,6 +53,42 @@ def test_n_m_and_dense_match_reference(keep, group, m, k, n) -> None:
                                rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("tile", [tvm_kernels.MicroKernel(6, 16), tvm_kernels.MicroKernel(8, 32),
+                                  tvm_kernels.MicroKernel(1, 4), tvm_kernels.MicroKernel(3, 8)])
+@pytest.mark.parametrize("m, k, n", [(1, 5, 3), (7, 30, 13), (6, 16, 16), (13, 64, 40),
+                                     (0, 8, 8), (17, 1, 33)])
+def test_packed_dense_matches_reference(tile, m, k, n) -> None:
+    """Every row remainder (rows % tile.rows) and a partial last column panel."""
+    x = RNG.standard_normal((m, k)).astype(np.float32)
+    w = RNG.standard_normal((k, n)).astype(np.float32)
+    got = tvm_kernels.host_dense_packed_matmul(x, w, tile)
+    assert got.shape == (m, n)
+    np.testing.assert_allclose(got, ref.dense_matmul(x, w), rtol=1e-4, atol=1e-4)
+
+
+def test_packed_dense_runs_any_row_count_from_one_build() -> None:
+    """The row count is symbolic: one build serves every batch size."""
+    w = RNG.standard_normal((24, 20)).astype(np.float32)
+    for m in (1, 6, 11, 64):
+        x = RNG.standard_normal((m, 24)).astype(np.float32)
+        np.testing.assert_allclose(tvm_kernels.host_dense_packed_matmul(x, w),
+                                   ref.dense_matmul(x, w), rtol=1e-4, atol=1e-4)
+    assert tvm_kernels._host_dense_packed.cache_info().currsize >= 1
+
+
+@pytest.mark.parametrize("bits, registers, expected", [
+    (256, 16, (6, 16)),  # AVX2: 12 accumulators + 2 weight vectors + a broadcast
+    (512, 32, (8, 32)),  # AVX-512
+    (128, 32, (6, 16)),  # NEON: 24 accumulators
+    (128, 16, (2, 16)),  # SSE
+])
+def test_micro_kernel_fits_the_register_file(bits, registers, expected) -> None:
+    tile = tvm_kernels.MicroKernel.for_cpu(bits, registers)
+    assert (tile.rows, tile.cols) == expected
+    lanes = bits // 32
+    assert tile.rows * tile.cols // lanes + tile.cols // lanes + 1 <= registers
+
+
 KERNELS = {
     "bsr": lambda gpu: tvm_kernels.bsr_func(16, 64, 12, 4, 4, 10, gpu=gpu),
     "nm": lambda gpu: tvm_kernels.nm_func(16, 32, 48, 2, 4, 64, gpu=gpu),
@@ -60,9 +96,13 @@ KERNELS = {
 }
 
 
-@pytest.mark.parametrize("kind", sorted(KERNELS))
+CPU_KERNELS = {**KERNELS, "dense_packed": lambda gpu: tvm_kernels.dense_packed_func(
+    64, 48, tvm_kernels.MicroKernel.for_cpu(128, 32))}
+
+
+@pytest.mark.parametrize("kind", sorted(CPU_KERNELS))
 def test_aarch64_build_is_elf_aarch64(kind: str, tmp_path: Path) -> None:
-    lib = tvm_kernels.build(KERNELS[kind](False), {"kind": "llvm", "mtriple":
+    lib = tvm_kernels.build(CPU_KERNELS[kind](False), {"kind": "llvm", "mtriple":
                                                    "aarch64-linux-gnu", "mattr": ["+neon"]})
     lib.export_library(str(tmp_path / "k.tar"))
     with tarfile.open(tmp_path / "k.tar") as archive:

@@ -1,0 +1,138 @@
+"""Default schedules for CPU builds without tuning.
+
+TVM's default CPU pipeline legalizes every operator into a plain loop nest and schedules
+none of them: one thread, scalar code. DLight has CPU rules for GEMV and reductions only.
+`Fallback` covers what is left, the way DLight's GPU fallback does for GPUs: inline what
+can be inlined, then per remaining block
+- spatial loops first, reductions after; the spatial loops fused and run in parallel;
+- injective blocks: the fused loop also split by the vector lanes and the inner part
+  vectorized (when the lanes divide it);
+- matmul-like reductions (two or more spatial loops, the last one contiguous in the
+  output): the last spatial loop moved inside the reduction, so the inner loop is an axpy
+  over output columns (which LLVM vectorizes) instead of a dot product.
+Used by codegen for CPU targets: for every function when there is no tuning database,
+for the functions the database has no schedule for when there is one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MAX_VECTOR_LANES = 64  # longest inner loop handed to LLVM as one vector
+
+
+def fallback_rule(lanes: int, matmul_only: bool = False):
+    """A DLight CPU rule (built lazily: TVM imports stay inside functions). With
+    matmul_only it applies only to functions with a matmul-like block (and runs before
+    DLight's reduction rule, which would schedule those as dot products)."""
+    from tvm import s_tir
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+    from tvm.s_tir.dlight.base import try_inline
+    from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+
+    def extent(sch, loop) -> int | None:
+        value = sch.get(loop).extent
+        return int(value) if hasattr(value, "value") else None
+
+    class Fallback(CPUScheduleRule):
+        def apply(self, func, target, _tunable):
+            if not self.is_target_available(target):
+                return None
+            if func.attrs is not None and func.attrs.get("tirx.is_scheduled", False):
+                return None
+            sch = s_tir.Schedule(func)
+            infos = normalize_prim_func(sch)
+            if infos is None:
+                return None
+            infos = try_inline(sch, infos)
+            if matmul_only and not any(_matmul_like(sch, i) for i in infos):
+                return None
+            for info in infos:
+                block = info.block_rv
+                loops = sch.get_loops(block)
+                kinds = info.dom_kind()
+                if len(loops) != len(kinds) or any(k not in "SR" for k in kinds):
+                    continue
+                spatial = [lp for lp, k in zip(loops, kinds) if k == "S"]
+                reduce = [lp for lp, k in zip(loops, kinds) if k == "R"]
+                if not spatial:
+                    continue
+                vector = None
+                if _matmul_like(sch, info):
+                    vector = spatial.pop()
+                    n = extent(sch, vector)
+                    if n is None or n % lanes:
+                        spatial.append(vector)
+                        vector = None
+                sch.reorder(*spatial, *reduce, *([vector] if vector is not None else []))
+                outer = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+                if not reduce:
+                    n = extent(sch, outer)
+                    if n is not None and n % lanes == 0 and n > lanes:
+                        outer, inner = sch.split(outer, factors=[None, lanes])
+                        sch.vectorize(inner)
+                if (extent(sch, outer) or 2) > 1:
+                    sch.parallel(outer)
+                if vector is not None:  # LLVM vectorizes the now-innermost axpy loop
+                    sch.decompose_reduction(block, reduce[0])
+            return sch
+
+    return Fallback()
+
+
+def _matmul_like(sch, info) -> bool:
+    """A reduction block shaped like C[.., j] += A[.., k] * B[.., k, j]: its last spatial
+    iterator indexes the last axis of its output and of an input that a reduction iterator
+    also indexes (so that input can be streamed row by row). Softmax-style reductions over
+    the contiguous axis are not."""
+    kinds = info.dom_kind()
+    if "R" not in kinds or kinds.count("S") < 2 or any(k not in "SR" for k in kinds):
+        return False
+    stmt = sch.get(info.block_rv)
+    spatial = [it.var for it in stmt.iter_vars if it.iter_type == 0]
+    reduce = [it.var for it in stmt.iter_vars if it.iter_type != 0]
+    if len(stmt.writes) != 1 or not spatial:
+        return False
+
+    def is_var(expr, var) -> bool:
+        return hasattr(expr, "same_as") and expr.same_as(var)
+
+    out = stmt.writes[0].region
+    if not out or not is_var(out[-1].min, spatial[-1]):
+        return False
+    return any(len(r.region) >= 2 and is_var(r.region[-1].min, spatial[-1])
+               and any(is_var(axis.min, v) for axis in r.region[:-1] for v in reduce)
+               for r in stmt.reads)
+
+
+def default_schedule(target: Any):
+    """The pass that schedules every unscheduled PrimFunc of a module for this CPU target:
+    DLight's CPU GEMV rule, matmul-like functions, DLight's reduction rule, the fallback."""
+    from tvm.s_tir import dlight as dl
+    lanes = max(1, min(MAX_VECTOR_LANES, target.vector_bits // 32))
+    return dl.ApplyDefaultSchedule(dl.cpu.GEMV(), fallback_rule(lanes, matmul_only=True),
+                                   dl.cpu.Reduction(), fallback_rule(lanes))
+
+
+def pipeline(target: Any, tvm_target, database=None):
+    """TVM's CPU Relax pipeline with default_schedule after legalization and fusion; with a
+    MetaSchedule database, its schedules first (the same fusion as task extraction, so the
+    keys match) and default_schedule for every function it has none for. (TVM's own
+    compile_relax leaves those as naive loops on CPU.)"""
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+    from tvm.relax.transform import MetaScheduleApplyDatabase
+
+    @tvm.transform.module_pass(opt_level=0)
+    def _pipeline(mod, _ctx):
+        with tvm_target:
+            mod = tvm.transform.Sequential(cpu.library_dispatch_passes(tvm_target)
+                                           + cpu.legalize_passes(tvm_target))(mod)
+            if database is not None:
+                with database:
+                    mod = MetaScheduleApplyDatabase(enable_warning=False)(mod)
+            return tvm.transform.Sequential(
+                [default_schedule(target)] + cpu.dataflow_lower_passes(tvm_target)
+                + cpu.finalize_passes(tvm_target))(mod)
+
+    return _pipeline

@@ -1,0 +1,95 @@
+"""graphopt's default CPU schedules: every function of a legalized model gets a schedule
+(nothing left as TVM's naive single-thread loops), matmul-like reductions are told apart
+from softmax-like ones, and whole models built with them match onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from graphopt import codegen, cpu_schedules, testing, verify, zoo
+from graphopt.targets import ARM, X86
+
+RNG = np.random.default_rng(0)
+
+MODELS = {
+    "resnet": (lambda: zoo.resnet(scale=0.125, image=32), {"input": [2, 3, 32, 32]}),
+    "mobilenet_v3": (lambda: zoo.mobilenet_v3(scale=0.25, image=32),
+                     {"input": [1, 3, 32, 32]}),
+    "unet_decoder": (lambda: zoo.unet_decoder(scale=0.25), None),
+    "encoder": (lambda: testing.encoder(d=32, heads=4, layers=1), {"x": [2, 5, 32]}),
+}
+
+
+def _shapes(model, given):
+    if given:
+        return given
+    return {i.name: [d.dim_value or 1 for d in i.type.tensor_type.shape.dim]
+            for i in model.graph.input}
+
+
+def _legalized(mod, target):
+    """The module as the pipeline has it when default_schedule runs."""
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+    tgt = codegen.tvm_target(target)
+    with tgt:
+        return tvm.transform.Sequential(cpu.library_dispatch_passes(tgt)
+                                        + cpu.legalize_passes(tgt))(mod), tgt
+
+
+def _has_parallel_loop(func) -> bool:
+    return "T.parallel" in func.script()
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_function_is_scheduled_and_the_model_matches_onnxruntime(name: str) -> None:
+    from tvm import tirx
+    make, given = MODELS[name]
+    model = make()
+    shapes = _shapes(model, given)
+    mod = codegen.import_model(model, shapes)
+    legal, tgt = _legalized(mod, X86)
+    with tgt:
+        scheduled = cpu_schedules.default_schedule(X86)(legal)
+    funcs = [(gv.name_hint, f) for gv, f in scheduled.functions_items()
+             if isinstance(f, tirx.PrimFunc)]
+    assert funcs
+    for fname, func in funcs:
+        assert func.attrs is not None and func.attrs.get("tirx.is_scheduled", False), fname
+    # the heavy ones (convolutions, matmuls) run on every core
+    heavy = [f for n, f in funcs if "conv" in n or "matmul" in n]
+    assert heavy and all(_has_parallel_loop(f) for f in heavy)
+    feeds = {k: RNG.standard_normal(v).astype(np.float32) for k, v in shapes.items()}
+    import tvm
+    from tvm import relax
+    vm = relax.VirtualMachine(codegen.build(mod, X86, default_schedules=True), tvm.cpu())
+    got = vm["main"](*[tvm.runtime.tensor(v) for v in feeds.values()])
+    got = got.numpy() if hasattr(got, "numpy") else got[0].numpy()
+    want = next(iter(verify.run_graph(testing._as_graph(model), [feeds])[0].values()))
+    assert verify.compare(want, got).max_rel <= 1e-4
+
+
+def test_matmul_like_reductions_stream_columns_softmax_does_not() -> None:
+    from tvm import s_tir, tirx
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+    mod = codegen.import_model(testing.encoder(d=32, heads=4, layers=1), {"x": [1, 8, 32]})
+    legal, _ = _legalized(mod, X86)
+    kinds = {}
+    for gv, func in legal.functions_items():
+        if isinstance(func, tirx.PrimFunc):
+            sch = s_tir.Schedule(func)
+            infos = normalize_prim_func(sch) or []
+            kinds[gv.name_hint] = any(cpu_schedules._matmul_like(sch, i) for i in infos)
+    matmuls = [n for n in kinds if n.startswith("matmul") or "_matmul" in n]
+    assert matmuls and all(kinds[n] for n in matmuls)
+    assert "softmax" in kinds and not kinds["softmax"]
+    assert not any(v for n, v in kinds.items() if "mean" in n)
+
+
+def test_arm_builds_with_the_default_schedules() -> None:
+    model = testing.encoder(d=32, heads=4, layers=1)
+    mod, use = codegen.prepare(codegen.import_model(model, {"x": [1, 8, 32]}), ARM)
+    assert use["count"] == 6
+    executable = codegen.build(mod, ARM, default_schedules=True)
+    assert executable is not None
