@@ -20,7 +20,6 @@ TVM is imported lazily: a compile without code generation never loads it.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import subprocess
 import tempfile
@@ -139,7 +138,10 @@ def import_model(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]):
 
 
 def _one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    """The message's last line that says something (TVM ends its errors with a hint on
+    getting a backtrace)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines()
+             if line.strip() and "TVM_BACKTRACE" not in line]
     return (lines[-1] if lines else type(exc).__name__)[:300]
 
 
@@ -150,13 +152,13 @@ def graphopt_lowering(target: Any, options: Any) -> bool:
         "graphopt"
 
 
-def prepare(mod, target: Any) -> tuple[Any, dict[str, Any]]:
+def prepare(mod, target: Any, cache_dir: Path | None = None) -> tuple[Any, dict[str, Any]]:
     """graphopt's Relax rewrites for a CPU target, before tuning and building: fast
     approximations of exp/erf/tanh (float32-accurate, vectorizable), and constant-weight
-    matmuls through graphopt's packed dense kernel."""
+    matmuls through graphopt's packed dense kernel or, where it pays, its BSR kernel."""
     from tvm import relax
     mod = relax.transform.FastMathTransform()(mod)
-    mod, use = relax_kernels.use_graphopt_kernels(mod, target)
+    mod, use = relax_kernels.use_graphopt_kernels(mod, target, cache_dir)
     return mod, use.as_dict()
 
 
@@ -318,7 +320,12 @@ def generate(model_path: Path, target: Any, shapes: Mapping[str, Sequence[int]],
     mod = import_model(model, shapes)
     graphopt_cpu = graphopt_lowering(target, options)
     if graphopt_cpu:
-        mod, artifact.kernels = prepare(mod, target)
+        try:
+            mod, artifact.kernels = prepare(mod, target, options.cache_dir)
+        except Exception as exc:  # TVM raises many types; never lose the artifact to it
+            graphopt_cpu = False
+            artifact.warnings.append(f"graphopt's lowering failed ({_one_line(exc)}); built "
+                                     "with TVM's own lowering instead")
     database = None
     if options.tune > 0:
         from graphopt import tuning

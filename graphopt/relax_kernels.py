@@ -9,6 +9,15 @@ vector width and register count, the weight packed into column panels at compile
 x may have any rank and symbolic leading dimensions (dynamic batch): it is viewed as
 (rows, K) for the call and reshaped back.
 
+A block-sparse weight (graphopt's block sparsity, found from its zeros as `graphopt
+inspect` finds it) may instead go through the register-tiled BSR kernel
+(tvm_kernels.bsr_tiled_func, on x^T: y^T = BSR(W^T) x^T, the weight stored as its nonzero
+blocks). Which one is decided per layer: where this machine can run the target's code, both
+kernels are built for the target and timed at the layer's shape (cached per kernel, target
+and shape in CACHE/kernel_tuning.json) and BSR is used when it is at least 5% faster; for a
+target we cannot run here (arm), BSR is used when the target lists block sparsity as paying
+off and the weight is at least RULE_MIN_SPARSITY block-sparse. The report says which and why.
+
 The kernel functions carry `tirx.is_scheduled`, so MetaSchedule does not spend trials on
 them and DLight leaves them alone; everything else in the model is built as before.
 """
@@ -16,13 +25,25 @@ them and DLight leaves them alone; everything else in the model is built as befo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from graphopt.kernels.tvm_kernels import MicroKernel, dense_packed_func, pack_dense_weight
+from graphopt import sparsity
+from graphopt.kernels import autotune, formats
+from graphopt.kernels.tvm_kernels import (
+    MicroKernel,
+    bsr_tile_columns,
+    bsr_tiled_func,
+    dense_packed_func,
+    pack_dense_weight,
+)
 
 OPAQUE = 8  # relax OpPatternKind.kOpaque: never fused with its neighbours
+MIN_ZEROS = 0.5  # below this block sparsity the BSR kernel is not considered
+RULE_MIN_SPARSITY = 0.8  # unmeasurable targets: BSR from here (x86: x1.3-3 at 75-90%)
+MARGIN = 0.95  # BSR must measure at least 5% faster than the dense kernel
 
 
 @dataclass
@@ -33,7 +54,8 @@ class KernelUse:
 
     def as_dict(self) -> dict[str, Any]:
         return {"kernel": "graphopt dense_packed", "tile": self.tile,
-                "layers": self.layers, "count": len(self.layers)}
+                "layers": self.layers, "count": len(self.layers),
+                "sparse_count": sum(1 for r in self.layers if r["kernel"] == "bsr")}
 
 
 def micro_kernel(target: Any) -> MicroKernel:
@@ -53,9 +75,81 @@ def _constant_weight(expr) -> np.ndarray | None:
     return value if value.ndim == 2 and value.dtype == np.float32 else None
 
 
-def use_graphopt_kernels(mod, target: Any):
+def measurable(target: Any) -> bool:
+    """Whether code for this target runs on this machine (so kernels can be timed)."""
+    from graphopt.host import host_can_run
+    return bool(target.runs_on_host and host_can_run(dict(target.tvm)))
+
+
+def time_kernels(w: np.ndarray, bsr: formats.BSR, rows: int, target: Any) -> dict[str, float]:
+    """Both kernels built for the target and timed here at this shape (ms)."""
+    import tvm
+
+    from graphopt.kernels.tvm_kernels import build
+    k, n = w.shape
+    tile = micro_kernel(target)
+    cols = bsr_tile_columns(bsr.block[0], target.vector_bits, target.vector_registers)
+    spec = dict(target.tvm)
+    x = np.random.default_rng(0).standard_normal((rows, k)).astype(np.float32)
+    dense = build(dense_packed_func(k, n, tile), spec)["main"]
+    dense_args = [tvm.runtime.tensor(x), tvm.runtime.tensor(pack_dense_weight(w, tile.cols)),
+                  tvm.runtime.tensor(np.zeros((rows, n), np.float32))]
+    data, indices = _bsr_arrays(bsr)
+    sparse = build(bsr_tiled_func(n, k, *bsr.block, int(bsr.indices.size), cols),
+                   spec)["main"]
+    sparse_args = [tvm.runtime.tensor(np.ascontiguousarray(x.T)), tvm.runtime.tensor(data),
+                   tvm.runtime.tensor(indices), tvm.runtime.tensor(bsr.indptr),
+                   tvm.runtime.tensor(np.zeros((n, rows), np.float32))]
+    return {"dense_ms": round(autotune.time_ms(lambda: dense(*dense_args)), 5),
+            "sparse_ms": round(autotune.time_ms(lambda: sparse(*sparse_args)), 5)}
+
+
+def _bsr_arrays(bsr: formats.BSR) -> tuple[np.ndarray, np.ndarray]:
+    if bsr.indices.size:
+        return bsr.data.astype(np.float32), bsr.indices.astype(np.int32)
+    bh, bw = bsr.block
+    return np.zeros((1, bh, bw), np.float32), np.zeros(1, np.int32)
+
+
+def choose_kernel(w: np.ndarray, rows: int | None, target: Any, cache_dir: Path | None,
+                  measure: bool = True) -> tuple[formats.BSR | None, dict[str, Any]]:
+    """dense or BSR for this weight at this row count, and why (for the report)."""
+    found = sparsity.detect_block(w, MIN_ZEROS)
+    if found is None:
+        return None, {"kernel": "dense"}
+    block, blocked = found
+    k, n = w.shape
+    info: dict[str, Any] = {"block": list(block), "block_sparsity": round(blocked, 4)}
+    if n % block[0] or k % block[1]:
+        return None, {**info, "kernel": "dense", "why": "shape not a multiple of the block"}
+    bsr = formats.to_bsr(w, block)
+    if measure and rows is not None and rows > 0 and measurable(target):
+        path = autotune._cache_path(cache_dir)
+        cache = autotune.read_cache(path)
+        key = (f"tvm_bsr_vs_dense:{target.full_name}:{sorted(target.tvm.items())}:{rows}:"
+               f"{k}x{n}:block{block[0]}x{block[1]}:{bsr.density:.2f}")
+        if key not in cache:
+            cache[key] = time_kernels(w, bsr, rows, target)
+            autotune.write_cache(path, cache)
+        t = cache[key]
+        faster = t["sparse_ms"] < MARGIN * t["dense_ms"]
+        return (bsr if faster else None), {
+            **info, **t, "kernel": "bsr" if faster else "dense",
+            "why": f"measured here: BSR {t['sparse_ms']:.3f} ms vs dense "
+                   f"{t['dense_ms']:.3f} ms"}
+    pays = "block" in target.sparsity and blocked >= RULE_MIN_SPARSITY
+    return (bsr if pays else None), {
+        **info, "kernel": "bsr" if pays else "dense",
+        "why": f"not measurable here: BSR {'from' if pays else 'below'} "
+               f"{RULE_MIN_SPARSITY:.0%} block sparsity on a target where block sparsity pays"
+        if "block" in target.sparsity else "block sparsity does not pay on this target"}
+
+
+def use_graphopt_kernels(mod, target: Any, cache_dir: Path | None = None,
+                         measure: bool = True):
     """Returns (module, KernelUse): every float32 matmul by a constant 2-D weight in the
-    module's Relax functions goes through graphopt's packed dense kernel."""
+    module's Relax functions goes through graphopt's packed dense kernel, or its BSR kernel
+    where choose_kernel picks it."""
     import tvm
     from tvm import relax, tirx
 
@@ -85,20 +179,37 @@ def use_graphopt_kernels(mod, target: Any):
             rows = tirx.IntImm("int64", 1)
             for d in lead:
                 rows = rows * d
-            if (k, n) not in kernels:
-                name = f"graphopt_dense_{k}x{n}"
-                func = dense_packed_func(k, n, tile).with_attrs(
-                    {"global_symbol": name, "tirx.is_scheduled": True, "op_pattern": OPAQUE})
-                kernels[(k, n)] = self.builder_.add_func(func, name)
-            packed = relax.const(pack_dense_weight(w, tile.cols))
+            static_rows = int(rows) if isinstance(rows, tirx.IntImm) else None
+            bsr, why = choose_kernel(w, static_rows, target, cache_dir, measure)
             flat = self.builder_.emit(relax.op.reshape(x, [rows, k]))
-            out = self.builder_.emit(relax.call_tir(
-                kernels[(k, n)], [flat, packed],
-                out_ty=relax.TensorType([rows, n], "float32")))
-            use.layers.append({"k": k, "n": n,
-                               "rows": str(rows) if not isinstance(rows, tirx.IntImm)
-                               else int(rows)})
+            if bsr is None:
+                out = self.builder_.emit(relax.call_tir(
+                    self._kernel(("dense", k, n), lambda: dense_packed_func(k, n, tile)),
+                    [flat, relax.const(pack_dense_weight(w, tile.cols))],
+                    out_ty=relax.TensorType([rows, n], "float32")))
+            else:
+                bh, bw = bsr.block
+                cols = bsr_tile_columns(bh, target.vector_bits, target.vector_registers)
+                nnz = int(bsr.indices.size)
+                data, indices = _bsr_arrays(bsr)
+                out_t = self.builder_.emit(relax.call_tir(
+                    self._kernel(("bsr", n, k, bh, bw, nnz, cols),
+                                 lambda: bsr_tiled_func(n, k, bh, bw, nnz, cols)),
+                    [self.builder_.emit(relax.op.permute_dims(flat, [1, 0])),
+                     relax.const(data), relax.const(indices), relax.const(bsr.indptr)],
+                    out_ty=relax.TensorType([n, rows], "float32")))
+                out = self.builder_.emit(relax.op.permute_dims(out_t, [1, 0]))
+            use.layers.append({"k": k, "n": n, "rows": static_rows if static_rows is not None
+                               else str(rows), **why})
             return relax.op.reshape(out, [*lead, n]) if lead else relax.op.reshape(out, [n])
+
+        def _kernel(self, key, make):
+            if key not in kernels:
+                name = "graphopt_" + "_".join(str(p) for p in key)
+                func = make().with_attrs(
+                    {"global_symbol": name, "tirx.is_scheduled": True, "op_pattern": OPAQUE})
+                kernels[key] = self.builder_.add_func(func, name)
+            return kernels[key]
 
     rewriter = Rewriter(mod)
     for gvar, func in mod.functions_items():

@@ -221,10 +221,20 @@ def codegen_lines(c: Mapping[str, Any] | None) -> list[str]:
         lines.append(f"schedules: {c['schedules']}")
     kernels = c.get("kernels")
     if kernels and kernels.get("count"):
-        shapes = sorted({f"{r['k']}x{r['n']}" for r in kernels["layers"]})
-        lines.append(f"graphopt kernels: {kernels['count']} constant-weight matmul(s) through "
-                     f"{kernels['kernel']} (tile {kernels['tile']['rows']}x"
-                     f"{kernels['tile']['cols']}; weights {', '.join(shapes)})")
+        dense = [r for r in kernels["layers"] if r.get("kernel", "dense") == "dense"]
+        sparse = [r for r in kernels["layers"] if r.get("kernel") == "bsr"]
+        shapes = sorted({f"{r['k']}x{r['n']}" for r in dense})
+        text = (f"graphopt kernels: {len(dense)} constant-weight matmul(s) through the packed "
+                f"dense kernel (tile {kernels['tile']['rows']}x{kernels['tile']['cols']}"
+                f"{'; weights ' + ', '.join(shapes) if shapes else ''})")
+        if sparse:
+            text += f", {len(sparse)} block-sparse through the BSR kernel"
+        lines.append(text)
+        for r in kernels["layers"]:
+            if r.get("why"):
+                lines.append(f"  {r['k']}x{r['n']} weight, {r['block'][0]}x{r['block'][1]} "
+                             f"blocks {r['block_sparsity']:.0%} sparse: {r['kernel']} "
+                             f"({r['why']})")
     k = c.get("check")
     if k:
         lines.append(f"check vs onnxruntime on {k['samples']} input(s): max rel "

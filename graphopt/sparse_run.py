@@ -90,18 +90,10 @@ def find_layers(graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]]
         if w.ndim != 2 or w.dtype != np.float32 or not x_shape or \
                 not all(isinstance(d, int) for d in x_shape):
             continue
-        zeros = float(np.mean(w == 0))
-        if zeros < MIN_ZEROS:
+        found = sparsity.detect_block(w, MIN_ZEROS)
+        if found is None:
             continue
-        fits = []
-        for text in sparsity.BLOCK_SHAPES:
-            block = sparsity.parse_block(text)
-            blocked = sparsity.block_sparsity(w.T, block)
-            if blocked >= max(MIN_ZEROS, 0.95 * zeros):
-                fits.append((block[0] * block[1], blocked, block))
-        if not fits:
-            continue
-        _, blocked, block = max(fits)
+        block, blocked = found
         rows = int(np.prod(x_shape[:-1], dtype=np.int64))
         layers.append(SparseLayer(node.name, node.inputs[1].name, w.shape[0], w.shape[1],
                                   block, blocked, rows))

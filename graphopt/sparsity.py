@@ -131,6 +131,26 @@ def block_sparsity(matrix: np.ndarray, block: tuple[int, int]) -> float:
     return float(np.mean(block_norms(matrix, block) == 0))
 
 
+def detect_block(w: np.ndarray, min_zeros: float) -> tuple[tuple[int, int], float] | None:
+    """The block shape of a (k, n) MatMul weight's sparsity, as blocks of W^T (rows = output
+    features): the largest of BLOCK_SHAPES whose all-zero blocks hold nearly all (95%) of
+    its zeros and at least min_zeros of it, with that block sparsity; None when no shape
+    does (too few zeros, or unstructured)."""
+    zeros = float(np.mean(w == 0))
+    if zeros < min_zeros:
+        return None
+    fits = []
+    for text in BLOCK_SHAPES:
+        block = parse_block(text)
+        blocked = block_sparsity(w.T, block)
+        if blocked >= max(min_zeros, 0.95 * zeros):
+            fits.append((block[0] * block[1], blocked, block))
+    if not fits:
+        return None
+    _, blocked, block = max(fits)
+    return block, blocked
+
+
 # ------------------------------------------------------------------ channel permutations
 def nm_kept(rows: np.ndarray, n: int, m: int) -> float:
     """Magnitude N:M keeps when the rows (channels, in order) are grouped m at a time: per

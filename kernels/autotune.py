@@ -75,13 +75,18 @@ def tune(kernel: str, rows: int, weight: BSR | NMCompressed) -> dict[str, Any]:
     timings = []
     for values in itertools.product(*space.values()):
         setting = dict(zip(space, values))
-        call(x, weight, **setting)  # warm-up (JIT)
-        timer = timeit.Timer(lambda s=setting: call(x, weight, **s))
-        number, _ = timer.autorange()
-        ms = min(timer.repeat(3, number)) / number * 1e3
+        ms = time_ms(lambda s=setting: call(x, weight, **s))
         timings.append({**setting, "ms": round(ms, 5)})
     fastest = min(timings, key=lambda t: t["ms"])
     return {"best": {k: fastest[k] for k in space}, "timings": timings}
+
+
+def time_ms(call: Callable[[], Any]) -> float:
+    """Best of 3 auto-ranged timeit runs, in ms, after a warm-up call (JIT, first touch)."""
+    call()
+    timer = timeit.Timer(call)
+    number, _ = timer.autorange()
+    return min(timer.repeat(3, number)) / number * 1e3
 
 
 def _cache_path(cache_dir: Path | None) -> Path:

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from graphopt.kernels.formats import BSR, NMCompressed
 
 CUDA_THREADS = 64  # threads per CUDA thread block
@@ -245,6 +244,59 @@ def dense_packed_func(k: int, n: int, tile: MicroKernel):
     return dense_packed
 
 
+def bsr_tile_columns(bh: int, vector_bits: int, vector_registers: int) -> int:
+    """Activation columns per register tile of the tiled BSR kernel: bh rows of accumulators,
+    one or two vectors wide, within the register file."""
+    lanes = max(1, vector_bits // 32)
+    vectors = max(1, min(2, (vector_registers - 3) // max(bh, 1)))
+    return vectors * lanes
+
+
+def bsr_tiled_func(n: int, k: int, bh: int, bw: int, nnz: int, cols: int):
+    """y^T (n, m) = BSR(W^T) @ x^T for x^T (k, m), m symbolic; W^T is (n, k) in bh x bw
+    blocks, n % bh == k % bw == 0. Threads over block rows; per block row, `cols` activation
+    columns at a time with the bh x cols tile in registers while the row's blocks stream
+    past, then one leftover column at a time."""
+    from tvm.script import tirx as T
+    rows = n // bh
+    nnz = max(nnz, 1)
+
+    @T.prim_func
+    def bsr_tiled(x_handle: T.handle, data: T.Buffer((nnz, bh, bw), "float32"),
+                  indices: T.Buffer((nnz,), "int32"), indptr: T.Buffer((rows + 1,), "int32"),
+                  y_handle: T.handle):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        m = T.int64()
+        x_t = T.match_buffer(x_handle, (k, m), "float32")
+        y_t = T.match_buffer(y_handle, (n, m), "float32")
+        for r in T.parallel(rows):
+            for mc in range(m // cols):
+                acc = T.decl_buffer((bh, cols), "float32", scope="local")
+                for a in T.unroll(bh):
+                    for c in T.vectorized(cols):
+                        acc[a, c] = T.float32(0)
+                for e in range(indptr[r], indptr[r + 1]):
+                    for b in T.unroll(bw):
+                        for a in T.unroll(bh):
+                            for c in T.vectorized(cols):
+                                acc[a, c] = acc[a, c] + data[e, a, b] * x_t[
+                                    indices[e] * bw + b, mc * cols + c]
+                for a in T.unroll(bh):
+                    for c in T.vectorized(cols):
+                        y_t[r * bh + a, mc * cols + c] = acc[a, c]
+            for i in range(m // cols * cols, m):
+                one = T.decl_buffer((bh,), "float32", scope="local")
+                for a in range(bh):
+                    one[a] = T.float32(0)
+                for e in range(indptr[r], indptr[r + 1]):
+                    for b in range(bw):
+                        for a in range(bh):
+                            one[a] = one[a] + data[e, a, b] * x_t[indices[e] * bw + b, i]
+                for a in range(bh):
+                    y_t[r * bh + a, i] = one[a]
+    return bsr_tiled
+
+
 def build(func, target: dict[str, Any]):
     """Compile a kernel for a TVM target dict (CUDA: with an llvm host)."""
     import tvm
@@ -305,16 +357,64 @@ def host_dense_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
                 w.astype(np.float32), out_shape=(x.shape[0], w.shape[1]))
 
 
+@functools.cache
+def host_cpu() -> tuple[int, int]:
+    """(vector bits, vector registers) of this machine's CPU, from its target descriptor."""
+    import platform
+    if platform.machine() in ("x86_64", "AMD64"):
+        from graphopt.targets import X86
+        host = X86.refine("host")
+        return host.vector_bits, host.vector_registers
+    return 128, 32  # AArch64 NEON
+
+
 @functools.lru_cache(maxsize=64)
 def _host_dense_packed(k: int, n: int, tile: MicroKernel):
     return build(dense_packed_func(k, n, tile), host_target())["main"]
 
 
-def host_dense_packed_matmul(x: np.ndarray, w: np.ndarray,
-                             tile: MicroKernel = MicroKernel(6, 16)) -> np.ndarray:
+def host_dense_packed(w: np.ndarray, tile: MicroKernel | None = None):
+    """x -> x @ w through the packed dense kernel built for this CPU; the weight packed once."""
     import tvm
+    tile = tile or MicroKernel.for_cpu(*host_cpu())
     fn = _host_dense_packed(w.shape[0], w.shape[1], tile)
-    out = tvm.runtime.tensor(np.zeros((x.shape[0], w.shape[1]), np.float32))
-    fn(tvm.runtime.tensor(np.ascontiguousarray(x, np.float32)),
-       tvm.runtime.tensor(pack_dense_weight(w.astype(np.float32), tile.cols)), out)
-    return out.numpy()
+    packed = tvm.runtime.tensor(pack_dense_weight(w.astype(np.float32), tile.cols))
+
+    def run(x: np.ndarray) -> np.ndarray:
+        out = tvm.runtime.tensor(np.empty((x.shape[0], w.shape[1]), np.float32))
+        fn(tvm.runtime.tensor(np.ascontiguousarray(x, np.float32)), packed, out)
+        return out.numpy()
+    return run
+
+
+def host_dense_packed_matmul(x: np.ndarray, w: np.ndarray,
+                             tile: MicroKernel | None = None) -> np.ndarray:
+    return host_dense_packed(w, tile)(x)
+
+
+@functools.lru_cache(maxsize=64)
+def _host_bsr_tiled(n: int, k: int, bh: int, bw: int, nnz: int, cols: int):
+    return build(bsr_tiled_func(n, k, bh, bw, nnz, cols), host_target())["main"]
+
+
+def host_bsr_tiled(w: BSR, cols: int | None = None):
+    """x -> x @ W through the tiled BSR kernel built for this CPU (W as BSR of W^T,
+    n % bh == k % bw == 0); per call x is transposed, as in a compiled artifact."""
+    import tvm
+    n, k = w.shape
+    bh, bw = w.block
+    cols = cols or bsr_tile_columns(bh, *host_cpu())
+    fn = _host_bsr_tiled(n, k, bh, bw, int(w.indices.size), cols)
+    data = w.data.astype(np.float32) if w.indices.size else np.zeros((1, bh, bw), np.float32)
+    indices = w.indices.astype(np.int32) if w.indices.size else np.zeros(1, np.int32)
+    weights = [tvm.runtime.tensor(a) for a in (data, indices, w.indptr)]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        out = tvm.runtime.tensor(np.empty((n, x.shape[0]), np.float32))
+        fn(tvm.runtime.tensor(np.ascontiguousarray(x.T, np.float32)), *weights, out)
+        return np.ascontiguousarray(out.numpy().T)
+    return run
+
+
+def host_bsr_tiled_matmul(x: np.ndarray, w: BSR, cols: int | None = None) -> np.ndarray:
+    return host_bsr_tiled(w, cols)(x)

@@ -228,3 +228,40 @@ def test_host_can_run_guards_foreign_cpus() -> None:
     assert not x86.host_can_run({"kind": "llvm", "mcpu": "some-future-cpu"}, AVX512)
     assert x86.host_can_run({"kind": "llvm", "mcpu": "x86-64-v3"}, AVX512)
     assert x86.cpu_flags("processor : 0\nflags : fpu avx2 fma\n") == {"fpu", "avx2", "fma"}
+
+
+def test_block_sparse_layers_are_decided_and_reported(tmp_path: Path) -> None:
+    """A block-sparse MatMul: both kernels timed here for the x86 target, the choice in the
+    report, and the artifact (whichever kernel won) matches onnxruntime."""
+    from graphopt import report, sparsity
+    b = testing.ModelBuilder(opset=17, seed=4)
+    x = b.input("x", ["batch", 64])
+    w = b.randn(64, 96)
+    w = np.where(sparsity.block_mask(w.T, (4, 4), 0.9).T, w, 0).astype(np.float32)
+    b.output(b.node("Relu", [b.node("MatMul", [x, b.weight(w)])]), shape=["batch", 96])
+    src = tmp_path / "sparse.onnx"
+    onnx.save(b.build(), src)
+    result = compile_model(src, tmp_path / "out", CompileOptions(
+        target="x86", input_shapes=["x=16x64"], tuning_cache=tmp_path / "cache"))
+    c = result.report["codegen"]
+    (layer,) = c["kernels"]["layers"]
+    assert layer["block"] == [4, 4] and "measured here" in layer["why"]
+    assert c["check"]["passed"]
+    assert (tmp_path / "cache" / "kernel_tuning.json").exists()
+    text = "\n".join(report.codegen_lines(c))
+    assert "64x96 weight, 4x4 blocks 90% sparse" in text
+
+
+def test_a_failing_graphopt_lowering_falls_back_to_tvms(tmp_path: Path, monkeypatch) -> None:
+    from graphopt import relax_kernels
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("kernel rewrite broke\nnote: run with TVM_BACKTRACE=1")
+
+    monkeypatch.setattr(relax_kernels, "use_graphopt_kernels", broken)
+    result = compile_model(None, tmp_path, CompileOptions(target="x86"), example=True)
+    c = result.report["codegen"]
+    assert c["status"] == "built" and c["check"]["passed"]
+    assert c["schedules"] == "unscheduled loops"
+    assert any("graphopt's lowering failed (kernel rewrite broke)" in w
+               for w in result.report["warnings"])

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from graphopt.targets import ARM, X86
 
 from graphopt import codegen, cpu_schedules, testing, verify, zoo
-from graphopt.targets import ARM, X86
 
 RNG = np.random.default_rng(0)
 

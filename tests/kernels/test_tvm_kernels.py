@@ -76,6 +76,26 @@ def test_packed_dense_runs_any_row_count_from_one_build() -> None:
     assert tvm_kernels._host_dense_packed.cache_info().currsize >= 1
 
 
+@pytest.mark.parametrize("block", [(4, 4), (16, 1), (1, 4), (2, 3)])
+@pytest.mark.parametrize("level", [0.0, 0.75, 1.0])
+@pytest.mark.parametrize("m, cols", [(1, 8), (7, 8), (19, 8), (40, 16), (0, 8)])
+def test_tiled_bsr_matches_reference(block, level, m, cols) -> None:
+    """Column remainders (m % cols), one row, no rows, empty and full weights."""
+    k, n = 6 * block[1], 4 * block[0]
+    w = _block_sparse(k, n, block, level)
+    bsr = formats.to_bsr(w, block)
+    x = RNG.standard_normal((m, k)).astype(np.float32)
+    got = tvm_kernels.host_bsr_tiled_matmul(x, bsr, cols)
+    assert got.shape == (m, n)
+    np.testing.assert_allclose(got, ref.bsr_matmul(x, bsr), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bh, bits, registers, expected", [
+    (4, 256, 16, 16), (4, 512, 32, 32), (16, 256, 16, 8), (4, 128, 32, 8), (32, 512, 32, 16)])
+def test_bsr_tile_columns_fit_the_register_file(bh, bits, registers, expected) -> None:
+    assert tvm_kernels.bsr_tile_columns(bh, bits, registers) == expected
+
+
 @pytest.mark.parametrize("bits, registers, expected", [
     (256, 16, (6, 16)),  # AVX2: 12 accumulators + 2 weight vectors + a broadcast
     (512, 32, (8, 32)),  # AVX-512
@@ -97,7 +117,8 @@ KERNELS = {
 
 
 CPU_KERNELS = {**KERNELS, "dense_packed": lambda gpu: tvm_kernels.dense_packed_func(
-    64, 48, tvm_kernels.MicroKernel.for_cpu(128, 32))}
+    64, 48, tvm_kernels.MicroKernel.for_cpu(128, 32)),
+    "bsr_tiled": lambda gpu: tvm_kernels.bsr_tiled_func(48, 64, 4, 4, 10, 8)}
 
 
 @pytest.mark.parametrize("kind", sorted(CPU_KERNELS))
