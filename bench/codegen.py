@@ -76,7 +76,9 @@ def bench_model(name: str, configs: list[tuple[str, int]], rounds: int, tmp: Pat
     graph = ir.load(rows[0]["onnx"])
     feeds = verify.random_feeds(graph, verify.concrete_shapes(
         graph, verify.parse_input_shapes(shapes)), seed=7)
-    ort = session(Path(rows[0]["onnx"]), "ALL", 0)
+    # no spinning: onnxruntime's idle threads spinning after each run would steal the cores
+    # from the TVM artifact run next (measured: 24 -> 64 ms on the BERT encoder)
+    ort = session(Path(rows[0]["onnx"]), "ALL", 0, spin=False)
     vms = {r["key"]: codegen.load(Path(r["artifact"])) for r in rows if "artifact" in r}
     args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[t.name])) for t in graph.inputs]
     times: dict[object, list[float]] = {"ort": [], **{k: [] for k in vms}}
@@ -112,7 +114,9 @@ def to_markdown(data: dict) -> str:
              "constant-weight MatMul/Gemm (kernels = how many), DLight and graphopt's default "
              "schedules for the rest, MetaSchedule's where tuned; 'tvm': TVM's own pipeline "
              "(unscheduled loops unless tuned). TVM runs on "
-             f"{data.get('tvm_threads', '?')} threads.", ""]
+             f"{data.get('tvm_threads', '?')} threads; onnxruntime with its default threads, "
+             "not spinning between runs (spinning threads would slow the artifact run next "
+             "to it; onnxruntime's own latency is the same either way).", ""]
     for entry in data["models"]:
         lines += [f"## {entry['model']} ({', '.join(entry['shapes'])}); onnxruntime "
                   f"{entry['onnxruntime_ms']:.3f} ms", "",

@@ -157,8 +157,8 @@ def prepare(mod, target: Any, cache_dir: Path | None = None) -> tuple[Any, dict[
     approximations of exp/erf/tanh (float32-accurate, vectorizable), and constant-weight
     matmuls through graphopt's packed dense kernel or, where it pays, its BSR kernel."""
     from tvm import relax
-    mod = relax.transform.FastMathTransform()(mod)
     mod, use = relax_kernels.use_graphopt_kernels(mod, target, cache_dir)
+    mod = relax.transform.FastMathTransform()(mod)
     return mod, use.as_dict()
 
 

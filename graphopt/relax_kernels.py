@@ -145,11 +145,22 @@ def choose_kernel(w: np.ndarray, rows: int | None, target: Any, cache_dir: Path 
         if "block" in target.sparsity else "block sparsity does not pay on this target"}
 
 
+def _gelu_by_erf(x):
+    """x * (0.5 + 0.5 * erf(x / sqrt(2))): exact GELU spelled with erf, so that
+    FastMathTransform's vectorizable erf applies (nn.gelu lowers to a scalar libm erf call
+    per element: 1.7 ms for a 128x3072 activation here)."""
+    from tvm import relax
+    dtype = str(x.ty.dtype)
+    half = relax.const(0.5, dtype)
+    inner = relax.op.erf(relax.op.multiply(x, relax.const(float(np.sqrt(0.5)), dtype)))
+    return relax.op.multiply(x, relax.op.add(half, relax.op.multiply(half, inner)))
+
+
 def use_graphopt_kernels(mod, target: Any, cache_dir: Path | None = None,
                          measure: bool = True):
     """Returns (module, KernelUse): every float32 matmul by a constant 2-D weight in the
     module's Relax functions goes through graphopt's packed dense kernel, or its BSR kernel
-    where choose_kernel picks it."""
+    where choose_kernel picks it; GELU is spelled with erf (see _gelu_by_erf)."""
     import tvm
     from tvm import relax, tirx
 
@@ -157,12 +168,15 @@ def use_graphopt_kernels(mod, target: Any, cache_dir: Path | None = None,
     use = KernelUse(tile={"rows": tile.rows, "cols": tile.cols})
     mod = relax.transform.FoldConstant()(mod)  # Gemm's transposed weights become constants
     matmul = tvm.ir.Op.get("relax.matmul")
+    gelu = tvm.ir.Op.get("relax.nn.gelu")
     kernels: dict[tuple[int, int], Any] = {}
 
     @relax.expr_functor.mutator
     class Rewriter(relax.PyExprMutator):
         def visit_call_(self, call):
             call = super().visit_call_(call)
+            if call.op == gelu:
+                return _gelu_by_erf(call.args[0])
             if call.op != matmul:
                 return call
             w = _constant_weight(call.args[1])

@@ -212,3 +212,21 @@ def test_dynamic_batch_through_the_bsr_kernel() -> None:
         got = vm["main"](tvm.runtime.tensor(x))
         got = got.numpy() if hasattr(got, "numpy") else got[0].numpy()
         assert verify.compare(_ort(model, {"x": x}), got).max_rel <= 1e-4
+
+
+def test_gelu_is_spelled_with_erf_and_stays_exact() -> None:
+    """nn.gelu becomes x * (0.5 + 0.5 erf(x / sqrt 2)) so fast math vectorizes its erf."""
+    import tvm
+    from tvm import relax
+    b = testing.ModelBuilder(opset=20)
+    x = b.input("x", [4, 300])
+    b.output(b.node("Gelu", [x]), shape=[4, 300])
+    model = b.build()
+    mod, _ = codegen.prepare(codegen.import_model(model, {"x": [4, 300]}), X86)
+    text = mod.script()
+    assert "nn.gelu" not in text and "erf" in text
+    feeds = {"x": (RNG.standard_normal((4, 300)) * 4).astype(np.float32)}
+    vm = relax.VirtualMachine(codegen.build(mod, X86, default_schedules=True), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(feeds["x"]))
+    got = got.numpy() if hasattr(got, "numpy") else got[0].numpy()
+    assert verify.compare(_ort(model, feeds), got).max_rel <= 1e-5
