@@ -36,18 +36,27 @@ def session(path: Path, level: str, threads: int, spin: bool = True) -> ort.Infe
 
 
 def latencies(paths: dict[str, tuple[Path, str]], feeds: dict[str, np.ndarray], rounds: int,
-              threads: int, spin: bool = True) -> dict[str, np.ndarray]:
-    """ms per round for each session; each round runs every session once, in turn. A value
-    may also be a callable taking the feeds (e.g. a compiled TVM module, tvm_runner)."""
+              threads: int, spin: bool = True, block: int = 1) -> dict[str, np.ndarray]:
+    """ms per round for each session; each round runs every session in turn. A value may
+    also be a callable taking the feeds (e.g. a compiled TVM module, tvm_runner).
+
+    block > 1: each turn runs a session `block` times and records the median of all but
+    the first run. Runtimes whose idle threads spin after a run (TVM's thread pool,
+    OpenBLAS, onnxruntime with spinning on) slow whatever runs next on the same cores; the
+    first run of a turn absorbs that and is not counted, so neither side is charged for the
+    other's spinning."""
     sessions = {k: v if callable(v) else session(v[0], v[1], threads, spin).run
                 for k, v in paths.items()}
     times: dict[str, list[float]] = {k: [] for k in sessions}
     for i in range(rounds + 3):
         for key, run in sessions.items():
-            start = time.perf_counter()
-            run(None, feeds) if not callable(paths[key]) else run(feeds)
+            turn = []
+            for _ in range(max(1, block)):
+                start = time.perf_counter()
+                run(None, feeds) if not callable(paths[key]) else run(feeds)
+                turn.append((time.perf_counter() - start) * 1e3)
             if i >= 3:  # warm-up rounds
-                times[key].append((time.perf_counter() - start) * 1e3)
+                times[key].append(float(np.median(turn[1:] if block > 1 else turn)))
     return {k: np.array(v) for k, v in times.items()}
 
 

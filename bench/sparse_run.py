@@ -5,13 +5,20 @@ model per sparsity level.
 
     python -m bench sparse_run                   # BERT-base sized, 2 layers, 128 tokens
     python -m bench sparse_run --quick           # small encoder (CI-sized)
+    python -m bench sparse_run --no-artifact     # graphopt run's onnxruntime engine only
 
 The FFN weights (768x3072 and 3072x768) get the block pattern sparsify_block applies
 (sparsity.block_mask: the lowest-L2-norm blocks zeroed) at each level; attention stays
 dense. Weights are random (no trained model here): the cosine column shows how much output
 changes, not task accuracy. Latency: rounds alternate the two, ratio = onnxruntime / graphopt
-per round (median, bootstrap 95% CI); onnxruntime's idle threads do not spin (they would
-slow whatever runs next in the process).
+per round (median, bootstrap 95% CI); onnxruntime's idle threads do not spin, and each turn
+runs a model 4 times and counts the last 3 (TVM's thread pool spins after a run and would
+slow whatever runs next).
+
+A second graphopt column is the TVM artifact `graphopt compile` builds for the x86 target
+(graphopt's lowering: the BSR TIR kernel for the FFN layers where it measured faster than
+the packed dense kernel, the packed dense kernel elsewhere), which `graphopt run` runs by
+default; its outputs are checked against onnxruntime too.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from common import (RESULTS, fmt_ratio, latencies, machine_info,  # noqa: E402
                     paired_ratio, pyplot)
 
 LEVELS = (0.5, 0.7, 0.8, 0.9)
+BLOCK = 4  # runs per turn, the first not counted (common.latencies)
 
 
 def sparsify_ffn(model: onnx.ModelProto, d: int, level: float, block: tuple[int, int]
@@ -48,6 +56,26 @@ def sparsify_ffn(model: onnx.ModelProto, d: int, level: float, block: tuple[int,
     return ir.to_onnx(graph)
 
 
+def _artifact(path: Path, out: Path, feeds: dict[str, np.ndarray], cache: Path
+              ) -> dict | None:
+    """graphopt compile for x86 (default pipeline and lowering) and a runner of its
+    artifact, with how many FFN layers went through the BSR kernel."""
+    from graphopt import codegen
+    from graphopt.compiler import CompileOptions, compile_model
+    shape = "x".join(str(d) for d in feeds["x"].shape)
+    result = compile_model(path, out, CompileOptions(target="x86", input_shapes=[f"x={shape}"],
+                                                     tuning_cache=cache))
+    c = result.report["codegen"]
+    if c.get("status") != "built":
+        print(f"no artifact: {c.get('reason')}")
+        return None
+    vm = codegen.load(out / c["files"][0])
+    layers = (c.get("kernels") or {}).get("layers", [])
+    return {"run": lambda f: codegen.run(vm, f, ["x"], ["y"]),
+            "bsr_layers": sum(1 for r in layers if r.get("kernel") == "bsr"),
+            "layers": layers}
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench sparse_run")
     parser.add_argument("--quick", action="store_true", help="small encoder, few rounds")
@@ -55,6 +83,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--block", default="4x4")
     parser.add_argument("--rounds", type=int, default=0)
+    parser.add_argument("--levels", default=",".join(str(x) for x in LEVELS),
+                        help="comma-separated FFN block sparsity levels")
+    parser.add_argument("--no-artifact", action="store_true",
+                        help="skip the TVM artifact column")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     d, heads = (64, 4) if args.quick else (768, 12)
@@ -66,7 +98,7 @@ def main(argv: list[str]) -> int:
     reference = verify.run_graph(ir.import_graph(dense), [feeds])[0]["y"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for level in LEVELS:
+        for level in [float(x) for x in args.levels.split(",") if x]:
             model = sparsify_ffn(dense, d, level, block)
             path = Path(tmp) / f"encoder_{level}.onnx"
             onnx.save(model, path)
@@ -80,8 +112,17 @@ def main(argv: list[str]) -> int:
             if not check.max_rel <= 1e-4:
                 print(f"level {level}: graphopt's run differs from onnxruntime: {check}")
                 return 1
-            times = latencies({"onnxruntime": (path, "ALL"), "graphopt": runner.run}, feeds,
-                              rounds, threads=0, spin=False)
+            runs = {"onnxruntime": (path, "ALL"), "graphopt": runner.run}
+            artifact = None if args.no_artifact else _artifact(
+                path, Path(tmp) / f"out_{level}", feeds, Path(tmp) / "cache")
+            if artifact is not None:
+                runs["artifact"] = artifact["run"]
+                art_check = verify.compare(ort_out, artifact["run"](feeds)["y"])
+                if not art_check.max_rel <= 1e-4:
+                    print(f"level {level}: the TVM artifact differs from onnxruntime: "
+                          f"{art_check}")
+                    return 1
+            times = latencies(runs, feeds, rounds, threads=0, spin=False, block=BLOCK)
             ratio = paired_ratio(times["onnxruntime"], times["graphopt"])
             rows.append({
                 "sparsity": level, "kernel_layers": runner.kernel_layers,
@@ -91,9 +132,18 @@ def main(argv: list[str]) -> int:
                 "speedup": ratio, "cosine_vs_dense": verify.compare(reference, got).cosine,
                 "max_rel_vs_onnxruntime": check.max_rel,
                 "decisions": [x.as_dict() for x in decisions]})
+            if artifact is not None:
+                rows[-1].update(
+                    artifact_ms=float(np.median(times["artifact"])),
+                    artifact_speedup=paired_ratio(times["onnxruntime"], times["artifact"]),
+                    artifact_bsr_layers=artifact["bsr_layers"],
+                    artifact_layers=artifact["layers"])
             print(f"sparsity {level:.0%}: onnxruntime {rows[-1]['onnxruntime_ms']:.2f} ms, "
                   f"graphopt {rows[-1]['graphopt_ms']:.2f} ms, x{fmt_ratio(ratio)}; "
-                  f"{runner.kernel_layers}/{len(layers)} layers by the kernel", flush=True)
+                  f"{runner.kernel_layers}/{len(layers)} layers by the kernel" + (
+                      f"; artifact {rows[-1]['artifact_ms']:.2f} ms, "
+                      f"x{fmt_ratio(rows[-1]['artifact_speedup'])}" if artifact else ""),
+                  flush=True)
     data = {"machine": machine_info(0), "model": f"encoder d={d} heads={heads} "
             f"layers={args.layers}", "tokens": args.tokens, "block": args.block,
             "rounds": rounds, "rows": rows}
@@ -103,21 +153,30 @@ def main(argv: list[str]) -> int:
     lines = [f"# Sparse layers through graphopt's kernels, end to end: {data['model']}", "",
              f"Machine: {data['machine']['cpu']}; input 1x{args.tokens}x{d}; FFN weights "
              f"{args.block}-block sparse at each level (attention dense), random weights; "
-             f"{rounds} alternating rounds. 'speedup' = onnxruntime (ORT_ENABLE_ALL, same "
+             f"{rounds} alternating rounds (each turn {BLOCK} runs, the first not counted). "
+             "'speedup' = onnxruntime (ORT_ENABLE_ALL, same "
              "model, zeros dense) / graphopt run (sparse layers by the BSR kernel where it "
              "measured faster, onnxruntime for the rest), median of per-round ratios [95% "
              "bootstrap CI]. 'cosine' = output vs the dense model.", "",
              "| FFN block sparsity | layers by the kernel | onnxruntime ms | graphopt ms | "
-             "speedup | cosine vs dense |", "|---:|---:|---:|---:|---:|---:|"]
+             "speedup | TVM artifact: BSR layers | artifact ms | artifact speedup | "
+             "cosine vs dense |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        art = (f"{r['artifact_bsr_layers']}/{r['sparse_layers']} | {r['artifact_ms']:.2f} | "
+               f"x{fmt_ratio(r['artifact_speedup'])}") if "artifact_ms" in r else "- | - | -"
         lines.append(f"| {r['sparsity']:.0%} | {r['kernel_layers']}/{r['sparse_layers']} | "
                      f"{r['onnxruntime_ms']:.2f} | {r['graphopt_ms']:.2f} | "
-                     f"x{fmt_ratio(r['speedup'])} | {r['cosine_vs_dense']:.5f} |")
+                     f"x{fmt_ratio(r['speedup'])} | {art} | {r['cosine_vs_dense']:.5f} |")
     plt = pyplot()
     if plt is not None:
         fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
         xs = [r["sparsity"] * 100 for r in rows]
-        ax[0].plot(xs, [r["speedup"]["median"] for r in rows], "o-")
+        ax[0].plot(xs, [r["speedup"]["median"] for r in rows], "o-", label="graphopt run "
+                   "(onnxruntime + Numba BSR)")
+        if all("artifact_speedup" in r for r in rows):
+            ax[0].plot(xs, [r["artifact_speedup"]["median"] for r in rows], "s-",
+                       label="TVM artifact")
+        ax[0].legend(fontsize=7)
         ax[0].axhline(1.0, color="gray", lw=0.8)
         ax[0].set(xlabel="FFN block sparsity (%)", ylabel="speedup vs onnxruntime")
         ax[1].plot(xs, [r["cosine_vs_dense"] for r in rows], "o-")
