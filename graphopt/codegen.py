@@ -134,7 +134,17 @@ def import_model(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]):
         return from_onnx(model, shape_dict={k: list(v) for k, v in shapes.items()},
                          keep_params_in_input=False)
     except Exception as exc:  # the frontend raises many types; name the model's problem
+        reraise_interrupt(exc)
         raise CodegenError(f"TVM's ONNX frontend failed: {_one_line(exc)}") from exc
+
+
+def reraise_interrupt(exc: BaseException) -> None:
+    """Ctrl-C inside TVM (during a C++ call, or in a Python callback TVM called) can come
+    back as a TVM error carrying the KeyboardInterrupt; catching "any error" must not
+    swallow it."""
+    text = f"{type(exc).__name__} {exc}"
+    if isinstance(exc, KeyboardInterrupt) or "KeyboardInterrupt" in text:
+        raise KeyboardInterrupt from exc
 
 
 def _one_line(exc: BaseException) -> str:
@@ -181,6 +191,7 @@ def build(mod, target: Any, database=None, default_schedules: bool = False):
                 return ms.relax_integration.compile_relax(database, mod, tgt, params=None)
         return tvm.compile(mod, target=tgt)
     except Exception as exc:
+        reraise_interrupt(exc)
         raise CodegenError(f"TVM could not build the model for {tgt.kind.name}: "
                            f"{_one_line(exc)}") from exc
 
@@ -323,6 +334,7 @@ def generate(model_path: Path, target: Any, shapes: Mapping[str, Sequence[int]],
         try:
             mod, artifact.kernels = prepare(mod, target, options.cache_dir)
         except Exception as exc:  # TVM raises many types; never lose the artifact to it
+            reraise_interrupt(exc)
             graphopt_cpu = False
             artifact.warnings.append(f"graphopt's lowering failed ({_one_line(exc)}); built "
                                      "with TVM's own lowering instead")

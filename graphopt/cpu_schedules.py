@@ -105,13 +105,32 @@ def _matmul_like(sch, info) -> bool:
                for r in stmt.reads)
 
 
+def guarded(rule):
+    """The rule, except that a function it fails on (DLight's rules assert on shapes they do
+    not expect, e.g. GEMV on some depthwise convolutions) is left to the next rule."""
+    from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+
+    class Guarded(CPUScheduleRule):
+        def apply(self, func, target, tunable):
+            try:
+                return rule.apply(func, target, tunable)
+            except Exception as exc:  # TVM and DLight raise many types; try the next rule
+                from graphopt.codegen import reraise_interrupt
+                reraise_interrupt(exc)
+                return None
+
+    return Guarded()
+
+
 def default_schedule(target: Any):
     """The pass that schedules every unscheduled PrimFunc of a module for this CPU target:
-    DLight's CPU GEMV rule, matmul-like functions, DLight's reduction rule, the fallback."""
+    DLight's CPU GEMV rule, matmul-like functions, DLight's reduction rule, the fallback
+    (a function no rule can schedule stays as it is)."""
     from tvm.s_tir import dlight as dl
     lanes = max(1, min(MAX_VECTOR_LANES, target.vector_bits // 32))
-    return dl.ApplyDefaultSchedule(dl.cpu.GEMV(), fallback_rule(lanes, matmul_only=True),
-                                   dl.cpu.Reduction(), fallback_rule(lanes))
+    rules = (dl.cpu.GEMV(), fallback_rule(lanes, matmul_only=True), dl.cpu.Reduction(),
+             fallback_rule(lanes))
+    return dl.ApplyDefaultSchedule(*[guarded(r) for r in rules])
 
 
 def pipeline(target: Any, tvm_target, database=None):

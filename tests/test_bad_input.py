@@ -156,9 +156,11 @@ def test_ctrl_c_leaves_nothing_half_written(tmp_path: Path) -> None:
     path = tmp_path / "m.onnx"
     onnx.save(testing.example_cnn(), str(path))
     out = tmp_path / "out"
+    # --no-codegen: the 1 s below must land in the measurement, not in TVM's compile (a
+    # Ctrl-C during LLVM code emission can be lost: a known problem, see the README)
     proc = subprocess.Popen([GRAPHOPT, "compile", path, "-o", out, "--measure", "--runs",
-                             "100000000"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+                             "100000000", "--no-codegen"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not any(p.name.startswith(".graphopt-") for p in (out.iterdir() if out.exists()
                                                            else [])):
