@@ -168,7 +168,10 @@ def test_ctrl_c_leaves_nothing_half_written(tmp_path: Path) -> None:
         time.sleep(0.05)
     time.sleep(1.0)  # measuring now
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # never leave a compile measuring for hours behind a failed test
     assert proc.returncode == 130, err
     assert "interrupted" in err
     assert not (out / "model.opt.onnx").exists() and not (out / "report.json").exists()
@@ -199,7 +202,10 @@ def test_ctrl_c_during_calibration_writes_nothing(tmp_path: Path) -> None:
     time.sleep(8.0)  # loading and verifying take ~2 s; the search takes minutes
     assert proc.poll() is None, "finished before it could be interrupted"
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # never leave a compile measuring for hours behind a failed test
     assert proc.returncode == 130, err
     assert "interrupted" in err
     assert not (out / "model.opt.onnx").exists() and not (out / "report.json").exists()
