@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="example CNN, 16 trials")
     parser.add_argument("--models", default="example,resnet18,bert_encoder")
     parser.add_argument("--trials", default=None,
-                        help="comma-separated tuning budgets (default 200; --quick: 16)")
+                        help="comma-separated tuning budgets (default 200; --quick: 16; "
+                             "0: untuned only)")
     parser.add_argument("--lowerings", default="graphopt,tvm",
                         help="comma-separated: graphopt (default lowering), tvm (TVM's own)")
     parser.add_argument("--rounds", type=int, default=None)
@@ -180,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = set(lowerings) - {"graphopt", "tvm"}
     if bad:
         parser.error(f"--lowerings: unknown {', '.join(sorted(bad))} (graphopt, tvm)")
+    trials = [t for t in trials if t > 0]  # untuned is always measured
     configs = [(lowering, budget) for lowering in lowerings for budget in [0, *trials]]
     import os
     data = {"machine": machine_info(0), "rounds": rounds, "trials": trials,

@@ -168,7 +168,8 @@ def nm_problems(shapes, rng) -> list[Problem]:
             "numpy (OpenBLAS) dense": lambda x=x, w=w: x @ w,
             "numba": lambda x=x, c=c: numba_kernels.nm_matmul(x, c),
             "tvm (TIR)": lambda x=x, c=c: tvm_kernels.host_nm_matmul(x, c),
-        }, ("numba", "tvm (TIR)"), sparsity=0.5, m=m,
+            "tvm (TIR select)": lambda x=x, f=tvm_kernels.host_nm_select(c): f(x),
+        }, ("numba", "tvm (TIR)", "tvm (TIR select)"), sparsity=0.5, m=m,
             meta={"weight_bytes_vs_dense": c.nbytes / w.nbytes}))
     return out
 
@@ -405,7 +406,9 @@ def to_markdown(data: dict) -> str:
              "built for this CPU): dense 'tvm (TIR packed)', the packed register-tiled kernel "
              "graphopt's lowering puts in CPU artifacts; BSR 'tvm (TIR)', the register-tiled "
              "BSR kernel (x transposed per call, as in an artifact); 2:4 'tvm (TIR)', a plain "
-             "vectorized loop (TVM has no sparse kernels).", "",
+             "vectorized loop with a gather (TVM has no sparse kernels), and 'tvm (TIR "
+             "select)', graphopt's gather-free kernel for few rows (each lane selects its x "
+             "from the broadcast group by compares on its index).", "",
              "| op | problem | implementation | median ms | p95 ms | GFLOP/s | % peak |",
              "|---|---|---|---:|---:|---:|---:|"]
     for row in data["rows"]:

@@ -18,6 +18,13 @@ and shape in CACHE/kernel_tuning.json) and BSR is used when it is at least 5% fa
 target we cannot run here (arm), BSR is used when the target lists block sparsity as paying
 off and the weight is at least RULE_MIN_SPARSITY block-sparse. The report says which and why.
 
+A conv2d with a constant float32 weight (NCHW/OIHW, groups = 1, any stride, padding and
+dilation, static spatial size, symbolic batch) becomes im2col (tvm_kernels.im2col_func; a
+pointwise 1x1 convolution without stride or padding skips it: its input already is the
+matrix) and the conv GEMM (tvm_kernels.conv_gemm_func: y (K, P) = W (K, C*R*S) @ cols, the
+weight packed in panels of output channels, the same register tile), so the output comes out
+NCHW with no transpose. Grouped and depthwise convolutions keep the default schedules.
+
 The kernel functions carry `tirx.is_scheduled`, so MetaSchedule does not spend trials on
 them and DLight leaves them alone; everything else in the model is built as before.
 """
@@ -33,17 +40,25 @@ import numpy as np
 from graphopt import sparsity
 from graphopt.kernels import autotune, formats
 from graphopt.kernels.tvm_kernels import (
+    ConvGeometry,
     MicroKernel,
     bsr_tile_columns,
     bsr_tiled_func,
+    conv_gemm_func,
     dense_packed_func,
+    im2col_func,
+    nm_select_columns,
+    nm_select_func,
+    pack_conv_weight,
+    pack_nm_weight,
     pack_dense_weight,
 )
 
 OPAQUE = 8  # relax OpPatternKind.kOpaque: never fused with its neighbours
 MIN_ZEROS = 0.5  # below this block sparsity the BSR kernel is not considered
 RULE_MIN_SPARSITY = 0.8  # unmeasurable targets: BSR from here (x86: x1.3-3 at 75-90%)
-MARGIN = 0.95  # BSR must measure at least 5% faster than the dense kernel
+MARGIN = 0.95  # a sparse kernel must measure at least 5% faster than the dense kernel
+NM_PATTERNS = ((2, 4), (1, 4), (4, 8), (1, 2))  # N:M patterns looked for in weights
 
 
 @dataclass
@@ -51,11 +66,13 @@ class KernelUse:
     """What the rewrite did, for the report."""
     tile: dict[str, int]
     layers: list[dict[str, Any]] = field(default_factory=list)
+    convs: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"kernel": "graphopt dense_packed", "tile": self.tile,
-                "layers": self.layers, "count": len(self.layers),
-                "sparse_count": sum(1 for r in self.layers if r["kernel"] == "bsr")}
+                "layers": self.layers, "count": len(self.layers) + len(self.convs),
+                "convs": self.convs,
+                "sparse_count": sum(1 for r in self.layers if r["kernel"] in ("bsr", "nm"))}
 
 
 def micro_kernel(target: Any) -> MicroKernel:
@@ -112,6 +129,87 @@ def _bsr_arrays(bsr: formats.BSR) -> tuple[np.ndarray, np.ndarray]:
 
 
 def choose_kernel(w: np.ndarray, rows: int | None, target: Any, cache_dir: Path | None,
+                  measure: bool = True
+                  ) -> tuple[formats.BSR | formats.NMCompressed | None, dict[str, Any]]:
+    """dense, BSR or N:M for this weight at this row count, and why (for the report): a
+    block-sparse weight as _choose_block says, else an N:M-sparse one as _choose_nm."""
+    chosen, info = _choose_block(w, rows, target, cache_dir, measure)
+    if chosen is not None or "block" in info:
+        return chosen, info
+    return _choose_nm(w, rows, target, cache_dir, measure)
+
+
+def detect_nm(w: np.ndarray) -> tuple[int, int] | None:
+    """The sparsest of NM_PATTERNS a (k, n) MatMul weight complies with along k (every group
+    of m consecutive inputs holds at most n non-zeros), or None."""
+    for n, m in sorted(NM_PATTERNS, key=lambda p: p[0] / p[1]):
+        if w.shape[0] % m == 0 and np.mean(w == 0) >= 1 - n / m and \
+                sparsity.nm_compliance(w, n, m, axis=0) == 1.0:
+            return n, m
+    return None
+
+
+def _measured(key: str, cache_dir: Path | None, time) -> dict[str, float]:
+    path = autotune._cache_path(cache_dir)
+    cache = autotune.read_cache(path)
+    if key not in cache:
+        cache[key] = time()
+        autotune.write_cache(path, cache)
+    return cache[key]
+
+
+def time_nm_kernels(w: np.ndarray, nm: formats.NMCompressed, rows: int,
+                    target: Any) -> dict[str, float]:
+    """The packed dense and the select N:M kernel built for the target, timed here (ms)."""
+    import tvm
+
+    from graphopt.kernels.tvm_kernels import build
+    k, n = w.shape
+    tile = micro_kernel(target)
+    spec = dict(target.tvm)
+    x = np.random.default_rng(0).standard_normal((rows, k)).astype(np.float32)
+    dense = build(dense_packed_func(k, n, tile), spec)["main"]
+    dense_args = [tvm.runtime.tensor(x), tvm.runtime.tensor(pack_dense_weight(w, tile.cols)),
+                  tvm.runtime.tensor(np.zeros((rows, n), np.float32))]
+    cols = nm_columns(target)
+    sparse = build(nm_select_func(n, nm.n, nm.m, k, cols), spec)["main"]
+    sparse_args = [tvm.runtime.tensor(x),
+                   *[tvm.runtime.tensor(a) for a in pack_nm_weight(nm, cols)],
+                   tvm.runtime.tensor(np.zeros((rows, n), np.float32))]
+    return {"dense_ms": round(autotune.time_ms(lambda: dense(*dense_args)), 5),
+            "sparse_ms": round(autotune.time_ms(lambda: sparse(*sparse_args)), 5)}
+
+
+def nm_columns(target: Any) -> int:
+    return nm_select_columns(target.vector_bits)
+
+
+def _choose_nm(w: np.ndarray, rows: int | None, target: Any, cache_dir: Path | None,
+               measure: bool) -> tuple[formats.NMCompressed | None, dict[str, Any]]:
+    """The select N:M kernel where it measured at least 5% faster than the dense kernel for
+    the target at this row count; never by rule (it pays at few rows only, if at all)."""
+    found = detect_nm(w)
+    if found is None:
+        return None, {"kernel": "dense"}
+    keep, group = found
+    info: dict[str, Any] = {"pattern": f"{keep}:{group}"}
+    if not (measure and rows is not None and rows > 0 and measurable(target)):
+        return None, {**info, "kernel": "dense",
+                      "why": "N:M kernel not measurable here for this target or row count "
+                             "(used only where measured faster)"}
+    nm = formats.to_nm(w, keep, group)
+    k, n = w.shape
+    t = _measured(f"tvm_nm_vs_dense:{target.full_name}:{sorted(target.tvm.items())}:{rows}:"
+                  f"{k}x{n}:{keep}:{group}", cache_dir,
+                  lambda: time_nm_kernels(w, nm, rows, target))
+    faster = t["sparse_ms"] < MARGIN * t["dense_ms"]
+    return (nm if faster else None), {
+        **info, **t, "kernel": "nm" if faster else "dense",
+        "why": f"measured here: {keep}:{group} {t['sparse_ms']:.3f} ms vs dense "
+               f"{t['dense_ms']:.3f} ms"}
+
+
+def _choose_block(w: np.ndarray, rows: int | None, target: Any, cache_dir: Path | None,
                   measure: bool = True) -> tuple[formats.BSR | None, dict[str, Any]]:
     """dense or BSR for this weight at this row count, and why (for the report)."""
     found = sparsity.detect_block(w, MIN_ZEROS)
@@ -124,14 +222,9 @@ def choose_kernel(w: np.ndarray, rows: int | None, target: Any, cache_dir: Path 
         return None, {**info, "kernel": "dense", "why": "shape not a multiple of the block"}
     bsr = formats.to_bsr(w, block)
     if measure and rows is not None and rows > 0 and measurable(target):
-        path = autotune._cache_path(cache_dir)
-        cache = autotune.read_cache(path)
-        key = (f"tvm_bsr_vs_dense:{target.full_name}:{sorted(target.tvm.items())}:{rows}:"
-               f"{k}x{n}:block{block[0]}x{block[1]}:{bsr.density:.2f}")
-        if key not in cache:
-            cache[key] = time_kernels(w, bsr, rows, target)
-            autotune.write_cache(path, cache)
-        t = cache[key]
+        t = _measured(f"tvm_bsr_vs_dense:{target.full_name}:{sorted(target.tvm.items())}:"
+                      f"{rows}:{k}x{n}:block{block[0]}x{block[1]}:{bsr.density:.2f}",
+                      cache_dir, lambda: time_kernels(w, bsr, rows, target))
         faster = t["sparse_ms"] < MARGIN * t["dense_ms"]
         return (bsr if faster else None), {
             **info, **t, "kernel": "bsr" if faster else "dense",
@@ -143,6 +236,38 @@ def choose_kernel(w: np.ndarray, rows: int | None, target: Any, cache_dir: Path 
         "why": f"not measurable here: BSR {'from' if pays else 'below'} "
                f"{RULE_MIN_SPARSITY:.0%} block sparsity on a target where block sparsity pays"
         if "block" in target.sparsity else "block sparsity does not pay on this target"}
+
+
+def conv_geometry(call) -> ConvGeometry | None:
+    """The geometry of a relax conv2d that graphopt's conv kernels take: float32 NCHW/OIHW,
+    groups = 1 (grouped and depthwise convolutions are left to the default schedules), a
+    constant weight, static channels and spatial size (the batch may be symbolic)."""
+    import tvm
+    from tvm import relax, tirx
+    attrs = call.attrs
+    x, weight = call.args
+    w = weight.value.numpy() if isinstance(weight, tvm.ir.expr.Constant) else None
+    ty = x.ty
+    if w is None or w.dtype != np.float32 or w.ndim != 4 or int(attrs.groups) != 1 or \
+            str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW" or \
+            str(attrs.out_layout) not in ("NCHW", "") or \
+            str(getattr(call.ty, "dtype", "")) != "float32" or \
+            not isinstance(ty, relax.TensorType) or ty.shape is None or ty.ndim != 4 or \
+            str(ty.dtype) != "float32":
+        return None
+    dims = list(ty.shape.values)
+    if not all(isinstance(d, tirx.IntImm) for d in dims[1:]) or int(dims[1]) != w.shape[1]:
+        return None
+    pads = [int(v) for v in attrs.padding]
+    pads = pads * 2 if len(pads) == 2 else pads
+    g = ConvGeometry(int(dims[1]), int(dims[2]), int(dims[3]), w.shape[0],
+                     (w.shape[2], w.shape[3]), tuple(int(v) for v in attrs.strides),
+                     tuple(pads), tuple(int(v) for v in attrs.dilation))
+    return g if g.out_height > 0 and g.out_width > 0 else None
+
+
+def _conv_key(g: ConvGeometry) -> tuple[int, ...]:
+    return (g.channels, g.height, g.width, *g.kernel, *g.stride, *g.pads, *g.dilation)
 
 
 def _gelu_by_erf(x):
@@ -168,6 +293,7 @@ def use_graphopt_kernels(mod, target: Any, cache_dir: Path | None = None,
     use = KernelUse(tile={"rows": tile.rows, "cols": tile.cols})
     mod = relax.transform.FoldConstant()(mod)  # Gemm's transposed weights become constants
     matmul = tvm.ir.Op.get("relax.matmul")
+    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
     gelu = tvm.ir.Op.get("relax.nn.gelu")
     kernels: dict[tuple[int, int], Any] = {}
 
@@ -177,6 +303,8 @@ def use_graphopt_kernels(mod, target: Any, cache_dir: Path | None = None,
             call = super().visit_call_(call)
             if call.op == gelu:
                 return _gelu_by_erf(call.args[0])
+            if call.op == conv2d:
+                return self._conv2d(call)
             if call.op != matmul:
                 return call
             w = _constant_weight(call.args[1])
@@ -196,7 +324,14 @@ def use_graphopt_kernels(mod, target: Any, cache_dir: Path | None = None,
             static_rows = int(rows) if isinstance(rows, tirx.IntImm) else None
             bsr, why = choose_kernel(w, static_rows, target, cache_dir, measure)
             flat = self.builder_.emit(relax.op.reshape(x, [rows, k]))
-            if bsr is None:
+            if isinstance(bsr, formats.NMCompressed):
+                nm, cols = bsr, nm_columns(target)
+                out = self.builder_.emit(relax.call_tir(
+                    self._kernel(("nm", n, nm.n, nm.m, k, cols),
+                                 lambda: nm_select_func(n, nm.n, nm.m, k, cols)),
+                    [flat, *[relax.const(a) for a in pack_nm_weight(nm, cols)]],
+                    out_ty=relax.TensorType([rows, n], "float32")))
+            elif bsr is None:
                 out = self.builder_.emit(relax.call_tir(
                     self._kernel(("dense", k, n), lambda: dense_packed_func(k, n, tile)),
                     [flat, relax.const(pack_dense_weight(w, tile.cols))],
@@ -216,6 +351,31 @@ def use_graphopt_kernels(mod, target: Any, cache_dir: Path | None = None,
             use.layers.append({"k": k, "n": n, "rows": static_rows if static_rows is not None
                                else str(rows), **why})
             return relax.op.reshape(out, [*lead, n]) if lead else relax.op.reshape(out, [n])
+
+        def _conv2d(self, call):
+            geometry = conv_geometry(call)
+            if geometry is None:
+                return call
+            g = geometry
+            x = call.args[0]
+            batch = x.ty.shape.values[0]
+            w = call.args[1].value.numpy()  # (conv_geometry checked it is a constant)
+            if g.pointwise:
+                cols = self.builder_.emit(relax.op.reshape(
+                    x, [batch, g.channels, g.height * g.width]))
+            else:
+                cols = self.builder_.emit(relax.call_tir(
+                    self._kernel(("im2col", *_conv_key(g)), lambda: im2col_func(g)), [x],
+                    out_ty=relax.TensorType([batch, g.reduction, g.positions], "float32")))
+            out = self.builder_.emit(relax.call_tir(
+                self._kernel(("conv_gemm", g.out_channels, g.reduction, g.positions),
+                             lambda: conv_gemm_func(g.out_channels, g.reduction,
+                                                    g.positions, tile)),
+                [cols, relax.const(pack_conv_weight(w, tile.rows))],
+                out_ty=relax.TensorType([batch, g.out_channels, g.positions], "float32")))
+            use.convs.append({"k": g.reduction, "n": g.out_channels, "positions": g.positions,
+                              "kernel": "im2col+gemm" if not g.pointwise else "gemm"})
+            return relax.op.reshape(out, [batch, g.out_channels, g.out_height, g.out_width])
 
         def _kernel(self, key, make):
             if key not in kernels:

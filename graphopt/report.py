@@ -223,18 +223,29 @@ def codegen_lines(c: Mapping[str, Any] | None) -> list[str]:
     if kernels and kernels.get("count"):
         dense = [r for r in kernels["layers"] if r.get("kernel", "dense") == "dense"]
         sparse = [r for r in kernels["layers"] if r.get("kernel") == "bsr"]
+        nm = [r for r in kernels["layers"] if r.get("kernel") == "nm"]
         shapes = sorted({f"{r['k']}x{r['n']}" for r in dense})
         text = (f"graphopt kernels: {len(dense)} constant-weight matmul(s) through the packed "
                 f"dense kernel (tile {kernels['tile']['rows']}x{kernels['tile']['cols']}"
                 f"{'; weights ' + ', '.join(shapes) if shapes else ''})")
         if sparse:
             text += f", {len(sparse)} block-sparse through the BSR kernel"
+        if nm:
+            text += f", {len(nm)} N:M-sparse through the select N:M kernel"
+        convs = kernels.get("convs", [])
+        if convs:
+            text += (f", {len(convs)} convolution(s) through im2col + the packed GEMM "
+                     f"({sum(1 for r in convs if r['kernel'] == 'gemm')} pointwise without "
+                     f"im2col)")
         lines.append(text)
         for r in kernels["layers"]:
-            if r.get("why"):
+            if r.get("why") and "block" in r:
                 lines.append(f"  {r['k']}x{r['n']} weight, {r['block'][0]}x{r['block'][1]} "
                              f"blocks {r['block_sparsity']:.0%} sparse: {r['kernel']} "
                              f"({r['why']})")
+            elif r.get("why") and "pattern" in r:
+                lines.append(f"  {r['k']}x{r['n']} weight, {r['pattern']} sparse: "
+                             f"{r['kernel']} ({r['why']})")
     k = c.get("check")
     if k:
         lines.append(f"check vs onnxruntime on {k['samples']} input(s): max rel "

@@ -65,3 +65,21 @@ def conv2d(x: np.ndarray, w: np.ndarray, stride: int = 1, pad: int = 0) -> np.nd
     cols = patches.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * r * s)
     y = cols @ w.reshape(k, -1).astype(np.float64).T  # (n*ho*wo, k)
     return y.reshape(n, ho, wo, k).transpose(0, 3, 1, 2).astype(np.float32)
+
+
+def im2col(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int] = (1, 1),
+           pads: tuple[int, int, int, int] = (0, 0, 0, 0),
+           dilation: tuple[int, int] = (1, 1)) -> np.ndarray:
+    """(n, C, H, W) -> (n, C*R*S, OH*OW): every output position's input window, (c, r, s)
+    with s fastest, zeros outside the input; conv2d is then W.reshape(K, -1) @ cols[b]."""
+    n, c, h, w = x.shape
+    (r, s), (sh, sw), (dh, dw) = kernel, stride, dilation
+    xp = np.pad(x, [(0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])])
+    oh = (h + pads[0] + pads[2] - dh * (r - 1) - 1) // sh + 1
+    ow = (w + pads[1] + pads[3] - dw * (s - 1) - 1) // sw + 1
+    cols = np.empty((n, c, r, s, oh, ow), x.dtype)
+    for i in range(r):
+        for j in range(s):
+            cols[:, :, i, j] = xp[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh,
+                                  j * dw:j * dw + sw * (ow - 1) + 1:sw]
+    return cols.reshape(n, c * r * s, oh * ow)

@@ -128,6 +128,90 @@ def nm_func(m: int, kept: int, n: int, keep: int, group: int, k: int, gpu: bool 
     return nm_cpu
 
 
+def _pick(at, x, row, base, lo: int, hi: int):
+    """x[row, base + at] for at in [lo, hi) without a gather: a binary search over the
+    candidates, each level a compare of the index with a constant and a select (hi - lo - 1
+    of each, log2(hi - lo) deep)."""
+    from tvm import tirx
+    if hi - lo == 1:
+        return x[row, base + lo]
+    mid = (lo + hi) // 2
+    return tirx.Select(at < tirx.const(mid, "int32"), _pick(at, x, row, base, lo, mid),
+                       _pick(at, x, row, base, mid, hi))
+
+
+def pack_nm_weight(c: NMCompressed, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """NMCompressed -> (values, index), each (blocks, kept, cols): output columns in blocks
+    of the kernel's width, each block contiguous along the kept entries (streamed, not read
+    12 KB apart), the last block zero-padded. Within a group the kept entries are sorted by
+    index, so entry s of n picks from the m - n + 1 positions [s, m - n + s] only."""
+    kept, n = c.values.shape
+    groups = kept // c.n
+    order = np.argsort(c.index.reshape(groups, c.n, n), axis=1, kind="stable")
+    values = np.take_along_axis(c.values.reshape(groups, c.n, n), order, axis=1)
+    index = np.take_along_axis(c.index.reshape(groups, c.n, n), order, axis=1)
+    blocks = -(-n // cols)
+    padded_values = np.zeros((kept, blocks * cols), np.float32)
+    padded_values[:, :n] = values.reshape(kept, n)
+    # padding lanes: value 0 at a position its entry may take
+    padded_index = np.tile((np.arange(kept) % c.n).astype(np.uint8)[:, None], (1, blocks * cols))
+    padded_index[:, :n] = index.reshape(kept, n)
+    return (np.ascontiguousarray(padded_values.reshape(kept, blocks, cols).transpose(1, 0, 2)),
+            np.ascontiguousarray(padded_index.reshape(kept, blocks, cols).transpose(1, 0, 2)))
+
+
+def nm_select_columns(vector_bits: int) -> int:
+    """Output columns per block of the select N:M kernel: four vectors of accumulators (two
+    measured 25-50% slower at one row on AVX2)."""
+    return 4 * max(1, vector_bits // 32)
+
+
+def nm_select_func(n: int, keep: int, group: int, k: int, cols: int = 32):
+    """y (m, n) = x (m, k) @ W, W N:M-compressed and packed by pack_nm_weight, m symbolic;
+    for few rows (1 row: memory-bound, and this reads half the weight bytes of dense plus a
+    byte of index per kept value). No gathers: per group of M inputs the candidates are
+    broadcast and each lane selects its own by its stored index (_pick; for 2:4, 2 compares
+    and 2 selects per kept value), then one FMA per kept value. Threads over (row, block of
+    `cols` output columns), the block's accumulators in registers for the whole reduction;
+    stores past n (the last block's padding) are skipped."""
+    from tvm.script import tirx as T
+    groups = k // group
+    kept = groups * keep
+    blocks = -(-n // cols)
+    full = n // cols
+    spread = group - keep + 1  # positions each sorted entry can take
+
+    @T.prim_func
+    def nm_select(x_handle: T.handle, values: T.Buffer((blocks, kept, cols), "float32"),
+                  index: T.Buffer((blocks, kept, cols), "uint8"), y_handle: T.handle):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        m = T.int64()
+        x = T.match_buffer(x_handle, (m, k), "float32")
+        y = T.match_buffer(y_handle, (m, n), "float32")
+        for t in T.parallel(m * blocks):
+            i = t // blocks
+            jb = t % blocks
+            acc = T.decl_buffer((cols,), "float32", scope="local")
+            at = T.decl_buffer((cols,), "int32", scope="local")
+            for c in T.vectorized(cols):
+                acc[c] = T.float32(0)
+            for g in range(groups):
+                for slot in T.unroll(keep):
+                    for c in T.vectorized(cols):
+                        at[c] = T.Cast("int32", index[jb, g * keep + slot, c]) - slot
+                    for c in T.vectorized(cols):
+                        acc[c] = acc[c] + values[jb, g * keep + slot, c] * _pick(
+                            at[c], x, i, g * group + slot, 0, spread)
+            if jb < full:
+                for c in T.vectorized(cols):
+                    y[i, jb * cols + c] = acc[c]
+            else:
+                for c in range(cols):
+                    if jb * cols + c < n:
+                        y[i, jb * cols + c] = acc[c]
+    return nm_select
+
+
 def dense_func(m: int, k: int, n: int, gpu: bool = False, lanes: int = LANES):
     """y (m, n) = x (m, k) @ w (k, n): the baseline in the same style."""
     from tvm.script import tirx as T
@@ -297,6 +381,151 @@ def bsr_tiled_func(n: int, k: int, bh: int, bw: int, nnz: int, cols: int):
     return bsr_tiled
 
 
+@dataclass(frozen=True)
+class ConvGeometry:
+    """A 2-D NCHW convolution (groups = 1) seen as a GEMM: y[b] (K, P) = W (K, Q) @ cols[b]
+    (Q, P), Q = C*R*S reduction entries ((c, r, s), s fastest), P = OH*OW output positions.
+    pads are (top, left, bottom, right) as ONNX and Relax give them."""
+    channels: int
+    height: int
+    width: int
+    out_channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilation: tuple[int, int] = (1, 1)
+
+    @property
+    def out_height(self) -> int:
+        return (self.height + self.pads[0] + self.pads[2]
+                - self.dilation[0] * (self.kernel[0] - 1) - 1) // self.stride[0] + 1
+
+    @property
+    def out_width(self) -> int:
+        return (self.width + self.pads[1] + self.pads[3]
+                - self.dilation[1] * (self.kernel[1] - 1) - 1) // self.stride[1] + 1
+
+    @property
+    def reduction(self) -> int:
+        return self.channels * self.kernel[0] * self.kernel[1]
+
+    @property
+    def positions(self) -> int:
+        return self.out_height * self.out_width
+
+    @property
+    def pointwise(self) -> bool:
+        """cols is the input itself, viewed as (C, H*W): 1x1, stride 1, no padding."""
+        return self.kernel == (1, 1) and self.stride == (1, 1) and not any(self.pads)
+
+
+def pack_conv_weight(w: np.ndarray, rows: int) -> np.ndarray:
+    """(K, C, R, S) -> (panels, Q, rows): output channels in panels of the tile's rows, each
+    panel contiguous along the reduction; the last panel zero-padded."""
+    k = w.shape[0]
+    flat = w.reshape(k, -1)
+    panels = -(-k // rows)
+    padded = np.zeros((panels * rows, flat.shape[1]), np.float32)
+    padded[:k] = flat
+    return np.ascontiguousarray(padded.reshape(panels, rows, -1).transpose(0, 2, 1))
+
+
+def im2col_func(g: ConvGeometry):
+    """cols (b, Q, P) from x (b, C, H, W), b symbolic, zeros where the window leaves the
+    input. Threads over (image, channel); per (r, s, output row) the in-bounds output columns
+    are one run copied with the input's stride (contiguous for stride 1), the rest zeroed.
+    The body sits in a root block: Relax's RewriteDataflowReshape asks every one-input
+    PrimFunc whether it is a reshape and asserts on a function without one."""
+    from tvm.script import tirx as T
+    c_in, h, w = g.channels, g.height, g.width
+    (kr, ks), (sh, sw), (dh, dw) = g.kernel, g.stride, g.dilation
+    top, left = g.pads[0], g.pads[1]
+    oh_n, ow_n, q, p = g.out_height, g.out_width, g.reduction, g.positions
+
+    @T.prim_func(s_tir=True)
+    def im2col(x_handle: T.handle, cols_handle: T.handle):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        b = T.int64()
+        x = T.match_buffer(x_handle, (b, c_in, h, w), "float32")
+        cols = T.match_buffer(cols_handle, (b, q, p), "float32")
+        with T.sblock("root"):  # (see the docstring)
+            for bc in T.parallel(b * c_in):
+                for r in range(kr):
+                    for s in range(ks):
+                        # output columns whose input column lies inside: [lo, hi)
+                        lo = T.min(T.max((left - s * dw + sw - 1) // sw, 0), ow_n)
+                        hi = T.max(T.min((w - 1 + left - s * dw) // sw + 1, ow_n), lo)
+                        for oh in range(oh_n):
+                            ih = oh * sh - top + r * dh
+                            row = ((bc % c_in) * kr + r) * ks + s
+                            if ih >= 0 and ih < h:
+                                for ow in range(lo):
+                                    cols[bc // c_in, row, oh * ow_n + ow] = T.float32(0)
+                                for ow in range(lo, hi):
+                                    cols[bc // c_in, row, oh * ow_n + ow] = x[
+                                        bc // c_in, bc % c_in, ih, ow * sw - left + s * dw]
+                                for ow in range(hi, ow_n):
+                                    cols[bc // c_in, row, oh * ow_n + ow] = T.float32(0)
+                            else:
+                                for ow in range(ow_n):
+                                    cols[bc // c_in, row, oh * ow_n + ow] = T.float32(0)
+    return im2col
+
+
+def conv_gemm_func(out_channels: int, q: int, p: int, tile: MicroKernel):
+    """y (b, K, P) = W (K, Q) @ cols (b, Q, P) for W packed by pack_conv_weight, b symbolic.
+    The register tile is tile.rows output channels x tile.cols positions; threads over
+    (image, position block, channel panel), channel panels innermost so that a block of cols
+    stays in cache while every panel passes over it. Leftover positions one at a time."""
+    from tvm.script import tirx as T
+    mr, nr = tile.rows, tile.cols
+    panels = -(-out_channels // mr)
+    full_panels = out_channels // mr
+    blocks = p // nr
+    per_image = max(blocks * panels, 1)  # (the divisor; no full blocks: the loop is empty)
+
+    @T.prim_func
+    def conv_gemm(cols_handle: T.handle, wp: T.Buffer((panels, q, mr), "float32"),
+                  y_handle: T.handle):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        b = T.int64()
+        cols = T.match_buffer(cols_handle, (b, q, p), "float32")
+        y = T.match_buffer(y_handle, (b, out_channels, p), "float32")
+        for t in T.parallel(b * (blocks * panels)):
+            img = t // per_image
+            pb = t // panels % max(blocks, 1)
+            kp = t % panels
+            acc = T.decl_buffer((mr, nr), "float32", scope="local")
+            for i in T.unroll(mr):
+                for c in T.vectorized(nr):
+                    acc[i, c] = T.float32(0)
+            for e in range(q):
+                for i in T.unroll(mr):
+                    for c in T.vectorized(nr):
+                        acc[i, c] = acc[i, c] + wp[kp, e, i] * cols[img, e, pb * nr + c]
+            if kp < full_panels:
+                for i in T.unroll(mr):
+                    for c in T.vectorized(nr):
+                        y[img, kp * mr + i, pb * nr + c] = acc[i, c]
+            else:
+                for i in range(mr):
+                    if kp * mr + i < out_channels:
+                        for c in T.vectorized(nr):
+                            y[img, kp * mr + i, pb * nr + c] = acc[i, c]
+        for t in T.parallel(b * panels):
+            for pos in range(blocks * nr, p):
+                one = T.decl_buffer((mr,), "float32", scope="local")
+                for i in T.vectorized(mr):
+                    one[i] = T.float32(0)
+                for e in range(q):
+                    for i in T.vectorized(mr):
+                        one[i] = one[i] + wp[t % panels, e, i] * cols[t // panels, e, pos]
+                for i in range(mr):
+                    if t % panels * mr + i < out_channels:
+                        y[t // panels, t % panels * mr + i, pos] = one[i]
+    return conv_gemm
+
+
 def build(func, target: dict[str, Any]):
     """Compile a kernel for a TVM target dict (CUDA: with an llvm host)."""
     import tvm
@@ -418,3 +647,63 @@ def host_bsr_tiled(w: BSR, cols: int | None = None):
 
 def host_bsr_tiled_matmul(x: np.ndarray, w: BSR, cols: int | None = None) -> np.ndarray:
     return host_bsr_tiled(w, cols)(x)
+
+
+@functools.lru_cache(maxsize=64)
+def _host_im2col(g: ConvGeometry):
+    return build(im2col_func(g), host_target())["main"]
+
+
+@functools.lru_cache(maxsize=64)
+def _host_conv_gemm(out_channels: int, q: int, p: int, tile: MicroKernel):
+    return build(conv_gemm_func(out_channels, q, p, tile), host_target())["main"]
+
+
+def host_conv2d(w: np.ndarray, g: ConvGeometry, tile: MicroKernel | None = None):
+    """x (b, C, H, W) -> conv2d(x, w) (b, K, OH, OW) through im2col (skipped for pointwise
+    convolutions, as in an artifact) and the conv GEMM built for this CPU."""
+    import tvm
+    tile = tile or MicroKernel.for_cpu(*host_cpu())
+    gemm = _host_conv_gemm(g.out_channels, g.reduction, g.positions, tile)
+    packed = tvm.runtime.tensor(pack_conv_weight(w.astype(np.float32), tile.rows))
+
+    def run(x: np.ndarray) -> np.ndarray:
+        b = x.shape[0]
+        x = np.ascontiguousarray(x, np.float32)
+        if g.pointwise:
+            cols = tvm.runtime.tensor(x.reshape(b, g.channels, g.positions))
+        else:
+            cols = tvm.runtime.tensor(np.empty((b, g.reduction, g.positions), np.float32))
+            _host_im2col(g)(tvm.runtime.tensor(x), cols)
+        out = tvm.runtime.tensor(np.empty((b, g.out_channels, g.positions), np.float32))
+        gemm(cols, packed, out)
+        return out.numpy().reshape(b, g.out_channels, g.out_height, g.out_width)
+    return run
+
+
+def host_im2col(x: np.ndarray, g: ConvGeometry) -> np.ndarray:
+    import tvm
+    cols = tvm.runtime.tensor(np.empty((x.shape[0], g.reduction, g.positions), np.float32))
+    _host_im2col(g)(tvm.runtime.tensor(np.ascontiguousarray(x, np.float32)), cols)
+    return cols.numpy()
+
+
+@functools.lru_cache(maxsize=64)
+def _host_nm_select(n: int, keep: int, group: int, k: int, cols: int):
+    return build(nm_select_func(n, keep, group, k, cols), host_target())["main"]
+
+
+def host_nm_select(w: NMCompressed, cols: int | None = None):
+    """x -> x @ W through the select-based N:M kernel built for this CPU (any row count from
+    one build; made for few rows)."""
+    import tvm
+    cols = cols or nm_select_columns(host_cpu()[0])
+    n = w.values.shape[1]
+    fn = _host_nm_select(n, w.n, w.m, w.k, cols)
+    weights = [tvm.runtime.tensor(a) for a in pack_nm_weight(w, cols)]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        out = tvm.runtime.tensor(np.empty((x.shape[0], n), np.float32))
+        fn(tvm.runtime.tensor(np.ascontiguousarray(x, np.float32)), *weights, out)
+        return out.numpy()
+    return run

@@ -42,8 +42,10 @@ def test_x86_artifact_matches_onnxruntime(tmp_path: Path) -> None:
     assert c["files"] == ["model.x86.so"] and _elf_machine(so.read_bytes()) == EM_X86_64
     assert c["check"]["passed"] and c["check"]["max_rel"] <= 1e-4
     # default lowering: the classifier's Gemm through graphopt's packed dense kernel, the
+    # four convolutions through im2col + its conv GEMM (the 1x1 one without im2col), the
     # rest scheduled by graphopt's defaults, so no "naive loops" warning
-    assert c["kernels"]["count"] == 1 and c["kernels"]["layers"][0]["n"] == 10
+    assert c["kernels"]["count"] == 5 and c["kernels"]["layers"][0]["n"] == 10
+    assert sorted(r["kernel"] for r in c["kernels"]["convs"]) == ["gemm"] + ["im2col+gemm"] * 3
     assert "graphopt's default schedules" in c["schedules"]
     assert not any("untuned" in w for w in result.report["warnings"])
     # independently: load the module and compare with onnxruntime on fresh inputs

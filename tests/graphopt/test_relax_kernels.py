@@ -230,3 +230,132 @@ def test_gelu_is_spelled_with_erf_and_stays_exact() -> None:
     got = vm["main"](tvm.runtime.tensor(feeds["x"]))
     got = got.numpy() if hasattr(got, "numpy") else got[0].numpy()
     assert verify.compare(_ort(model, feeds), got).max_rel <= 1e-5
+
+
+def _ops(mod, name: str) -> list:
+    """The calls of one Relax op left in the module's Relax functions."""
+    import tvm
+    from tvm import relax
+    found = []
+    op = tvm.ir.Op.get(name)
+
+    @relax.expr_functor.visitor
+    class Finder(relax.PyExprVisitor):
+        def visit_call_(self, call):
+            if call.op == op:
+                found.append(call)
+            super().visit_call_(call)
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            Finder().visit_expr(func)
+    return found
+
+
+def _conv_model():
+    """Strided, padded (asymmetrically), dilated and pointwise convolutions with bias and
+    ReLU, then a depthwise one (grouped: left to the default schedules); dynamic batch."""
+    b = testing.ModelBuilder(opset=17)
+    x = b.input("x", ["batch", 3, 17, 19])
+    y = b.node("Conv", [x, b.weight(b.randn(8, 3, 3, 3)), b.weight(b.randn(8))],
+               pads=[1, 1, 1, 1], strides=[2, 2])
+    y = b.node("Relu", [y])
+    y = b.node("Conv", [y, b.weight(b.randn(13, 8, 1, 1))])
+    y = b.node("Conv", [y, b.weight(b.randn(10, 13, 2, 3)), b.weight(b.randn(10))],
+               pads=[0, 1, 1, 0], dilations=[2, 1])
+    y = b.node("Conv", [y, b.weight(b.randn(10, 1, 3, 3))], group=10, pads=[1, 1, 1, 1])
+    b.output(y, shape=["batch", 10, 8, 9])
+    return b.build()
+
+
+def test_convolutions_go_through_im2col_and_the_conv_gemm() -> None:
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+    model = _conv_model()
+    mod = from_onnx(model, keep_params_in_input=False)
+    rewritten, use = relax_kernels.use_graphopt_kernels(mod, X86)
+    convs = use.as_dict()["convs"]
+    assert [c["kernel"] for c in convs] == ["im2col+gemm", "gemm", "im2col+gemm"]
+    assert [(c["k"], c["n"]) for c in convs] == [(27, 8), (8, 13), (78, 10)]
+    # only the depthwise convolution is left as a conv2d
+    (left,) = _ops(rewritten, "relax.nn.conv2d")
+    assert int(left.attrs.groups) == 10
+    vm = relax.VirtualMachine(codegen.build(rewritten, X86, default_schedules=True),
+                              tvm.cpu())
+    for batch in (1, 3):
+        x = RNG.standard_normal((batch, 3, 17, 19)).astype(np.float32)
+        got = vm["main"](tvm.runtime.tensor(x))
+        got = got.numpy() if hasattr(got, "numpy") else got[0].numpy()
+        assert got.shape == (batch, 10, 8, 9)
+        assert verify.compare(_ort(model, {"x": x}), got).max_rel <= 1e-4
+
+
+def test_convolutions_the_kernels_do_not_take_are_left_alone() -> None:
+    """A weight computed at run time and a float16 convolution stay conv2d."""
+    b = testing.ModelBuilder(opset=17)
+    x = b.input("x", [1, 4, 6, 6])
+    w = b.input("w", [5, 4, 3, 3])
+    b.output(b.node("Conv", [x, w]), shape=[1, 5, 4, 4])
+    mod = codegen.import_model(b.build(), {"x": [1, 4, 6, 6], "w": [5, 4, 3, 3]})
+    rewritten, use = relax_kernels.use_graphopt_kernels(mod, X86)
+    assert not use.convs and len(_ops(rewritten, "relax.nn.conv2d")) == 1
+    b = testing.ModelBuilder(opset=17)
+    x = b.input("x", [1, 4, 6, 6], np.float16)
+    b.output(b.node("Conv", [x, b.weight(b.randn(5, 4, 3, 3).astype(np.float16))]),
+             np.float16, shape=[1, 5, 4, 4])
+    mod = codegen.import_model(b.build(), {"x": [1, 4, 6, 6]})
+    _, use = relax_kernels.use_graphopt_kernels(mod, X86)
+    assert not use.convs
+
+
+def _n_m_model(shape, k: int, n: int, keep: int = 2, group: int = 4):
+    from graphopt import sparsity
+    w = RNG.standard_normal((k, n)).astype(np.float32)
+    w = np.where(sparsity.nm_mask(w, keep, group, axis=0), w, 0).astype(np.float32)
+    b = testing.ModelBuilder(opset=17)
+    x = b.input("x", shape)
+    b.output(b.node("MatMul", [x, b.weight(w)]), shape=[*shape[:-1], n])
+    return b.build(), w
+
+
+def test_n_m_weights_are_found() -> None:
+    _, w = _n_m_model([1, 64], 64, 24)
+    assert relax_kernels.detect_nm(w) == (2, 4)
+    _, w = _n_m_model([1, 64], 64, 24, 1, 4)
+    assert relax_kernels.detect_nm(w) == (1, 4)
+    assert relax_kernels.detect_nm(RNG.standard_normal((64, 24)).astype(np.float32)) is None
+
+
+@pytest.mark.parametrize("shape", [[1, 64], [3, 2, 64]])
+def test_n_m_weight_through_the_select_kernel_where_it_measured_faster(
+        shape, tmp_path, monkeypatch) -> None:
+    """The artifact with the select N:M kernel matches onnxruntime (the timing is stubbed
+    so that the kernel is chosen whatever this machine measures)."""
+    model, _ = _n_m_model(shape, 64, 40)
+    monkeypatch.setattr(relax_kernels, "time_nm_kernels",
+                        lambda *a: {"dense_ms": 1.0, "sparse_ms": 0.5})
+    mod = codegen.import_model(model, {"x": shape})
+    rewritten, use = relax_kernels.use_graphopt_kernels(mod, X86, cache_dir=tmp_path)
+    (layer,) = use.layers
+    assert layer["kernel"] == "nm" and layer["pattern"] == "2:4"
+    assert "measured here" in layer["why"] and use.as_dict()["sparse_count"] == 1
+    assert not _matmul_calls(rewritten)
+    assert any(gv.name_hint.startswith("graphopt_nm_") for gv, _ in rewritten.functions_items())
+    feeds = {"x": RNG.standard_normal(shape).astype(np.float32)}
+    got = _build_and_run(rewritten, X86, feeds)
+    assert verify.compare(_ort(model, feeds), got).max_rel <= 1e-4
+
+
+def test_n_m_choice_is_measured_and_never_guessed(tmp_path) -> None:
+    model, w = _n_m_model([1, 256], 256, 256)
+    mod = codegen.import_model(model, {"x": [1, 256]})
+    _, use = relax_kernels.use_graphopt_kernels(mod, X86, cache_dir=tmp_path)
+    (layer,) = use.layers
+    assert layer["sparse_ms"] > 0 and layer["dense_ms"] > 0
+    assert layer["kernel"] == ("nm" if layer["sparse_ms"] < 0.95 * layer["dense_ms"]
+                               else "dense")
+    # arm cannot be timed here and a dynamic row count cannot be timed: dense, said why
+    for target, rows in ((ARM, 1), (X86, None)):
+        nm, why = relax_kernels.choose_kernel(w, rows, target, tmp_path)
+        assert nm is None and why["kernel"] == "dense" and "not measurable" in why["why"]

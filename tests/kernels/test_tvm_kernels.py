@@ -53,6 +53,21 @@ def test_n_m_and_dense_match_reference(keep, group, m, k, n) -> None:
                                rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("keep, group", [(2, 4), (1, 4), (4, 8), (2, 3), (1, 2), (3, 8)])
+@pytest.mark.parametrize("m, k, n, cols", [(1, 24, 48, 16), (1, 48, 37, 16), (3, 24, 13, 8),
+                                           (0, 24, 16, 16), (2, 120, 5, 16), (1, 24, 40, 32)])
+def test_select_n_m_matches_reference(keep, group, m, k, n, cols) -> None:
+    """Every index of a group selected (group sizes 1-8, not only powers of two), column
+    remainders (n % cols), fewer columns than one block, no rows."""
+    w = _n_m_sparse(k, n, keep, group)
+    c = formats.to_nm(w, keep, group)
+    assert {int(v) for v in np.unique(c.index)} <= set(range(group))
+    x = RNG.standard_normal((m, k)).astype(np.float32)
+    got = tvm_kernels.host_nm_select(c, cols)(x)
+    assert got.shape == (m, n)
+    np.testing.assert_allclose(got, ref.nm_matmul(x, c), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("tile", [tvm_kernels.MicroKernel(6, 16), tvm_kernels.MicroKernel(8, 32),
                                   tvm_kernels.MicroKernel(1, 4), tvm_kernels.MicroKernel(3, 8)])
 @pytest.mark.parametrize("m, k, n", [(1, 5, 3), (7, 30, 13), (6, 16, 16), (13, 64, 40),
@@ -74,6 +89,54 @@ def test_packed_dense_runs_any_row_count_from_one_build() -> None:
         np.testing.assert_allclose(tvm_kernels.host_dense_packed_matmul(x, w),
                                    ref.dense_matmul(x, w), rtol=1e-4, atol=1e-4)
     assert tvm_kernels._host_dense_packed.cache_info().currsize >= 1
+
+
+CONVS = [  # (batch, geometry): padding on one side only, strides, dilations, a window
+    # wider than the input, 1x1 with and without stride, an empty batch
+    (1, tvm_kernels.ConvGeometry(3, 9, 11, 5, (3, 3), (1, 1), (1, 1, 1, 1))),
+    (2, tvm_kernels.ConvGeometry(4, 10, 7, 13, (3, 2), (2, 1), (0, 2, 1, 0), (1, 2))),
+    (1, tvm_kernels.ConvGeometry(5, 8, 8, 7, (1, 1), (2, 2))),
+    (3, tvm_kernels.ConvGeometry(6, 5, 4, 9, (1, 1))),
+    (1, tvm_kernels.ConvGeometry(2, 3, 3, 6, (5, 5), (1, 1), (2, 2, 2, 2))),
+    (1, tvm_kernels.ConvGeometry(1, 4, 4, 1, (7, 7), (3, 3), (3, 3, 3, 3))),
+    (1, tvm_kernels.ConvGeometry(3, 20, 21, 17, (3, 3), (2, 2), (1, 0, 1, 1), (2, 1))),
+    (0, tvm_kernels.ConvGeometry(3, 6, 6, 4, (3, 3), (1, 1), (1, 1, 1, 1))),
+]
+
+
+def _conv_reference(x: np.ndarray, w: np.ndarray, g) -> np.ndarray:
+    cols = ref.im2col(x.astype(np.float64), g.kernel, g.stride, g.pads, g.dilation)
+    y = np.einsum("kq,bqp->bkp", w.reshape(w.shape[0], -1).astype(np.float64), cols)
+    return y.reshape(x.shape[0], g.out_channels, g.out_height, g.out_width)
+
+
+@pytest.mark.parametrize("batch, g", CONVS)
+def test_im2col_matches_reference(batch, g) -> None:
+    x = RNG.standard_normal((batch, g.channels, g.height, g.width)).astype(np.float32)
+    expected = ref.im2col(x, g.kernel, g.stride, g.pads, g.dilation)
+    assert expected.shape == (batch, g.reduction, g.positions)
+    np.testing.assert_array_equal(tvm_kernels.host_im2col(x, g), expected)
+
+
+@pytest.mark.parametrize("tile", [tvm_kernels.MicroKernel(6, 16), tvm_kernels.MicroKernel(8, 32),
+                                  tvm_kernels.MicroKernel(1, 4), tvm_kernels.MicroKernel(3, 8)])
+@pytest.mark.parametrize("batch, g", CONVS)
+def test_conv_matches_reference(tile, batch, g) -> None:
+    """Output channels not a multiple of the tile rows, positions fewer than one tile,
+    position remainders; pointwise convolutions skip im2col."""
+    x = RNG.standard_normal((batch, g.channels, g.height, g.width)).astype(np.float32)
+    w = RNG.standard_normal((g.out_channels, g.channels, *g.kernel)).astype(np.float32)
+    got = tvm_kernels.host_conv2d(w, g, tile)(x)
+    np.testing.assert_allclose(got, _conv_reference(x, w, g), rtol=1e-4, atol=1e-4)
+
+
+def test_conv_geometry_matches_the_numpy_reference_convolution() -> None:
+    """ref.im2col + a matmul is ref.conv2d (square stride and padding)."""
+    g = tvm_kernels.ConvGeometry(3, 9, 9, 4, (3, 3), (2, 2), (1, 1, 1, 1))
+    x = RNG.standard_normal((2, 3, 9, 9)).astype(np.float32)
+    w = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    np.testing.assert_allclose(_conv_reference(x, w, g), ref.conv2d(x, w, 2, 1),
+                               rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("block", [(4, 4), (16, 1), (1, 4), (2, 3)])
@@ -118,7 +181,10 @@ KERNELS = {
 
 CPU_KERNELS = {**KERNELS, "dense_packed": lambda gpu: tvm_kernels.dense_packed_func(
     64, 48, tvm_kernels.MicroKernel.for_cpu(128, 32)),
-    "bsr_tiled": lambda gpu: tvm_kernels.bsr_tiled_func(48, 64, 4, 4, 10, 8)}
+    "bsr_tiled": lambda gpu: tvm_kernels.bsr_tiled_func(48, 64, 4, 4, 10, 8),
+    "im2col": lambda gpu: tvm_kernels.im2col_func(CONVS[1][1]),
+    "nm_select": lambda gpu: tvm_kernels.nm_select_func(48, 2, 4, 64),
+    "conv_gemm": lambda gpu: tvm_kernels.conv_gemm_func(13, 24, 35, tvm_kernels.MicroKernel(6, 16))}
 
 
 @pytest.mark.parametrize("kind", sorted(CPU_KERNELS))
