@@ -33,6 +33,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -119,6 +120,7 @@ def dense_problems(shapes, rng, tvm_kernels: TvmKernels = NO_TVM) -> list[Proble
     from graphopt.kernels import numba_kernels, ref
     from graphopt.kernels import tvm_kernels as tvm_kernels_tir
     out = []
+    tile = tvm_kernels_tir.MicroKernel.for_cpu(*tvm_kernels_tir.host_cpu())
     for m, k, n in shapes:
         x = rng.standard_normal((m, k), dtype=np.float32)
         w = rng.standard_normal((k, n), dtype=np.float32)
@@ -129,7 +131,9 @@ def dense_problems(shapes, rng, tvm_kernels: TvmKernels = NO_TVM) -> list[Proble
             "numpy (OpenBLAS)": lambda x=x, w=w: x @ w,
             "onnxruntime": lambda x=x, s=sess: s.run(None, {"x": x})[0],
             "numba": lambda x=x, w=w: numba_kernels.dense_matmul(x, w),
-            "tvm (TIR packed)": lambda x=x, f=tvm_kernels_tir.host_dense_packed(w): f(x),
+            "tvm (TIR packed)": _on_tensors(
+                tvm_kernels_tir._host_dense_packed(k, n, tile), [x, tvm_kernels_tir.pack_dense_weight(
+                    w, tile.cols)], (m, n)),
             **tvm,
         }, ("numba", "tvm (TIR packed)", *tvm), m=m, meta=built))
     return out
@@ -155,6 +159,20 @@ def bsr_problems(shapes, levels, block, rng) -> list[Problem]:
     return out
 
 
+def _on_tensors(fn, arrays, out_shape) -> Callable[[], Any]:
+    """A TIR kernel called as a compiled artifact calls it: on TVM tensors made once (no
+    NumPy conversion or allocation per call; at one row those cost as much as the kernel).
+    Returns the output tensor (check() reads it)."""
+    import tvm
+    args = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]
+    out = tvm.runtime.tensor(np.zeros(out_shape, np.float32))
+
+    def call():
+        fn(*args, out)
+        return out
+    return call
+
+
 def nm_problems(shapes, rng) -> list[Problem]:
     from graphopt import sparsity
     from graphopt.kernels import formats, numba_kernels, ref, tvm_kernels
@@ -164,11 +182,14 @@ def nm_problems(shapes, rng) -> list[Problem]:
         w = rng.standard_normal((k, n), dtype=np.float32)
         w = np.where(sparsity.nm_mask(w, 2, 4, axis=0), w, 0).astype(np.float32)
         c = formats.to_nm(w)
+        cols = tvm_kernels.nm_select_columns(tvm_kernels.host_cpu()[0])
         out.append(Problem("2:4", f"{m}x{k}x{n}", 2.0 * m * k * n, ref.dense_matmul(x, w), {
             "numpy (OpenBLAS) dense": lambda x=x, w=w: x @ w,
             "numba": lambda x=x, c=c: numba_kernels.nm_matmul(x, c),
             "tvm (TIR)": lambda x=x, c=c: tvm_kernels.host_nm_matmul(x, c),
-            "tvm (TIR select)": lambda x=x, f=tvm_kernels.host_nm_select(c): f(x),
+            "tvm (TIR select)": _on_tensors(
+                tvm_kernels._host_nm_select(n, 2, 4, k, cols),
+                [x, *tvm_kernels.pack_nm_weight(c, cols)], (m, n)),
         }, ("numba", "tvm (TIR)", "tvm (TIR select)"), sparsity=0.5, m=m,
             meta={"weight_bytes_vs_dense": c.nbytes / w.nbytes}))
     return out
@@ -300,7 +321,7 @@ def check(problem: Problem, name: str, result: np.ndarray) -> str | None:
         tol = 0.05 * float(np.abs(want).max())
     else:
         tol = 1e-3 * max(1.0, float(np.abs(want).max()))
-    result = np.asarray(result)
+    result = result.numpy() if hasattr(result, "numpy") else np.asarray(result)
     if result.shape != want.shape:
         return f"shape {result.shape} != {want.shape}"
     worst = float(np.abs(result.astype(np.float64) - want).max())
@@ -403,7 +424,8 @@ def to_markdown(data: dict) -> str:
              "codegen with TVM's own lowering, untuned ('tvm default', TVM's default CPU "
              "pipeline: no schedules) and tuned by MetaSchedule from an empty database (trials "
              "per problem as named). graphopt's own TIR kernels (graphopt.kernels.tvm_kernels, "
-             "built for this CPU): dense 'tvm (TIR packed)', the packed register-tiled kernel "
+             "built for this CPU, called on TVM tensors made once, as an artifact calls them, except "
+             "BSR): dense 'tvm (TIR packed)', the packed register-tiled kernel "
              "graphopt's lowering puts in CPU artifacts; BSR 'tvm (TIR)', the register-tiled "
              "BSR kernel (x transposed per call, as in an artifact); 2:4 'tvm (TIR)', a plain "
              "vectorized loop with a gather (TVM has no sparse kernels), and 'tvm (TIR "

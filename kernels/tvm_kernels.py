@@ -472,17 +472,26 @@ def im2col_func(g: ConvGeometry):
     return im2col
 
 
-def conv_gemm_func(out_channels: int, q: int, p: int, tile: MicroKernel):
+CONV_CHUNK = 256  # reduction entries per pass: a block of cols (chunk x tile) stays in L1
+CONV_PANELS = 8  # channel panels per task: they take turns over the same chunk of cols
+
+
+def conv_gemm_func(out_channels: int, q: int, p: int, tile: MicroKernel,
+                   chunk: int = CONV_CHUNK, group: int = CONV_PANELS):
     """y (b, K, P) = W (K, Q) @ cols (b, Q, P) for W packed by pack_conv_weight, b symbolic.
-    The register tile is tile.rows output channels x tile.cols positions; threads over
-    (image, position block, channel panel), channel panels innermost so that a block of cols
-    stays in cache while every panel passes over it. Leftover positions one at a time."""
+    The register tile is tile.rows output channels x tile.cols positions. Threads over
+    (image, position block, group of `group` channel panels); the reduction runs in chunks
+    of `chunk` entries, every panel of the group passing over a chunk of the position block
+    while it is in L1 (Q reaches 4608 in a ResNet: a whole block would not stay in cache);
+    the group's partial sums wait on the stack between chunks. Leftover positions (P not a
+    multiple of the tile) one at a time."""
     from tvm.script import tirx as T
     mr, nr = tile.rows, tile.cols
     panels = -(-out_channels // mr)
-    full_panels = out_channels // mr
     blocks = p // nr
-    per_image = max(blocks * panels, 1)  # (the divisor; no full blocks: the loop is empty)
+    groups = -(-panels // group)
+    chunks = -(-q // chunk)
+    per_image = max(blocks * groups, 1)  # (the divisor; no full blocks: the loop is empty)
 
     @T.prim_func
     def conv_gemm(cols_handle: T.handle, wp: T.Buffer((panels, q, mr), "float32"),
@@ -491,27 +500,34 @@ def conv_gemm_func(out_channels: int, q: int, p: int, tile: MicroKernel):
         b = T.int64()
         cols = T.match_buffer(cols_handle, (b, q, p), "float32")
         y = T.match_buffer(y_handle, (b, out_channels, p), "float32")
-        for t in T.parallel(b * (blocks * panels)):
+        for t in T.parallel(b * (blocks * groups)):
             img = t // per_image
-            pb = t // panels % max(blocks, 1)
-            kp = t % panels
-            acc = T.decl_buffer((mr, nr), "float32", scope="local")
-            for i in T.unroll(mr):
-                for c in T.vectorized(nr):
-                    acc[i, c] = T.float32(0)
-            for e in range(q):
+            pb = t // groups % max(blocks, 1)
+            kg = t % groups
+            sums = T.decl_buffer((group, mr, nr), "float32", scope="local")
+            for g in range(group):
                 for i in T.unroll(mr):
                     for c in T.vectorized(nr):
-                        acc[i, c] = acc[i, c] + wp[kp, e, i] * cols[img, e, pb * nr + c]
-            if kp < full_panels:
-                for i in T.unroll(mr):
-                    for c in T.vectorized(nr):
-                        y[img, kp * mr + i, pb * nr + c] = acc[i, c]
-            else:
-                for i in range(mr):
-                    if kp * mr + i < out_channels:
+                        sums[g, i, c] = T.float32(0)
+            for qc in range(chunks):
+                for g in range(T.min(group, panels - kg * group)):
+                    acc = T.decl_buffer((mr, nr), "float32", scope="local")
+                    for i in T.unroll(mr):
                         for c in T.vectorized(nr):
-                            y[img, kp * mr + i, pb * nr + c] = acc[i, c]
+                            acc[i, c] = sums[g, i, c]
+                    for e in range(qc * chunk, T.min(q, qc * chunk + chunk)):
+                        for i in T.unroll(mr):
+                            for c in T.vectorized(nr):
+                                acc[i, c] = acc[i, c] + wp[kg * group + g, e, i] * cols[
+                                    img, e, pb * nr + c]
+                    for i in T.unroll(mr):
+                        for c in T.vectorized(nr):
+                            sums[g, i, c] = acc[i, c]
+            for g in range(T.min(group, panels - kg * group)):
+                for i in range(mr):
+                    if (kg * group + g) * mr + i < out_channels:
+                        for c in T.vectorized(nr):
+                            y[img, (kg * group + g) * mr + i, pb * nr + c] = sums[g, i, c]
         for t in T.parallel(b * panels):
             for pos in range(blocks * nr, p):
                 one = T.decl_buffer((mr,), "float32", scope="local")

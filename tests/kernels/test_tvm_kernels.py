@@ -130,6 +130,24 @@ def test_conv_matches_reference(tile, batch, g) -> None:
     np.testing.assert_allclose(got, _conv_reference(x, w, g), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("chunk, group", [(7, 3), (45, 1), (1, 8), (100, 2)])
+def test_conv_gemm_in_reduction_chunks_and_panel_groups(chunk, group) -> None:
+    """Partial last chunk, partial last group of panels, partial last panel, leftover
+    positions, two images."""
+    import tvm
+    k, q, p = 20, 45, 37
+    tile = tvm_kernels.MicroKernel(6, 16)
+    w = RNG.standard_normal((k, q)).astype(np.float32)
+    cols = RNG.standard_normal((2, q, p)).astype(np.float32)
+    fn = tvm_kernels.build(tvm_kernels.conv_gemm_func(k, q, p, tile, chunk, group),
+                           tvm_kernels.host_target())["main"]
+    out = tvm.runtime.tensor(np.full((2, k, p), np.nan, np.float32))
+    fn(tvm.runtime.tensor(cols),
+       tvm.runtime.tensor(tvm_kernels.pack_conv_weight(w.reshape(k, q, 1, 1), tile.rows)), out)
+    expected = np.einsum("kq,bqp->bkp", w.astype(np.float64), cols.astype(np.float64))
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_conv_geometry_matches_the_numpy_reference_convolution() -> None:
     """ref.im2col + a matmul is ref.conv2d (square stride and padding)."""
     g = tvm_kernels.ConvGeometry(3, 9, 9, 4, (3, 3), (2, 2), (1, 1, 1, 1))
