@@ -484,7 +484,8 @@ def conv_gemm_func(out_channels: int, q: int, p: int, tile: MicroKernel,
     of `chunk` entries, every panel of the group passing over a chunk of the position block
     while it is in L1 (Q reaches 4608 in a ResNet: a whole block would not stay in cache);
     the group's partial sums wait on the stack between chunks. Leftover positions (P not a
-    multiple of the tile) one at a time."""
+    multiple of the tile: 49 in a 7x7 layer) as one more, zero-padded block, whole vectors
+    wide."""
     from tvm.script import tirx as T
     mr, nr = tile.rows, tile.cols
     panels = -(-out_channels // mr)
@@ -492,6 +493,10 @@ def conv_gemm_func(out_channels: int, q: int, p: int, tile: MicroKernel,
     groups = -(-panels // group)
     chunks = -(-q // chunk)
     per_image = max(blocks * groups, 1)  # (the divisor; no full blocks: the loop is empty)
+    tail_tasks = groups if p % nr else 0
+    # the leftover block's width: whole vectors of LANES where the tile is made of them (one
+    # leftover position of a 7x7 layer is then computed 8-, not 16-wide)
+    tw = min(nr, -(-(p % nr) // LANES) * LANES) if nr % LANES == 0 and p % nr else nr
 
     @T.prim_func
     def conv_gemm(cols_handle: T.handle, wp: T.Buffer((panels, q, mr), "float32"),
@@ -528,17 +533,39 @@ def conv_gemm_func(out_channels: int, q: int, p: int, tile: MicroKernel,
                     if (kg * group + g) * mr + i < out_channels:
                         for c in T.vectorized(nr):
                             y[img, (kg * group + g) * mr + i, pb * nr + c] = sums[g, i, c]
-        for t in T.parallel(b * panels):
-            for pos in range(blocks * nr, p):
-                one = T.decl_buffer((mr,), "float32", scope="local")
-                for i in T.vectorized(mr):
-                    one[i] = T.float32(0)
-                for e in range(q):
-                    for i in T.vectorized(mr):
-                        one[i] = one[i] + wp[t % panels, e, i] * cols[t // panels, e, pos]
+        for t in T.parallel(b * tail_tasks):
+            # the leftover positions: their columns copied per chunk into a zero-padded
+            # tile-wide buffer, then the same register tiles as above
+            sums = T.decl_buffer((group, mr, tw), "float32", scope="local")
+            part = T.decl_buffer((chunk, tw), "float32", scope="local")
+            for g in range(group):
+                for i in T.unroll(mr):
+                    for c in T.vectorized(tw):
+                        sums[g, i, c] = T.float32(0)
+            for qc in range(chunks):
+                for e in range(T.min(chunk, q - qc * chunk)):
+                    for c in range(tw):
+                        part[e, c] = T.if_then_else(blocks * nr + c < p, cols[
+                            t // groups, qc * chunk + e, blocks * nr + c], T.float32(0))
+                for g in range(T.min(group, panels - t % groups * group)):
+                    acc = T.decl_buffer((mr, tw), "float32", scope="local")
+                    for i in T.unroll(mr):
+                        for c in T.vectorized(tw):
+                            acc[i, c] = sums[g, i, c]
+                    for e in range(T.min(chunk, q - qc * chunk)):
+                        for i in T.unroll(mr):
+                            for c in T.vectorized(tw):
+                                acc[i, c] = acc[i, c] + wp[t % groups * group + g,
+                                                           qc * chunk + e, i] * part[e, c]
+                    for i in T.unroll(mr):
+                        for c in T.vectorized(tw):
+                            sums[g, i, c] = acc[i, c]
+            for g in range(T.min(group, panels - t % groups * group)):
                 for i in range(mr):
-                    if t % panels * mr + i < out_channels:
-                        y[t // panels, t % panels * mr + i, pos] = one[i]
+                    if (t % groups * group + g) * mr + i < out_channels:
+                        for c in range(p - blocks * nr):
+                            y[t // groups, (t % groups * group + g) * mr + i,
+                              blocks * nr + c] = sums[g, i, c]
     return conv_gemm
 
 
