@@ -162,12 +162,15 @@ def graphopt_lowering(target: Any, options: Any) -> bool:
         "graphopt"
 
 
-def prepare(mod, target: Any, cache_dir: Path | None = None) -> tuple[Any, dict[str, Any]]:
+def prepare(mod, target: Any, cache_dir: Path | None = None,
+            tuning: bool = False) -> tuple[Any, dict[str, Any]]:
     """graphopt's Relax rewrites for a CPU target, before tuning and building: fast
-    approximations of exp/erf/tanh (float32-accurate, vectorizable), and constant-weight
-    matmuls through graphopt's packed dense kernel or, where it pays, its BSR kernel."""
+    approximations of exp/erf/tanh (float32-accurate, vectorizable), constant-weight matmuls
+    through graphopt's packed dense kernel or, where it pays, a sparse kernel, convolutions
+    through im2col + its conv GEMM (when tuning, small ones are left to MetaSchedule)."""
     from tvm import relax
-    mod, use = relax_kernels.use_graphopt_kernels(mod, target, cache_dir)
+    mod, use = relax_kernels.use_graphopt_kernels(mod, target, cache_dir,
+                                                  small_convs_to_tuning=tuning)
     mod = relax.transform.FastMathTransform()(mod)
     return mod, use.as_dict()
 
@@ -332,7 +335,8 @@ def generate(model_path: Path, target: Any, shapes: Mapping[str, Sequence[int]],
     graphopt_cpu = graphopt_lowering(target, options)
     if graphopt_cpu:
         try:
-            mod, artifact.kernels = prepare(mod, target, options.cache_dir)
+            mod, artifact.kernels = prepare(mod, target, options.cache_dir,
+                                            tuning=bool(options.tune))
         except Exception as exc:  # TVM raises many types; never lose the artifact to it
             reraise_interrupt(exc)
             graphopt_cpu = False

@@ -59,6 +59,11 @@ MIN_ZEROS = 0.5  # below this block sparsity the BSR kernel is not considered
 RULE_MIN_SPARSITY = 0.8  # unmeasurable targets: BSR from here (x86: x1.3-3 at 75-90%)
 MARGIN = 0.95  # a sparse kernel must measure at least 5% faster than the dense kernel
 NM_PATTERNS = ((2, 4), (1, 4), (4, 8), (1, 2))  # N:M patterns looked for in weights
+# When tuning, a convolution with fewer multiply-adds is left to MetaSchedule: at that size
+# the two kernel calls of im2col + GEMM (each a parallel launch) cost more than the work, and
+# a tuned conv fused with its bias and activation wins (bundled example CNN, 200 trials:
+# x1.75 vs onnxruntime left to MetaSchedule, x1.02 through graphopt's kernels).
+SMALL_CONV_MACS = 4_000_000
 
 
 @dataclass
@@ -70,7 +75,8 @@ class KernelUse:
 
     def as_dict(self) -> dict[str, Any]:
         return {"kernel": "graphopt dense_packed", "tile": self.tile,
-                "layers": self.layers, "count": len(self.layers) + len(self.convs),
+                "layers": self.layers,
+                "count": len(self.layers) + sum(c["kernel"] != "tuning" for c in self.convs),
                 "convs": self.convs,
                 "sparse_count": sum(1 for r in self.layers if r["kernel"] in ("bsr", "nm"))}
 
@@ -282,7 +288,7 @@ def _gelu_by_erf(x):
 
 
 def use_graphopt_kernels(mod, target: Any, cache_dir: Path | None = None,
-                         measure: bool = True):
+                         measure: bool = True, small_convs_to_tuning: bool = False):
     """Returns (module, KernelUse): every float32 matmul by a constant 2-D weight in the
     module's Relax functions goes through graphopt's packed dense kernel, or its BSR kernel
     where choose_kernel picks it; GELU is spelled with erf (see _gelu_by_erf)."""
@@ -357,6 +363,13 @@ def use_graphopt_kernels(mod, target: Any, cache_dir: Path | None = None,
             if geometry is None:
                 return call
             g = geometry
+            macs = g.out_channels * g.reduction * g.positions
+            if small_convs_to_tuning and macs < SMALL_CONV_MACS:
+                use.convs.append({"k": g.reduction, "n": g.out_channels,
+                                  "positions": g.positions, "kernel": "tuning",
+                                  "why": f"{macs / 1e6:.1f}M multiply-adds: left to "
+                                         f"MetaSchedule (fused with its neighbours)"})
+                return call
             x = call.args[0]
             batch = x.ty.shape.values[0]
             w = call.args[1].value.numpy()  # (conv_geometry checked it is a constant)

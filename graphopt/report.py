@@ -232,11 +232,14 @@ def codegen_lines(c: Mapping[str, Any] | None) -> list[str]:
             text += f", {len(sparse)} block-sparse through the BSR kernel"
         if nm:
             text += f", {len(nm)} N:M-sparse through the select N:M kernel"
-        convs = kernels.get("convs", [])
+        convs = [r for r in kernels.get("convs", []) if r["kernel"] != "tuning"]
         if convs:
             text += (f", {len(convs)} convolution(s) through im2col + the packed GEMM "
                      f"({sum(1 for r in convs if r['kernel'] == 'gemm')} pointwise without "
                      f"im2col)")
+        tuned = [r for r in kernels.get("convs", []) if r["kernel"] == "tuning"]
+        if tuned:
+            text += f", {len(tuned)} small convolution(s) left to MetaSchedule"
         lines.append(text)
         for r in kernels["layers"]:
             if r.get("why") and "block" in r:

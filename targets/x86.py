@@ -11,7 +11,9 @@ X86 = Target(
     tvm={"kind": "llvm", "mcpu": "x86-64-v3"},
     vector_bits=256,
     pipeline=LOSSLESS,
-    sparsity=("block",),
+    # block: BSR kernel from ~75% with 16+ rows; 2:4: the select N:M kernel with 1-16 rows
+    # (x1.4-2.5 vs OpenBLAS, bench/results/kernels_sparse.md), slower with 128
+    sparsity=("block", "2:4"),
     quant=("int8",),
     activation_dtype="uint8",  # u8s8 is the fast path without VNNI
     fused_activations=("Relu", "Clip", "Sigmoid", "LeakyRelu", "HardSigmoid"),

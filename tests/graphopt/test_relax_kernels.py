@@ -359,3 +359,18 @@ def test_n_m_choice_is_measured_and_never_guessed(tmp_path) -> None:
     for target, rows in ((ARM, 1), (X86, None)):
         nm, why = relax_kernels.choose_kernel(w, rows, target, tmp_path)
         assert nm is None and why["kernel"] == "dense" and "not measurable" in why["why"]
+
+
+def test_when_tuning_small_convolutions_are_left_to_metaschedule() -> None:
+    """Under SMALL_CONV_MACS multiply-adds a conv stays a conv2d for MetaSchedule to tune
+    (and fuse); untuned, every conv goes through graphopt's kernels."""
+    from tvm.relax.frontend.onnx import from_onnx
+    mod = from_onnx(_conv_model(), keep_params_in_input=False)
+    _, untuned = relax_kernels.use_graphopt_kernels(mod, X86)
+    rewritten, tuned = relax_kernels.use_graphopt_kernels(mod, X86, small_convs_to_tuning=True)
+    assert all(c["kernel"] != "tuning" for c in untuned.convs)
+    assert [c["kernel"] for c in tuned.convs] == ["tuning"] * 3
+    assert all("MetaSchedule" in c["why"] for c in tuned.convs)
+    assert len(_ops(rewritten, "relax.nn.conv2d")) == 4 and tuned.as_dict()["count"] == 0
+    big = relax_kernels.SMALL_CONV_MACS
+    assert all(c["n"] * c["k"] * c["positions"] < big for c in tuned.convs)
