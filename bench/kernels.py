@@ -139,10 +139,17 @@ def dense_problems(shapes, rng, tvm_kernels: TvmKernels = NO_TVM) -> list[Proble
     return out
 
 
+def _bsr_weights(bsr) -> list[np.ndarray]:
+    if bsr.indices.size:
+        return [bsr.data.astype(np.float32), bsr.indices.astype(np.int32), bsr.indptr]
+    return [np.zeros((1, *bsr.block), np.float32), np.zeros(1, np.int32), bsr.indptr]
+
+
 def bsr_problems(shapes, levels, block, rng) -> list[Problem]:
     from graphopt import sparsity
     from graphopt.kernels import formats, numba_kernels, ref, tvm_kernels
     out = []
+    cols = tvm_kernels.bsr_tile_columns(block[0], *tvm_kernels.host_cpu())
     for m, k, n in shapes:
         for level in levels:
             x = rng.standard_normal((m, k), dtype=np.float32)
@@ -154,21 +161,35 @@ def bsr_problems(shapes, levels, block, rng) -> list[Problem]:
                 ref.dense_matmul(x, w), {
                     "numpy (OpenBLAS) dense": lambda x=x, w=w: x @ w,
                     "numba": lambda x=x, b=bsr: numba_kernels.bsr_matmul(x, b),
-                    "tvm (TIR)": lambda x=x, f=tvm_kernels.host_bsr_tiled(bsr): f(x),
+                    "tvm (TIR)": _on_tensors(
+                        tvm_kernels._host_bsr_tiled(n, k, *block, int(bsr.indices.size), cols),
+                        [x.T, *_bsr_weights(bsr)], (n, m), transposed=True),
                 }, ("numba", "tvm (TIR)"), sparsity=level, m=m, meta={"block": list(block)}))
     return out
 
 
-def _on_tensors(fn, arrays, out_shape) -> Callable[[], Any]:
+@dataclass
+class _Output:
+    """A kernel's output tensor; check() reads it through numpy() (transposed back for a
+    kernel that writes y^T)."""
+    tensor: Any
+    transposed: bool = False
+
+    def numpy(self) -> np.ndarray:
+        value = self.tensor.numpy()
+        return value.T if self.transposed else value
+
+
+def _on_tensors(fn, arrays, out_shape, transposed: bool = False) -> Callable[[], Any]:
     """A TIR kernel called as a compiled artifact calls it: on TVM tensors made once (no
-    NumPy conversion or allocation per call; at one row those cost as much as the kernel).
-    Returns the output tensor (check() reads it)."""
+    NumPy conversion, allocation or transposition per call: at one row those cost as much
+    as the kernel, and the BSR kernel's y^T is 1.5 MB at 128 x 3072)."""
     import tvm
     args = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]
-    out = tvm.runtime.tensor(np.zeros(out_shape, np.float32))
+    out = _Output(tvm.runtime.tensor(np.zeros(out_shape, np.float32)), transposed)
 
     def call():
-        fn(*args, out)
+        fn(*args, out.tensor)
         return out
     return call
 
@@ -424,10 +445,11 @@ def to_markdown(data: dict) -> str:
              "codegen with TVM's own lowering, untuned ('tvm default', TVM's default CPU "
              "pipeline: no schedules) and tuned by MetaSchedule from an empty database (trials "
              "per problem as named). graphopt's own TIR kernels (graphopt.kernels.tvm_kernels, "
-             "built for this CPU, called on TVM tensors made once, as an artifact calls them, except "
-             "BSR): dense 'tvm (TIR packed)', the packed register-tiled kernel "
+             "built for this CPU, called on TVM tensors made once, as an artifact calls them): "
+             "dense 'tvm (TIR packed)', the packed register-tiled kernel "
              "graphopt's lowering puts in CPU artifacts; BSR 'tvm (TIR)', the register-tiled "
-             "BSR kernel (x transposed per call, as in an artifact); 2:4 'tvm (TIR)', a plain "
+             "BSR kernel (on x^T, writing y^T: an artifact fuses those transposes into the "
+             "neighbouring element-wise ops); 2:4 'tvm (TIR)', a plain "
              "vectorized loop with a gather (TVM has no sparse kernels), and 'tvm (TIR "
              "select)', graphopt's gather-free kernel for few rows (each lane selects its x "
              "from the broadcast group by compares on its index).", "",
