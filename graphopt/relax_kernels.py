@@ -110,21 +110,44 @@ def time_kernels(w: np.ndarray, bsr: formats.BSR, rows: int, target: Any) -> dic
 
     from graphopt.kernels.tvm_kernels import build
     k, n = w.shape
-    tile = micro_kernel(target)
-    cols = bsr_tile_columns(bsr.block[0], target.vector_bits, target.vector_registers)
     spec = dict(target.tvm)
     x = np.random.default_rng(0).standard_normal((rows, k)).astype(np.float32)
-    dense = build(dense_packed_func(k, n, tile), spec)["main"]
-    dense_args = [tvm.runtime.tensor(x), tvm.runtime.tensor(pack_dense_weight(w, tile.cols)),
-                  tvm.runtime.tensor(np.zeros((rows, n), np.float32))]
     data, indices = _bsr_arrays(bsr)
-    sparse = build(bsr_tiled_func(n, k, *bsr.block, int(bsr.indices.size), cols),
-                   spec)["main"]
     sparse_args = [tvm.runtime.tensor(np.ascontiguousarray(x.T)), tvm.runtime.tensor(data),
                    tvm.runtime.tensor(indices), tvm.runtime.tensor(bsr.indptr),
                    tvm.runtime.tensor(np.zeros((n, rows), np.float32))]
-    return {"dense_ms": round(autotune.time_ms(lambda: dense(*dense_args)), 5),
-            "sparse_ms": round(autotune.time_ms(lambda: sparse(*sparse_args)), 5)}
+    widest = bsr_tile_columns(bsr.block[0], target.vector_bits, target.vector_registers)
+    lanes = max(1, target.vector_bits // 32)
+    tried = {}
+    for cols in sorted({lanes, widest}):  # the tile width is the tunable
+        sparse = build(bsr_tiled_func(n, k, *bsr.block, int(bsr.indices.size), cols),
+                       spec)["main"]
+        tried[cols] = round(autotune.time_ms(lambda f=sparse: f(*sparse_args)), 5)
+    return {"dense_ms": _time_dense(w, x, target), **_best(tried)}
+
+
+def _time_dense(w: np.ndarray, x: np.ndarray, target: Any) -> float:
+    import tvm
+
+    from graphopt.kernels.tvm_kernels import build
+    k, n = w.shape
+    tile = micro_kernel(target)
+    dense = build(dense_packed_func(k, n, tile), dict(target.tvm))["main"]
+    args = [tvm.runtime.tensor(x), tvm.runtime.tensor(pack_dense_weight(w, tile.cols)),
+            tvm.runtime.tensor(np.zeros((x.shape[0], n), np.float32))]
+    return round(autotune.time_ms(lambda: dense(*args)), 5)
+
+
+def _width(t: dict[str, Any]) -> str:
+    return (f" ({t['cols']} columns per tile, of {', '.join(sorted(t['tried'], key=int))})"
+            if "cols" in t else "")
+
+
+def _best(tried: dict[int, float]) -> dict[str, Any]:
+    """The fastest tile width of the sparse kernel and its time, with every width tried."""
+    cols = min(tried, key=tried.get)
+    return {"sparse_ms": tried[cols], "cols": cols,
+            "tried": {str(c): t for c, t in tried.items()}}
 
 
 def _bsr_arrays(bsr: formats.BSR) -> tuple[np.ndarray, np.ndarray]:
@@ -171,19 +194,16 @@ def time_nm_kernels(w: np.ndarray, nm: formats.NMCompressed, rows: int,
 
     from graphopt.kernels.tvm_kernels import build
     k, n = w.shape
-    tile = micro_kernel(target)
     spec = dict(target.tvm)
     x = np.random.default_rng(0).standard_normal((rows, k)).astype(np.float32)
-    dense = build(dense_packed_func(k, n, tile), spec)["main"]
-    dense_args = [tvm.runtime.tensor(x), tvm.runtime.tensor(pack_dense_weight(w, tile.cols)),
-                  tvm.runtime.tensor(np.zeros((rows, n), np.float32))]
-    cols = nm_columns(target)
-    sparse = build(nm_select_func(n, nm.n, nm.m, k, cols), spec)["main"]
-    sparse_args = [tvm.runtime.tensor(x),
-                   *[tvm.runtime.tensor(a) for a in pack_nm_weight(nm, cols)],
-                   tvm.runtime.tensor(np.zeros((rows, n), np.float32))]
-    return {"dense_ms": round(autotune.time_ms(lambda: dense(*dense_args)), 5),
-            "sparse_ms": round(autotune.time_ms(lambda: sparse(*sparse_args)), 5)}
+    lanes = max(1, target.vector_bits // 32)
+    tried = {}
+    for cols in (2 * lanes, 4 * lanes):  # the tile width is the tunable
+        sparse = build(nm_select_func(n, nm.n, nm.m, k, cols), spec)["main"]
+        args = [tvm.runtime.tensor(x), *[tvm.runtime.tensor(a) for a in pack_nm_weight(nm, cols)],
+                tvm.runtime.tensor(np.zeros((rows, n), np.float32))]
+        tried[cols] = round(autotune.time_ms(lambda f=sparse, a=args: f(*a)), 5)
+    return {"dense_ms": _time_dense(w, x, target), **_best(tried)}
 
 
 def nm_columns(target: Any) -> int:
@@ -205,13 +225,13 @@ def _choose_nm(w: np.ndarray, rows: int | None, target: Any, cache_dir: Path | N
                              "(used only where measured faster)"}
     nm = formats.to_nm(w, keep, group)
     k, n = w.shape
-    t = _measured(f"tvm_nm_vs_dense:{target.full_name}:{sorted(target.tvm.items())}:{rows}:"
+    t = _measured(f"tvm_nm_vs_dense2:{target.full_name}:{sorted(target.tvm.items())}:{rows}:"
                   f"{k}x{n}:{keep}:{group}", cache_dir,
                   lambda: time_nm_kernels(w, nm, rows, target))
     faster = t["sparse_ms"] < MARGIN * t["dense_ms"]
     return (nm if faster else None), {
         **info, **t, "kernel": "nm" if faster else "dense",
-        "why": f"measured here: {keep}:{group} {t['sparse_ms']:.3f} ms vs dense "
+        "why": f"measured here: {keep}:{group} {t['sparse_ms']:.3f} ms{_width(t)} vs dense "
                f"{t['dense_ms']:.3f} ms"}
 
 
@@ -228,13 +248,13 @@ def _choose_block(w: np.ndarray, rows: int | None, target: Any, cache_dir: Path 
         return None, {**info, "kernel": "dense", "why": "shape not a multiple of the block"}
     bsr = formats.to_bsr(w, block)
     if measure and rows is not None and rows > 0 and measurable(target):
-        t = _measured(f"tvm_bsr_vs_dense:{target.full_name}:{sorted(target.tvm.items())}:"
+        t = _measured(f"tvm_bsr_vs_dense2:{target.full_name}:{sorted(target.tvm.items())}:"
                       f"{rows}:{k}x{n}:block{block[0]}x{block[1]}:{bsr.density:.2f}",
                       cache_dir, lambda: time_kernels(w, bsr, rows, target))
         faster = t["sparse_ms"] < MARGIN * t["dense_ms"]
         return (bsr if faster else None), {
             **info, **t, "kernel": "bsr" if faster else "dense",
-            "why": f"measured here: BSR {t['sparse_ms']:.3f} ms vs dense "
+            "why": f"measured here: BSR {t['sparse_ms']:.3f} ms{_width(t)} vs dense "
                    f"{t['dense_ms']:.3f} ms"}
     pays = "block" in target.sparsity and blocked >= RULE_MIN_SPARSITY
     return (bsr if pays else None), {
@@ -331,7 +351,7 @@ def use_graphopt_kernels(mod, target: Any, cache_dir: Path | None = None,
             bsr, why = choose_kernel(w, static_rows, target, cache_dir, measure)
             flat = self.builder_.emit(relax.op.reshape(x, [rows, k]))
             if isinstance(bsr, formats.NMCompressed):
-                nm, cols = bsr, nm_columns(target)
+                nm, cols = bsr, why.get("cols", nm_columns(target))
                 out = self.builder_.emit(relax.call_tir(
                     self._kernel(("nm", n, nm.n, nm.m, k, cols),
                                  lambda: nm_select_func(n, nm.n, nm.m, k, cols)),
@@ -344,7 +364,8 @@ def use_graphopt_kernels(mod, target: Any, cache_dir: Path | None = None,
                     out_ty=relax.TensorType([rows, n], "float32")))
             else:
                 bh, bw = bsr.block
-                cols = bsr_tile_columns(bh, target.vector_bits, target.vector_registers)
+                cols = why.get("cols") or bsr_tile_columns(bh, target.vector_bits,
+                                                           target.vector_registers)
                 nnz = int(bsr.indices.size)
                 data, indices = _bsr_arrays(bsr)
                 out_t = self.builder_.emit(relax.call_tir(

@@ -165,6 +165,9 @@ def test_bsr_choice_is_measured_here_and_cached(tmp_path, monkeypatch) -> None:
     assert layer["sparse_ms"] > 0 and layer["dense_ms"] > 0
     assert layer["kernel"] == ("bsr" if layer["sparse_ms"] < 0.95 * layer["dense_ms"]
                                else "dense")
+    # the tile width is tuned: every width tried, the fastest kept
+    assert len(layer["tried"]) == 2 and layer["sparse_ms"] == min(layer["tried"].values())
+    assert layer["tried"][str(layer["cols"])] == layer["sparse_ms"]
     assert (tmp_path / "kernel_tuning.json").exists()
 
     def no_timing(*_args, **_kwargs):
@@ -355,6 +358,7 @@ def test_n_m_choice_is_measured_and_never_guessed(tmp_path) -> None:
     assert layer["sparse_ms"] > 0 and layer["dense_ms"] > 0
     assert layer["kernel"] == ("nm" if layer["sparse_ms"] < 0.95 * layer["dense_ms"]
                                else "dense")
+    assert layer["tried"][str(layer["cols"])] == min(layer["tried"].values())
     # arm cannot be timed here and a dynamic row count cannot be timed: dense, said why
     for target, rows in ((ARM, 1), (X86, None)):
         nm, why = relax_kernels.choose_kernel(w, rows, target, tmp_path)
