@@ -36,6 +36,8 @@ def build(name: str) -> tuple[onnx.ModelProto, list[str]]:
         return testing.example_cnn(), ["input=1x3x32x32"]
     if name == "resnet18":
         return zoo.resnet(), ["input=1x3x224x224"]
+    if name == "mobilenet_v2":
+        return zoo.mobilenet_v2(), ["input=1x3x224x224"]
     if name == "bert_encoder":
         return zoo.bert_encoder(), ["x=1x128x768"]
     raise SystemExit(f"unknown model {name}")
@@ -165,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench codegen",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="example CNN, 16 trials")
-    parser.add_argument("--models", default="example,resnet18,bert_encoder")
+    parser.add_argument("--models", default="example,resnet18,bert_encoder",
+                        help="comma-separated: example, resnet18, mobilenet_v2, bert_encoder")
     parser.add_argument("--trials", default=None,
                         help="comma-separated tuning budgets (default 200; --quick: 16; "
                              "0: untuned only)")

@@ -46,6 +46,7 @@ from graphopt.kernels.tvm_kernels import (
     bsr_tiled_func,
     conv_gemm_func,
     dense_packed_func,
+    depthwise_func,
     im2col_func,
     nm_select_columns,
     nm_select_func,
@@ -266,15 +267,18 @@ def _choose_block(w: np.ndarray, rows: int | None, target: Any, cache_dir: Path 
 
 def conv_geometry(call) -> ConvGeometry | None:
     """The geometry of a relax conv2d that graphopt's conv kernels take: float32 NCHW/OIHW,
-    groups = 1 (grouped and depthwise convolutions are left to the default schedules), a
-    constant weight, static channels and spatial size (the batch may be symbolic)."""
+    groups = 1 or depthwise (groups = channels = output channels; other grouped convolutions
+    are left to the default schedules), a constant weight, static channels and spatial size
+    (the batch may be symbolic)."""
     import tvm
     from tvm import relax, tirx
     attrs = call.attrs
     x, weight = call.args
     w = weight.value.numpy() if isinstance(weight, tvm.ir.expr.Constant) else None
     ty = x.ty
-    if w is None or w.dtype != np.float32 or w.ndim != 4 or int(attrs.groups) != 1 or \
+    groups = int(attrs.groups) if w is not None else 0
+    depthwise = w is not None and w.ndim == 4 and groups == w.shape[0] and w.shape[1] == 1
+    if w is None or w.dtype != np.float32 or w.ndim != 4 or (groups != 1 and not depthwise) or \
             str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW" or \
             str(attrs.out_layout) not in ("NCHW", "") or \
             str(getattr(call.ty, "dtype", "")) != "float32" or \
@@ -282,7 +286,8 @@ def conv_geometry(call) -> ConvGeometry | None:
             str(ty.dtype) != "float32":
         return None
     dims = list(ty.shape.values)
-    if not all(isinstance(d, tirx.IntImm) for d in dims[1:]) or int(dims[1]) != w.shape[1]:
+    if not all(isinstance(d, tirx.IntImm) for d in dims[1:]) or \
+            int(dims[1]) != w.shape[1] * groups:
         return None
     pads = [int(v) for v in attrs.padding]
     pads = pads * 2 if len(pads) == 2 else pads
@@ -384,9 +389,12 @@ def use_graphopt_kernels(mod, target: Any, cache_dir: Path | None = None,
             if geometry is None:
                 return call
             g = geometry
-            macs = g.out_channels * g.reduction * g.positions
+            depthwise = int(call.attrs.groups) != 1
+            macs = (g.channels * g.kernel[0] * g.kernel[1] if depthwise
+                    else g.out_channels * g.reduction) * g.positions
             if small_convs_to_tuning and macs < SMALL_CONV_MACS:
-                use.convs.append({"k": g.reduction, "n": g.out_channels,
+                use.convs.append({"k": g.kernel[0] * g.kernel[1] if depthwise else g.reduction,
+                                  "n": g.out_channels,
                                   "positions": g.positions, "kernel": "tuning",
                                   "why": f"{macs / 1e6:.1f}M multiply-adds: left to "
                                          f"MetaSchedule (fused with its neighbours)"})
@@ -394,6 +402,14 @@ def use_graphopt_kernels(mod, target: Any, cache_dir: Path | None = None,
             x = call.args[0]
             batch = x.ty.shape.values[0]
             w = call.args[1].value.numpy()  # (conv_geometry checked it is a constant)
+            if depthwise:
+                use.convs.append({"k": int(np.prod(g.kernel)), "n": g.out_channels,
+                                  "positions": g.positions, "kernel": "depthwise"})
+                return self.builder_.emit(relax.call_tir(
+                    self._kernel(("depthwise", *_conv_key(g)), lambda: depthwise_func(g)),
+                    [x, relax.const(np.ascontiguousarray(w[:, 0]))],
+                    out_ty=relax.TensorType([batch, g.channels, g.out_height, g.out_width],
+                                            "float32")))
             if g.pointwise:
                 cols = self.builder_.emit(relax.op.reshape(
                     x, [batch, g.channels, g.height * g.width]))

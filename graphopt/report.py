@@ -232,7 +232,11 @@ def codegen_lines(c: Mapping[str, Any] | None) -> list[str]:
             text += f", {len(sparse)} block-sparse through the BSR kernel"
         if nm:
             text += f", {len(nm)} N:M-sparse through the select N:M kernel"
-        convs = [r for r in kernels.get("convs", []) if r["kernel"] != "tuning"]
+        convs = [r for r in kernels.get("convs", [])
+                 if r["kernel"] in ("gemm", "im2col+gemm")]
+        depthwise = [r for r in kernels.get("convs", []) if r["kernel"] == "depthwise"]
+        if depthwise:
+            text += f", {len(depthwise)} depthwise convolution(s) through its depthwise kernel"
         if convs:
             text += (f", {len(convs)} convolution(s) through im2col + the packed GEMM "
                      f"({sum(1 for r in convs if r['kernel'] == 'gemm')} pointwise without "

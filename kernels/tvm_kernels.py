@@ -472,6 +472,57 @@ def im2col_func(g: ConvGeometry):
     return im2col
 
 
+def depthwise_func(g: ConvGeometry):
+    """y (b, C, OH, OW) = depthwise conv2d of x (b, C, H, W) with w (C, R, S) (groups = C,
+    one output channel per input channel), b symbolic. Threads over (image, channel); each
+    copies its input plane once into a zero-bordered buffer (then no tap needs a bounds
+    check), and per output row sums the R x S taps, unrolled, into a row accumulator: for
+    stride 1 every tap is a contiguous run that LLVM vectorizes (55-80 GFLOP/s on
+    MobileNet's 3x3 layers here, against 13-28 GFLOP/s bounds-checking each tap); stride 2
+    layers are bound by reading the input (about 25 GFLOP/s)."""
+    from tvm.script import tirx as T
+    c_in, h, w = g.channels, g.height, g.width
+    (kr, ks), (sh, sw), (dh, dw) = g.kernel, g.stride, g.dilation
+    top, left, bottom, right = g.pads
+    oh_n, ow_n = g.out_height, g.out_width
+    ph, pw = h + top + bottom, w + left + right
+
+    @T.prim_func
+    def depthwise(x_handle: T.handle, wt: T.Buffer((c_in, kr, ks), "float32"),
+                  y_handle: T.handle):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        b = T.int64()
+        x = T.match_buffer(x_handle, (b, c_in, h, w), "float32")
+        y = T.match_buffer(y_handle, (b, c_in, oh_n, ow_n), "float32")
+        for bc in T.parallel(b * c_in):
+            padded = T.decl_buffer((ph, pw), "float32", scope="global")
+            acc = T.decl_buffer((ow_n,), "float32", scope="local")
+            for i in range(top):
+                for j in range(pw):
+                    padded[i, j] = T.float32(0)
+            for i in range(h):
+                for j in range(left):
+                    padded[i + top, j] = T.float32(0)
+                for j in range(w):
+                    padded[i + top, j + left] = x[bc // c_in, bc % c_in, i, j]
+                for j in range(right):
+                    padded[i + top, j + left + w] = T.float32(0)
+            for i in range(bottom):
+                for j in range(pw):
+                    padded[i + top + h, j] = T.float32(0)
+            for oh in range(oh_n):
+                for o in range(ow_n):
+                    acc[o] = T.float32(0)
+                for r in T.unroll(kr):
+                    for s in T.unroll(ks):
+                        for o in range(ow_n):
+                            acc[o] = acc[o] + wt[bc % c_in, r, s] * padded[
+                                oh * sh + r * dh, o * sw + s * dw]
+                for o in range(ow_n):
+                    y[bc // c_in, bc % c_in, oh, o] = acc[o]
+    return depthwise
+
+
 CONV_CHUNK = 256  # reduction entries per pass: a block of cols (chunk x tile) stays in L1
 CONV_PANELS = 8  # channel panels per task: they take turns over the same chunk of cols
 

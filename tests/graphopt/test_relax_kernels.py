@@ -257,7 +257,8 @@ def _ops(mod, name: str) -> list:
 
 def _conv_model():
     """Strided, padded (asymmetrically), dilated and pointwise convolutions with bias and
-    ReLU, then a depthwise one (grouped: left to the default schedules); dynamic batch."""
+    ReLU, a depthwise one, then a grouped one (left to the default schedules); dynamic
+    batch."""
     b = testing.ModelBuilder(opset=17)
     x = b.input("x", ["batch", 3, 17, 19])
     y = b.node("Conv", [x, b.weight(b.randn(8, 3, 3, 3)), b.weight(b.randn(8))],
@@ -267,6 +268,7 @@ def _conv_model():
     y = b.node("Conv", [y, b.weight(b.randn(10, 13, 2, 3)), b.weight(b.randn(10))],
                pads=[0, 1, 1, 0], dilations=[2, 1])
     y = b.node("Conv", [y, b.weight(b.randn(10, 1, 3, 3))], group=10, pads=[1, 1, 1, 1])
+    y = b.node("Conv", [y, b.weight(b.randn(10, 5, 1, 1))], group=2)
     b.output(y, shape=["batch", 10, 8, 9])
     return b.build()
 
@@ -279,11 +281,11 @@ def test_convolutions_go_through_im2col_and_the_conv_gemm() -> None:
     mod = from_onnx(model, keep_params_in_input=False)
     rewritten, use = relax_kernels.use_graphopt_kernels(mod, X86)
     convs = use.as_dict()["convs"]
-    assert [c["kernel"] for c in convs] == ["im2col+gemm", "gemm", "im2col+gemm"]
-    assert [(c["k"], c["n"]) for c in convs] == [(27, 8), (8, 13), (78, 10)]
-    # only the depthwise convolution is left as a conv2d
+    assert [c["kernel"] for c in convs] == ["im2col+gemm", "gemm", "im2col+gemm", "depthwise"]
+    assert [(c["k"], c["n"]) for c in convs] == [(27, 8), (8, 13), (78, 10), (9, 10)]
+    # only the grouped (not depthwise) convolution is left as a conv2d
     (left,) = _ops(rewritten, "relax.nn.conv2d")
-    assert int(left.attrs.groups) == 10
+    assert int(left.attrs.groups) == 2
     vm = relax.VirtualMachine(codegen.build(rewritten, X86, default_schedules=True),
                               tvm.cpu())
     for batch in (1, 3):
@@ -373,8 +375,8 @@ def test_when_tuning_small_convolutions_are_left_to_metaschedule() -> None:
     _, untuned = relax_kernels.use_graphopt_kernels(mod, X86)
     rewritten, tuned = relax_kernels.use_graphopt_kernels(mod, X86, small_convs_to_tuning=True)
     assert all(c["kernel"] != "tuning" for c in untuned.convs)
-    assert [c["kernel"] for c in tuned.convs] == ["tuning"] * 3
+    assert [c["kernel"] for c in tuned.convs] == ["tuning"] * 4
     assert all("MetaSchedule" in c["why"] for c in tuned.convs)
-    assert len(_ops(rewritten, "relax.nn.conv2d")) == 4 and tuned.as_dict()["count"] == 0
+    assert len(_ops(rewritten, "relax.nn.conv2d")) == 5 and tuned.as_dict()["count"] == 0
     big = relax_kernels.SMALL_CONV_MACS
     assert all(c["n"] * c["k"] * c["positions"] < big for c in tuned.convs)

@@ -130,6 +130,25 @@ def test_conv_matches_reference(tile, batch, g) -> None:
     np.testing.assert_allclose(got, _conv_reference(x, w, g), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("batch, g", CONVS)
+def test_depthwise_matches_reference(batch, g) -> None:
+    """Each channel convolved with its own filter: the geometries above with as many output
+    channels as input channels."""
+    import tvm
+    g = tvm_kernels.ConvGeometry(g.channels, g.height, g.width, g.channels, g.kernel, g.stride,
+                                 g.pads, g.dilation)
+    x = RNG.standard_normal((batch, g.channels, g.height, g.width)).astype(np.float32)
+    w = RNG.standard_normal((g.channels, *g.kernel)).astype(np.float32)
+    fn = tvm_kernels.build(tvm_kernels.depthwise_func(g), tvm_kernels.host_target())["main"]
+    out = tvm.runtime.tensor(np.full((batch, g.channels, g.out_height, g.out_width), np.nan,
+                                     np.float32))
+    fn(tvm.runtime.tensor(x), tvm.runtime.tensor(w), out)
+    cols = ref.im2col(x.astype(np.float64), g.kernel, g.stride, g.pads, g.dilation)
+    cols = cols.reshape(batch, g.channels, g.kernel[0] * g.kernel[1], g.positions)
+    expected = np.einsum("cq,bcqp->bcp", w.reshape(g.channels, -1).astype(np.float64), cols)
+    np.testing.assert_allclose(out.numpy(), expected.reshape(out.shape), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("chunk, group", [(7, 3), (45, 1), (1, 8), (100, 2)])
 def test_conv_gemm_in_reduction_chunks_and_panel_groups(chunk, group) -> None:
     """Partial last chunk, partial last group of panels, partial last panel, leftover
@@ -202,6 +221,8 @@ CPU_KERNELS = {**KERNELS, "dense_packed": lambda gpu: tvm_kernels.dense_packed_f
     "bsr_tiled": lambda gpu: tvm_kernels.bsr_tiled_func(48, 64, 4, 4, 10, 8),
     "im2col": lambda gpu: tvm_kernels.im2col_func(CONVS[1][1]),
     "nm_select": lambda gpu: tvm_kernels.nm_select_func(48, 2, 4, 64),
+    "depthwise": lambda gpu: tvm_kernels.depthwise_func(tvm_kernels.ConvGeometry(
+        4, 10, 7, 4, (3, 3), (2, 1), (0, 2, 1, 0), (1, 2))),
     "conv_gemm": lambda gpu: tvm_kernels.conv_gemm_func(13, 24, 35, tvm_kernels.MicroKernel(6, 16))}
 
 
