@@ -245,6 +245,12 @@ def codegen_lines(c: Mapping[str, Any] | None) -> list[str]:
         if tuned:
             text += f", {len(tuned)} small convolution(s) left to MetaSchedule"
         lines.append(text)
+        small = kernels.get("small_convs")
+        if small:
+            lines.append(f"  small convolutions: tuned by MetaSchedule "
+                         f"{small['metaschedule_ms']:.3f} ms, through graphopt's kernels "
+                         f"{small['kernels_ms']:.3f} ms on this machine: kept "
+                         f"{small['kept']}")
         for r in kernels["layers"]:
             if r.get("why") and "block" in r:
                 lines.append(f"  {r['k']}x{r['n']} weight, {r['block'][0]}x{r['block'][1]} "

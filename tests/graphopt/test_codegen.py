@@ -43,9 +43,11 @@ def test_x86_artifact_matches_onnxruntime(tmp_path: Path) -> None:
     assert c["check"]["passed"] and c["check"]["max_rel"] <= 1e-4
     # default lowering: the classifier's Gemm through graphopt's packed dense kernel, the
     # four convolutions through im2col + its conv GEMM (the 1x1 one without im2col), the
-    # rest scheduled by graphopt's defaults, so no "naive loops" warning
-    assert c["kernels"]["count"] == 5 and c["kernels"]["layers"][0]["n"] == 10
-    assert sorted(r["kernel"] for r in c["kernels"]["convs"]) == ["gemm"] + ["im2col+gemm"] * 3
+    # depthwise one through its depthwise kernel, the rest scheduled by graphopt's defaults,
+    # so no "naive loops" warning
+    assert c["kernels"]["count"] == 6 and c["kernels"]["layers"][0]["n"] == 10
+    assert sorted(r["kernel"] for r in c["kernels"]["convs"]) == \
+        ["depthwise", "gemm"] + ["im2col+gemm"] * 3
     assert "graphopt's default schedules" in c["schedules"]
     assert not any("untuned" in w for w in result.report["warnings"])
     # independently: load the module and compare with onnxruntime on fresh inputs

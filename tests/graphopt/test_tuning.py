@@ -151,3 +151,34 @@ def test_unknown_device_key_is_one_clear_error(tmp_path: Path, rpc_tracker: str)
     with pytest.raises(UserError, match="no RPC server with that key"):
         compile_model(_tiny_model(tmp_path), tmp_path / "out", CompileOptions(
             tune=TRIALS, rpc=rpc_tracker, device_key="nope", tuning_cache=tmp_path / "c"))
+
+
+@pytest.mark.parametrize("faster", ["MetaSchedule", "graphopt kernels"])
+def test_tuned_small_convolutions_keep_the_faster_variant(tmp_path: Path, monkeypatch,
+                                                          faster: str) -> None:
+    """Tuning leaves small convolutions to MetaSchedule; both that artifact and the one with
+    every convolution through graphopt's kernels are built and timed, and the faster kept
+    (the timings faked here to pick each in turn: the real ones are machine noise)."""
+    from graphopt.kernels import autotune
+    model = tmp_path / "cnn.onnx"
+    onnx.save(testing.example_cnn(), model)
+    calls: list[float] = []
+
+    def fake_time(call) -> float:
+        call()  # (the variant must run)
+        calls.append(1.0 if (len(calls) == 0) == (faster == "MetaSchedule") else 2.0)
+        return calls[-1]
+
+    monkeypatch.setattr(autotune, "time_ms", fake_time)
+    result = compile_model(model, tmp_path / "out", CompileOptions(
+        tune=TRIALS, tuning_cache=tmp_path / "cache"))
+    c = result.report["codegen"]
+    assert len(calls) == 2
+    small = c["kernels"]["small_convs"]
+    assert small["kept"] == faster
+    assert {small["metaschedule_ms"], small["kernels_ms"]} == {1.0, 2.0}
+    left = [r for r in c["kernels"]["convs"] if r["kernel"] == "tuning"]
+    assert bool(left) == (faster == "MetaSchedule")
+    assert c["check"]["passed"]  # the kept artifact is the one written and checked
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert f"kept {faster}" in text
