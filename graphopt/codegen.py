@@ -207,7 +207,7 @@ def keep_faster_conv_lowering(executable, imported, target: Any, options: Any, d
     onnxruntime tuned against x1.02 through the kernels; MobileNetV2, 18 such convolutions
     and 200 trials: x0.51 against x0.57). So where the artifact runs here, the other variant
     is built too (every convolution through graphopt's kernels; the database covers the same
-    other functions), both are timed on the same input, and the faster is kept."""
+    other functions), both are timed on the same input, interleaved, and the faster kept."""
     import tvm
     from tvm import relax
     from graphopt.kernels import autotune
@@ -215,11 +215,9 @@ def keep_faster_conv_lowering(executable, imported, target: Any, options: Any, d
     alternative = build(alt_mod, target, database, default_schedules=True)
     names = input_names(model)
     args = [tvm.runtime.tensor(np.ascontiguousarray(feed[n])) for n in names]
-    times = []
-    for candidate in (executable, alternative):
-        vm = relax.VirtualMachine(candidate, tvm.cpu())
-        times.append(autotune.time_ms(lambda vm=vm: vm["main"](*args)))
-    tuned_ms, kernels_ms = times
+    vms = [relax.VirtualMachine(candidate, tvm.cpu()) for candidate in (executable, alternative)]
+    tuned_ms, kernels_ms = autotune.interleaved_ms([lambda vm=vm: vm["main"](*args)
+                                                    for vm in vms])
     keep_kernels = kernels_ms < tuned_ms
     chosen = dict(alt_kernels if keep_kernels else kernels)
     chosen["small_convs"] = {"metaschedule_ms": round(tuned_ms, 4),

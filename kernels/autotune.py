@@ -17,8 +17,9 @@ import json
 import os
 import platform
 import tempfile
+import time
 import timeit
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,26 @@ def tune(kernel: str, rows: int, weight: BSR | NMCompressed) -> dict[str, Any]:
         timings.append({**setting, "ms": round(ms, 5)})
     fastest = min(timings, key=lambda t: t["ms"])
     return {"best": {k: fastest[k] for k in space}, "timings": timings}
+
+
+def interleaved_ms(calls: Sequence[Callable[[], Any]], rounds: int = 7,
+                   runs: int = 3) -> list[float]:
+    """Each call's median time (ms) over `rounds` rounds that run every call in turn, `runs`
+    times each (the median of those per round): whatever slows the machine for a while (a
+    thread pool still spinning, another process) falls on all of them alike, not on
+    whichever was timed first."""
+    for call in calls:
+        call()  # warm-up: first touch, lazy initialisation
+    per_call: list[list[float]] = [[] for _ in calls]
+    for _ in range(rounds):
+        for times, call in zip(per_call, calls):
+            runs_ms = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                call()
+                runs_ms.append((time.perf_counter() - start) * 1e3)
+            times.append(float(np.median(runs_ms)))
+    return [float(np.median(times)) for times in per_call]
 
 
 def time_ms(call: Callable[[], Any]) -> float:

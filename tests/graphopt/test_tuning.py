@@ -162,18 +162,19 @@ def test_tuned_small_convolutions_keep_the_faster_variant(tmp_path: Path, monkey
     from graphopt.kernels import autotune
     model = tmp_path / "cnn.onnx"
     onnx.save(testing.example_cnn(), model)
-    calls: list[float] = []
+    calls: list[int] = []
 
-    def fake_time(call) -> float:
-        call()  # (the variant must run)
-        calls.append(1.0 if (len(calls) == 0) == (faster == "MetaSchedule") else 2.0)
-        return calls[-1]
+    def fake_times(variants) -> list[float]:
+        for run in variants:
+            run()  # (each variant must run)
+        calls.append(len(variants))
+        return [1.0, 2.0] if faster == "MetaSchedule" else [2.0, 1.0]
 
-    monkeypatch.setattr(autotune, "time_ms", fake_time)
+    monkeypatch.setattr(autotune, "interleaved_ms", fake_times)
     result = compile_model(model, tmp_path / "out", CompileOptions(
         tune=TRIALS, tuning_cache=tmp_path / "cache"))
     c = result.report["codegen"]
-    assert len(calls) == 2
+    assert calls == [2]
     small = c["kernels"]["small_convs"]
     assert small["kept"] == faster
     assert {small["metaschedule_ms"], small["kernels_ms"]} == {1.0, 2.0}

@@ -60,3 +60,12 @@ def test_best_is_cached_per_kernel_target_and_shape(tmp_path: Path, monkeypatch)
     assert autotune.key("bsr", 6, weight) != key  # other rows: another problem
     assert autotune.key("bsr", 5, _bsr(level=0.5)) != key
     numba_kernels.bsr_matmul(np.ones((5, 48), np.float32), weight, **first)
+
+
+def test_interleaved_timing_runs_every_call_each_round() -> None:
+    order: list[str] = []
+    times = autotune.interleaved_ms([lambda: order.append("a"), lambda: order.append("b")],
+                                    rounds=2, runs=3)
+    assert len(times) == 2 and all(t >= 0 for t in times)
+    # warm-up a, b; then per round a x3, b x3
+    assert order == ["a", "b"] + (["a"] * 3 + ["b"] * 3) * 2
