@@ -9,6 +9,7 @@
     quantization int8: graphopt vs onnxruntime's quantizer, vs fp32, memory (quantization.py)
     codegen      TVM artifacts: compile/tuning time, latency vs onnxruntime (codegen.py)
     sparse_run   encoder with block-sparse FFN: graphopt run vs onnxruntime (sparse_run.py)
+    profile      where an x86 artifact spends its time, per function (profile_artifact.py)
 
 Each writes JSON + markdown (and plots where it has them) under bench/results/.
 """
@@ -21,7 +22,8 @@ from pathlib import Path
 
 COMMANDS = {"kernels": "kernels", "models": "models", "lossless": "lossless_passes",
             "lowrank": "lowrank", "huge": "huge_model", "conformance": "conformance_sweep",
-            "quantization": "quantization", "codegen": "codegen", "sparse_run": "sparse_run"}
+            "quantization": "quantization", "codegen": "codegen", "sparse_run": "sparse_run",
+            "profile": "profile_artifact"}
 
 
 def main(argv: list[str]) -> int:
