@@ -27,12 +27,12 @@ def _ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
     return next(iter(verify.run_graph(testing._as_graph(model), [feeds])[0].values()))
 
 
-def _matmul_calls(mod) -> list:
-    """The relax.matmul calls left in the module's Relax functions."""
+def _ops(mod, name: str) -> list:
+    """The calls of one Relax op left in the module's Relax functions."""
     import tvm
     from tvm import relax
     found = []
-    op = tvm.ir.Op.get("relax.matmul")
+    op = tvm.ir.Op.get(name)
 
     @relax.expr_functor.visitor
     class Finder(relax.PyExprVisitor):
@@ -73,7 +73,7 @@ def test_constant_weight_matmuls_go_through_the_packed_kernel(shape, op, trans_b
     rewritten, use = relax_kernels.use_graphopt_kernels(mod, target)
     assert use.as_dict()["count"] == 1 and use.layers[0]["k"] == 30 and \
         use.layers[0]["n"] == 13
-    assert not _matmul_calls(rewritten)
+    assert not _ops(rewritten, "relax.matmul")
     names = [gv.name_hint for gv, _ in rewritten.functions_items()]
     assert "graphopt_dense_30_13" in names
     feeds = {"x": RNG.standard_normal(shape).astype(np.float32)}
@@ -87,7 +87,7 @@ def test_encoder_rewrites_projections_not_attention() -> None:
     rewritten, use = relax_kernels.use_graphopt_kernels(mod, X86)
     # q, k, v, out, ffn up, ffn down per layer; QK^T and AV multiply activations
     assert len(use.layers) == 12
-    assert len(_matmul_calls(rewritten)) == 4
+    assert len(_ops(rewritten, "relax.matmul")) == 4
     feeds = {"x": RNG.standard_normal((2, 6, 32)).astype(np.float32)}
     got = _build_and_run(rewritten, X86, feeds)
     assert verify.compare(_ort(model, feeds), got).max_rel <= 1e-4
@@ -150,7 +150,7 @@ def test_block_sparse_weight_through_the_bsr_kernel(shape) -> None:
     (layer,) = use.layers
     assert layer["kernel"] == "bsr" and layer["block"] == [4, 4]
     assert layer["block_sparsity"] >= 0.85 and "not measurable" in layer["why"]
-    assert use.as_dict()["sparse_count"] == 1 and not _matmul_calls(rewritten)
+    assert use.as_dict()["sparse_count"] == 1 and not _ops(rewritten, "relax.matmul")
     feeds = {"x": RNG.standard_normal(shape).astype(np.float32)}
     got = _build_and_run(rewritten, X86, feeds)
     assert verify.compare(_ort(model, feeds), got).max_rel <= 1e-4
@@ -233,26 +233,6 @@ def test_gelu_is_spelled_with_erf_and_stays_exact() -> None:
     got = vm["main"](tvm.runtime.tensor(feeds["x"]))
     got = got.numpy() if hasattr(got, "numpy") else got[0].numpy()
     assert verify.compare(_ort(model, feeds), got).max_rel <= 1e-5
-
-
-def _ops(mod, name: str) -> list:
-    """The calls of one Relax op left in the module's Relax functions."""
-    import tvm
-    from tvm import relax
-    found = []
-    op = tvm.ir.Op.get(name)
-
-    @relax.expr_functor.visitor
-    class Finder(relax.PyExprVisitor):
-        def visit_call_(self, call):
-            if call.op == op:
-                found.append(call)
-            super().visit_call_(call)
-
-    for _, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            Finder().visit_expr(func)
-    return found
 
 
 def _conv_model():
@@ -345,7 +325,7 @@ def test_n_m_weight_through_the_select_kernel_where_it_measured_faster(
     (layer,) = use.layers
     assert layer["kernel"] == "nm" and layer["pattern"] == "2:4"
     assert "measured here" in layer["why"] and use.as_dict()["sparse_count"] == 1
-    assert not _matmul_calls(rewritten)
+    assert not _ops(rewritten, "relax.matmul")
     assert any(gv.name_hint.startswith("graphopt_nm_") for gv, _ in rewritten.functions_items())
     feeds = {"x": RNG.standard_normal(shape).astype(np.float32)}
     got = _build_and_run(rewritten, X86, feeds)
