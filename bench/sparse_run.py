@@ -6,6 +6,7 @@ model per sparsity level.
     python -m bench sparse_run                   # BERT-base sized, 2 layers, 128 tokens
     python -m bench sparse_run --quick           # small encoder (CI-sized)
     python -m bench sparse_run --no-artifact     # graphopt run's onnxruntime engine only
+    python -m bench sparse_run --targets x86     # the portable AVX2 artifact only
 
 The FFN weights (768x3072 and 3072x768) get the block pattern sparsify_block applies
 (sparsity.block_mask: the lowest-L2-norm blocks zeroed) at each level; attention stays
@@ -15,10 +16,12 @@ per round (median, bootstrap 95% CI); onnxruntime's idle threads do not spin, an
 runs a model 4 times and counts the last 3 (TVM's thread pool spins after a run and would
 slow whatever runs next).
 
-A second graphopt column is the TVM artifact `graphopt compile` builds for the x86 target
-(graphopt's lowering: the BSR TIR kernel for the FFN layers where it measured faster than
-the packed dense kernel, the packed dense kernel elsewhere), which `graphopt run` runs by
-default; its outputs are checked against onnxruntime too.
+Further graphopt columns are the TVM artifacts `graphopt compile` builds for each of
+--targets (graphopt's lowering: the BSR TIR kernel for the FFN layers where it measured
+faster than the packed dense kernel, the packed dense kernel elsewhere), which `graphopt run`
+runs by default; their outputs are checked against onnxruntime too. By default two: `x86`,
+the portable AVX2+FMA build, and `x86:host`, built for this machine's CPU as detected (on a
+CPU with AVX-512, the instructions onnxruntime's kernels pick at run time here too).
 """
 
 from __future__ import annotations
@@ -56,24 +59,30 @@ def sparsify_ffn(model: onnx.ModelProto, d: int, level: float, block: tuple[int,
     return ir.to_onnx(graph)
 
 
-def _artifact(path: Path, out: Path, feeds: dict[str, np.ndarray], cache: Path
-              ) -> dict | None:
-    """graphopt compile for x86 (default pipeline and lowering) and a runner of its
-    artifact, with how many FFN layers went through the BSR kernel."""
+def _artifact(path: Path, out: Path, feeds: dict[str, np.ndarray], cache: Path,
+              target: str) -> dict | None:
+    """graphopt compile for an x86 target (default pipeline and lowering) and a runner of
+    its artifact, with how many FFN layers went through the BSR kernel."""
     from graphopt import codegen
     from graphopt.compiler import CompileOptions, compile_model
     shape = "x".join(str(d) for d in feeds["x"].shape)
-    result = compile_model(path, out, CompileOptions(target="x86", input_shapes=[f"x={shape}"],
+    result = compile_model(path, out, CompileOptions(target=target, input_shapes=[f"x={shape}"],
                                                      tuning_cache=cache))
     c = result.report["codegen"]
     if c.get("status") != "built":
-        print(f"no artifact: {c.get('reason')}")
+        print(f"no {target} artifact: {c.get('reason')}")
         return None
     vm = codegen.load(out / c["files"][0])
     layers = (c.get("kernels") or {}).get("layers", [])
     return {"run": lambda f: codegen.run(vm, f, ["x"], ["y"]),
             "bsr_layers": sum(1 for r in layers if r.get("kernel") == "bsr"),
             "layers": layers}
+
+
+def _llvm_cpu(target: str) -> str:
+    """The LLVM CPU a target name compiles for (x86:host: as detected here)."""
+    from graphopt.registry import load_registry
+    return load_registry().get_target(target).tvm.get("mcpu", "?")
 
 
 def main(argv: list[str]) -> int:
@@ -86,12 +95,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--levels", default=",".join(str(x) for x in LEVELS),
                         help="comma-separated FFN block sparsity levels")
     parser.add_argument("--no-artifact", action="store_true",
-                        help="skip the TVM artifact column")
+                        help="skip the TVM artifact columns")
+    parser.add_argument("--targets", default="x86,x86:host",
+                        help="comma-separated x86 targets to build artifacts for "
+                             "(default: x86,x86:host)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     d, heads = (64, 4) if args.quick else (768, 12)
     rounds = args.rounds or (5 if args.quick else 30)
     block = sparsity.parse_block(args.block)
+    targets = [] if args.no_artifact else [t for t in args.targets.split(",") if t]
     dense = testing.encoder(opset=17, d=d, heads=heads, layers=args.layers)
     feeds = {"x": np.random.default_rng(0).standard_normal((1, args.tokens, d))
              .astype(np.float32)}
@@ -113,15 +126,19 @@ def main(argv: list[str]) -> int:
                 print(f"level {level}: graphopt's run differs from onnxruntime: {check}")
                 return 1
             runs = {"onnxruntime": (path, "ALL"), "graphopt": runner.run}
-            artifact = None if args.no_artifact else _artifact(
-                path, Path(tmp) / f"out_{level}", feeds, Path(tmp) / "cache")
-            if artifact is not None:
-                runs["artifact"] = artifact["run"]
+            artifacts = {}
+            for t in targets:
+                artifact = _artifact(path, Path(tmp) / f"out_{level}_{t.replace(':', '_')}",
+                                     feeds, Path(tmp) / "cache", t)
+                if artifact is None:
+                    continue
                 art_check = verify.compare(ort_out, artifact["run"](feeds)["y"])
                 if not art_check.max_rel <= 1e-4:
-                    print(f"level {level}: the TVM artifact differs from onnxruntime: "
+                    print(f"level {level}: the {t} artifact differs from onnxruntime: "
                           f"{art_check}")
                     return 1
+                artifacts[t] = artifact
+                runs[f"artifact {t}"] = artifact["run"]
             times = latencies(runs, feeds, rounds, threads=0, spin=False, block=BLOCK)
             ratio = paired_ratio(times["onnxruntime"], times["graphopt"])
             rows.append({
@@ -132,21 +149,21 @@ def main(argv: list[str]) -> int:
                 "speedup": ratio, "cosine_vs_dense": verify.compare(reference, got).cosine,
                 "max_rel_vs_onnxruntime": check.max_rel,
                 "decisions": [x.as_dict() for x in decisions]})
-            if artifact is not None:
-                rows[-1].update(
-                    artifact_ms=float(np.median(times["artifact"])),
-                    artifact_speedup=paired_ratio(times["onnxruntime"], times["artifact"]),
-                    artifact_bsr_layers=artifact["bsr_layers"],
-                    artifact_layers=artifact["layers"])
+            rows[-1]["artifacts"] = [
+                {"target": t, "ms": float(np.median(times[f"artifact {t}"])),
+                 "speedup": paired_ratio(times["onnxruntime"], times[f"artifact {t}"]),
+                 "bsr_layers": a["bsr_layers"], "layers": a["layers"]}
+                for t, a in artifacts.items()]
             print(f"sparsity {level:.0%}: onnxruntime {rows[-1]['onnxruntime_ms']:.2f} ms, "
                   f"graphopt {rows[-1]['graphopt_ms']:.2f} ms, x{fmt_ratio(ratio)}; "
-                  f"{runner.kernel_layers}/{len(layers)} layers by the kernel" + (
-                      f"; artifact {rows[-1]['artifact_ms']:.2f} ms, "
-                      f"x{fmt_ratio(rows[-1]['artifact_speedup'])}" if artifact else ""),
-                  flush=True)
+                  f"{runner.kernel_layers}/{len(layers)} layers by the kernel" + "".join(
+                      f"; {a['target']} artifact {a['ms']:.2f} ms, x{fmt_ratio(a['speedup'])}"
+                      for a in rows[-1]["artifacts"]), flush=True)
+    built = [t for t in targets if all(any(a["target"] == t for a in r["artifacts"])
+                                       for r in rows)]
     data = {"machine": machine_info(0), "model": f"encoder d={d} heads={heads} "
             f"layers={args.layers}", "tokens": args.tokens, "block": args.block,
-            "rounds": rounds, "rows": rows}
+            "rounds": rounds, "targets": {t: _llvm_cpu(t) for t in built}, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "sparse_run_quick" if args.quick else "sparse_run"
     (args.out / f"{stem}.json").write_text(json.dumps(data, indent=1))
@@ -157,25 +174,31 @@ def main(argv: list[str]) -> int:
              "'speedup' = onnxruntime (ORT_ENABLE_ALL, same "
              "model, zeros dense) / graphopt run (sparse layers by the BSR kernel where it "
              "measured faster, onnxruntime for the rest), median of per-round ratios [95% "
-             "bootstrap CI]. 'cosine' = output vs the dense model.", "",
+             "bootstrap CI]. 'cosine' = output vs the dense model." + "".join(
+                 f" '{t} artifact': the TVM artifact `graphopt compile -t {t}` builds (LLVM "
+                 f"CPU {cpu}), run the same way; 'BSR layers': FFN layers through the BSR "
+                 "kernel." for t, cpu in data["targets"].items()), "",
              "| FFN block sparsity | layers by the kernel | onnxruntime ms | graphopt ms | "
-             "speedup | TVM artifact: BSR layers | artifact ms | artifact speedup | "
-             "cosine vs dense |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "speedup | " + "".join(f"{t}: BSR layers | {t} artifact ms | {t} artifact "
+                                    "speedup | " for t in built) + "cosine vs dense |",
+             "|---:|---:|---:|---:|---:|" + "---:|---:|---:|" * len(built) + "---:|"]
     for r in rows:
-        art = (f"{r['artifact_bsr_layers']}/{r['sparse_layers']} | {r['artifact_ms']:.2f} | "
-               f"x{fmt_ratio(r['artifact_speedup'])}") if "artifact_ms" in r else "- | - | -"
+        arts = {a["target"]: a for a in r["artifacts"]}
+        art = "".join(f"{arts[t]['bsr_layers']}/{r['sparse_layers']} | {arts[t]['ms']:.2f} | "
+                      f"x{fmt_ratio(arts[t]['speedup'])} | " for t in built)
         lines.append(f"| {r['sparsity']:.0%} | {r['kernel_layers']}/{r['sparse_layers']} | "
                      f"{r['onnxruntime_ms']:.2f} | {r['graphopt_ms']:.2f} | "
-                     f"x{fmt_ratio(r['speedup'])} | {art} | {r['cosine_vs_dense']:.5f} |")
+                     f"x{fmt_ratio(r['speedup'])} | {art}{r['cosine_vs_dense']:.5f} |")
     plt = pyplot()
     if plt is not None:
         fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
         xs = [r["sparsity"] * 100 for r in rows]
         ax[0].plot(xs, [r["speedup"]["median"] for r in rows], "o-", label="graphopt run "
                    "(onnxruntime + Numba BSR)")
-        if all("artifact_speedup" in r for r in rows):
-            ax[0].plot(xs, [r["artifact_speedup"]["median"] for r in rows], "s-",
-                       label="TVM artifact")
+        for t in built:
+            ax[0].plot(xs, [next(a["speedup"]["median"] for a in r["artifacts"]
+                                 if a["target"] == t) for r in rows], "s-",
+                       label=f"TVM artifact ({t})")
         ax[0].legend(fontsize=7)
         ax[0].axhline(1.0, color="gray", lw=0.8)
         ax[0].set(xlabel="FFN block sparsity (%)", ylabel="speedup vs onnxruntime")

@@ -43,6 +43,7 @@ from graphopt.kernels.tvm_kernels import (
     ConvGeometry,
     MicroKernel,
     bsr_tile_columns,
+    bsr_tile_widths,
     bsr_tiled_func,
     conv_gemm_func,
     dense_packed_func,
@@ -117,11 +118,10 @@ def time_kernels(w: np.ndarray, bsr: formats.BSR, rows: int, target: Any) -> dic
     sparse_args = [tvm.runtime.tensor(np.ascontiguousarray(x.T)), tvm.runtime.tensor(data),
                    tvm.runtime.tensor(indices), tvm.runtime.tensor(bsr.indptr),
                    tvm.runtime.tensor(np.zeros((n, rows), np.float32))]
-    widest = bsr_tile_columns(bsr.block[0], target.vector_bits, target.vector_registers)
     lanes = max(1, target.vector_bits // 32)
     tried = {}
-    for cols in sorted({lanes, widest}):  # the tile width is the tunable
-        sparse = build(bsr_tiled_func(n, k, *bsr.block, int(bsr.indices.size), cols),
+    for cols in bsr_tile_widths(bsr.block[0], target.vector_bits, target.vector_registers):
+        sparse = build(bsr_tiled_func(n, k, *bsr.block, int(bsr.indices.size), cols, lanes),
                        spec)["main"]
         tried[cols] = round(autotune.time_ms(lambda f=sparse: f(*sparse_args)), 5)
     return {"dense_ms": _time_dense(w, x, target), **_best(tried)}
@@ -249,7 +249,7 @@ def _choose_block(w: np.ndarray, rows: int | None, target: Any, cache_dir: Path 
         return None, {**info, "kernel": "dense", "why": "shape not a multiple of the block"}
     bsr = formats.to_bsr(w, block)
     if measure and rows is not None and rows > 0 and measurable(target):
-        t = _measured(f"tvm_bsr_vs_dense2:{target.full_name}:{sorted(target.tvm.items())}:"
+        t = _measured(f"tvm_bsr_vs_dense3:{target.full_name}:{sorted(target.tvm.items())}:"
                       f"{rows}:{k}x{n}:block{block[0]}x{block[1]}:{bsr.density:.2f}",
                       cache_dir, lambda: time_kernels(w, bsr, rows, target))
         faster = t["sparse_ms"] < MARGIN * t["dense_ms"]
@@ -375,7 +375,8 @@ def use_graphopt_kernels(mod, target: Any, cache_dir: Path | None = None,
                 data, indices = _bsr_arrays(bsr)
                 out_t = self.builder_.emit(relax.call_tir(
                     self._kernel(("bsr", n, k, bh, bw, nnz, cols),
-                                 lambda: bsr_tiled_func(n, k, bh, bw, nnz, cols)),
+                                 lambda: bsr_tiled_func(n, k, bh, bw, nnz, cols,
+                                                        target.vector_bits // 32)),
                     [self.builder_.emit(relax.op.permute_dims(flat, [1, 0])),
                      relax.const(data), relax.const(indices), relax.const(bsr.indptr)],
                     out_ty=relax.TensorType([n, rows], "float32")))

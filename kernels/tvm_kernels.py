@@ -16,6 +16,7 @@ TVM imports stay inside this module.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -328,22 +329,32 @@ def dense_packed_func(k: int, n: int, tile: MicroKernel):
     return dense_packed
 
 
-def bsr_tile_columns(bh: int, vector_bits: int, vector_registers: int) -> int:
-    """Activation columns per register tile of the tiled BSR kernel: bh rows of accumulators,
-    one or two vectors wide, within the register file."""
+def bsr_tile_widths(bh: int, vector_bits: int, vector_registers: int) -> tuple[int, ...]:
+    """Activation columns per register tile of the tiled BSR kernel worth trying: 1 to 4
+    vectors wide, while bh rows of accumulators, a vector of activations per column vector
+    and the broadcast weight fit in the register file (AVX2, 4x4 blocks: 8, 16, 24; AVX-512:
+    up to 64). Wider tiles broadcast each weight to more columns; which is fastest depends on
+    the CPU (on AVX2 24 beat 16 by 5-35% here), so the kernel choice times them."""
     lanes = max(1, vector_bits // 32)
-    vectors = max(1, min(2, (vector_registers - 3) // max(bh, 1)))
-    return vectors * lanes
+    vectors = max(1, min(4, (vector_registers - 1) // (max(bh, 1) + 1)))
+    return tuple(v * lanes for v in range(1, vectors + 1))
 
 
-def bsr_tiled_func(n: int, k: int, bh: int, bw: int, nnz: int, cols: int):
+def bsr_tile_columns(bh: int, vector_bits: int, vector_registers: int) -> int:
+    """The widest tile of bsr_tile_widths: the default when nothing was timed."""
+    return bsr_tile_widths(bh, vector_bits, vector_registers)[-1]
+
+
+def bsr_tiled_func(n: int, k: int, bh: int, bw: int, nnz: int, cols: int, lanes: int = LANES):
     """y^T (n, m) = BSR(W^T) @ x^T for x^T (k, m), m symbolic; W^T is (n, k) in bh x bw
     blocks, n % bh == k % bw == 0. Threads over block rows; per block row, `cols` activation
     columns at a time with the bh x cols tile in registers while the row's blocks stream
-    past, then one leftover column at a time."""
+    past, then the leftover columns one vector (`lanes`) at a time, then one at a time."""
     from tvm.script import tirx as T
     rows = n // bh
     nnz = max(nnz, 1)
+    lanes = math.gcd(cols, lanes)  # the tile is whole vectors: LLVM splits odd widths badly
+    vectors = cols // lanes
 
     @T.prim_func
     def bsr_tiled(x_handle: T.handle, data: T.Buffer((nnz, bh, bw), "float32"),
@@ -355,20 +366,37 @@ def bsr_tiled_func(n: int, k: int, bh: int, bw: int, nnz: int, cols: int):
         y_t = T.match_buffer(y_handle, (n, m), "float32")
         for r in T.parallel(rows):
             for mc in range(m // cols):
-                acc = T.decl_buffer((bh, cols), "float32", scope="local")
+                acc = T.decl_buffer((bh, vectors, lanes), "float32", scope="local")
                 for a in T.unroll(bh):
-                    for c in T.vectorized(cols):
-                        acc[a, c] = T.float32(0)
+                    for v in T.unroll(vectors):
+                        for c in T.vectorized(lanes):
+                            acc[a, v, c] = T.float32(0)
                 for e in range(indptr[r], indptr[r + 1]):
                     for b in T.unroll(bw):
                         for a in T.unroll(bh):
-                            for c in T.vectorized(cols):
-                                acc[a, c] = acc[a, c] + data[e, a, b] * x_t[
-                                    indices[e] * bw + b, mc * cols + c]
+                            for v in T.unroll(vectors):
+                                for c in T.vectorized(lanes):
+                                    acc[a, v, c] = acc[a, v, c] + data[e, a, b] * x_t[
+                                        indices[e] * bw + b, mc * cols + v * lanes + c]
                 for a in T.unroll(bh):
-                    for c in T.vectorized(cols):
-                        y_t[r * bh + a, mc * cols + c] = acc[a, c]
-            for i in range(m // cols * cols, m):
+                    for v in T.unroll(vectors):
+                        for c in T.vectorized(lanes):
+                            y_t[r * bh + a, mc * cols + v * lanes + c] = acc[a, v, c]
+            for mv in range((m - m // cols * cols) // lanes):
+                vec = T.decl_buffer((bh, lanes), "float32", scope="local")
+                for a in T.unroll(bh):
+                    for c in T.vectorized(lanes):
+                        vec[a, c] = T.float32(0)
+                for e in range(indptr[r], indptr[r + 1]):
+                    for b in T.unroll(bw):
+                        for a in T.unroll(bh):
+                            for c in T.vectorized(lanes):
+                                vec[a, c] = vec[a, c] + data[e, a, b] * x_t[
+                                    indices[e] * bw + b, m // cols * cols + mv * lanes + c]
+                for a in T.unroll(bh):
+                    for c in T.vectorized(lanes):
+                        y_t[r * bh + a, m // cols * cols + mv * lanes + c] = vec[a, c]
+            for i in range(m // cols * cols + (m - m // cols * cols) // lanes * lanes, m):
                 one = T.decl_buffer((bh,), "float32", scope="local")
                 for a in range(bh):
                     one[a] = T.float32(0)
@@ -717,7 +745,8 @@ def host_dense_packed_matmul(x: np.ndarray, w: np.ndarray,
 
 @functools.lru_cache(maxsize=64)
 def _host_bsr_tiled(n: int, k: int, bh: int, bw: int, nnz: int, cols: int):
-    return build(bsr_tiled_func(n, k, bh, bw, nnz, cols), host_target())["main"]
+    lanes = host_cpu()[0] // 32
+    return build(bsr_tiled_func(n, k, bh, bw, nnz, cols, lanes), host_target())["main"]
 
 
 def host_bsr_tiled(w: BSR, cols: int | None = None):

@@ -34,19 +34,24 @@ def test_quick_run_records_every_level(load_bench, tmp_path: Path) -> None:
     for row in data["rows"]:
         assert row["max_rel_vs_onnxruntime"] <= 1e-4 and row["sparse_layers"] == 2
         assert 0.0 < row["cosine_vs_dense"] <= 1.0 + 1e-9
-        assert "artifact_ms" not in row
+        assert row["artifacts"] == []
     assert (tmp_path / "sparse_run_quick.md").exists()
 
 
-def test_quick_run_with_the_tvm_artifact(load_bench, tmp_path: Path) -> None:
+def test_quick_run_with_the_tvm_artifacts(load_bench, tmp_path: Path) -> None:
     bench = load_bench("sparse_run")
     assert bench.main(["--quick", "--layers", "1", "--rounds", "2", "--tokens", "16",
-                       "--levels", "0.9", "--out", str(tmp_path)]) == 0
+                       "--levels", "0.9", "--targets", "x86,x86:host",
+                       "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "sparse_run_quick.json").read_text())
+    assert data["targets"]["x86"] == "x86-64-v3" and "x86:host" in data["targets"]
     for row in data["rows"]:
-        # the TVM artifact column: both FFN weights decided (measured here), timed
-        assert row["artifact_ms"] > 0 and row["artifact_speedup"]["median"] > 0
-        ffn = [r for r in row["artifact_layers"] if "block" in r]
-        assert len(ffn) == 2 and all("measured here" in r["why"] for r in ffn)
-        assert row["artifact_bsr_layers"] == sum(r["kernel"] == "bsr" for r in ffn)
-    assert "artifact speedup" in (tmp_path / "sparse_run_quick.md").read_text()
+        # an artifact per target: both FFN weights decided (measured here), timed
+        assert [a["target"] for a in row["artifacts"]] == ["x86", "x86:host"]
+        for art in row["artifacts"]:
+            assert art["ms"] > 0 and art["speedup"]["median"] > 0
+            ffn = [r for r in art["layers"] if "block" in r]
+            assert len(ffn) == 2 and all("measured here" in r["why"] for r in ffn)
+            assert art["bsr_layers"] == sum(r["kernel"] == "bsr" for r in ffn)
+    text = (tmp_path / "sparse_run_quick.md").read_text()
+    assert "x86 artifact speedup" in text and "x86:host artifact speedup" in text

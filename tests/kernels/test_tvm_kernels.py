@@ -178,9 +178,11 @@ def test_conv_geometry_matches_the_numpy_reference_convolution() -> None:
 
 @pytest.mark.parametrize("block", [(4, 4), (16, 1), (1, 4), (2, 3)])
 @pytest.mark.parametrize("level", [0.0, 0.75, 1.0])
-@pytest.mark.parametrize("m, cols", [(1, 8), (7, 8), (19, 8), (40, 16), (0, 8)])
+@pytest.mark.parametrize("m, cols", [(1, 8), (7, 8), (19, 8), (40, 16), (0, 8), (53, 24),
+                                     (20, 24)])
 def test_tiled_bsr_matches_reference(block, level, m, cols) -> None:
-    """Column remainders (m % cols), one row, no rows, empty and full weights."""
+    """Column remainders (m % cols: whole vectors, then single columns), one row, no rows,
+    three-vector tiles, empty and full weights."""
     k, n = 6 * block[1], 4 * block[0]
     w = _block_sparse(k, n, block, level)
     bsr = formats.to_bsr(w, block)
@@ -191,9 +193,15 @@ def test_tiled_bsr_matches_reference(block, level, m, cols) -> None:
 
 
 @pytest.mark.parametrize("bh, bits, registers, expected", [
-    (4, 256, 16, 16), (4, 512, 32, 32), (16, 256, 16, 8), (4, 128, 32, 8), (32, 512, 32, 16)])
+    (4, 256, 16, 24), (4, 512, 32, 64), (16, 256, 16, 8), (4, 128, 32, 16), (32, 512, 32, 16)])
 def test_bsr_tile_columns_fit_the_register_file(bh, bits, registers, expected) -> None:
     assert tvm_kernels.bsr_tile_columns(bh, bits, registers) == expected
+    widths = tvm_kernels.bsr_tile_widths(bh, bits, registers)
+    lanes = bits // 32
+    assert widths[-1] == expected and widths[0] == lanes
+    for cols in widths[1:]:  # accumulators + a vector of activations each + the broadcast
+        vectors = cols // lanes  # (one vector is the narrowest tile, even for tall blocks)
+        assert vectors * lanes == cols and bh * vectors + vectors + 1 <= registers
 
 
 @pytest.mark.parametrize("bits, registers, expected", [
