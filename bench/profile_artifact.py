@@ -5,12 +5,14 @@ over many runs, as ms per run and share of the run.
     python -m bench profile                          # the bundled example
     python -m bench profile --model sparse_encoder   # BERT-base FFN at 80% block sparsity
     python -m bench profile --model resnet18 --runs 20
+    python -m bench profile --model sparse_encoder --target x86:host   # this machine's CPU
 
 Models: example, resnet18, mobilenet_v2, bert_encoder (as `bench codegen` builds them) and
 sparse_encoder (d=768, 12 heads, 2 layers, 128 tokens; FFN weights 4x4-block sparse at
 --sparsity, as `bench sparse_run` makes them), after graphopt's x86 pipeline. The artifact
-is built untuned with graphopt's lowering for the x86 target. Each call is timed from the VM's before-call to its after-call
-hook (wall time: a parallel kernel's time includes waking the thread pool); the hook's own
+is built untuned with graphopt's lowering for the x86 target (--target: a variant such as
+x86:host, this machine's CPU as detected). Each call is timed from the VM's before-call to
+its after-call hook (wall time: a parallel kernel's time includes waking the thread pool); the hook's own
 cost is in the total, so the total is a little above an uninstrumented run, also reported.
 """
 
@@ -43,8 +45,8 @@ def build_model(name: str, sparsity: float):
     return build(name)
 
 
-def optimized(model, shapes: list[str]):
-    """The model after graphopt's x86 pipeline (what `graphopt compile` lowers)."""
+def optimized(model, shapes: list[str], target: str = "x86"):
+    """The model after graphopt's pipeline for the target (what `graphopt compile` lowers)."""
     import tempfile
 
     import onnx
@@ -54,20 +56,22 @@ def optimized(model, shapes: list[str]):
         src = Path(tmp) / "model.onnx"
         onnx.save(model, str(src))
         result = compile_model(src, Path(tmp) / "out", CompileOptions(
-            target="x86", input_shapes=shapes, codegen=False))
+            target=target, input_shapes=shapes, codegen=False))
         return onnx.load(str(result.model))
 
 
-def profile(model, shapes: list[str], runs: int, cache_dir: Path | None) -> dict:
+def profile(model, shapes: list[str], runs: int, cache_dir: Path | None,
+            target_name: str = "x86") -> dict:
     import tvm
     from tvm import relax
 
     from graphopt import codegen, verify
-    from graphopt.targets import X86
+    from graphopt.registry import load_registry
+    target = load_registry().get_target(target_name)
     parsed = {k: list(v) for k, v in verify.parse_input_shapes(shapes).items()}
     mod = codegen.import_model(model, parsed)
-    mod, kernels = codegen.prepare(mod, X86, cache_dir)
-    vm = relax.VirtualMachine(codegen.build(mod, X86, default_schedules=True), tvm.cpu())
+    mod, kernels = codegen.prepare(mod, target, cache_dir)
+    vm = relax.VirtualMachine(codegen.build(mod, target, default_schedules=True), tvm.cpu())
     rng = np.random.default_rng(0)
     args = [tvm.runtime.tensor(rng.standard_normal(parsed[n]).astype(np.float32))
             for n in codegen.input_names(model)]
@@ -98,13 +102,15 @@ def profile(model, shapes: list[str], runs: int, cache_dir: Path | None) -> dict
              "calls_per_run": calls[name] / runs,
              "share": seconds[name] * 1e3 / runs / instrumented_ms}
             for name in sorted(seconds, key=seconds.get, reverse=True)]
-    return {"runs": runs, "plain_ms": plain_ms, "instrumented_ms": instrumented_ms,
+    return {"runs": runs, "target": target.full_name, "llvm_cpu": target.tvm.get("mcpu"),
+            "plain_ms": plain_ms, "instrumented_ms": instrumented_ms,
             "functions": rows, "graphopt_kernels": kernels.get("count", 0)}
 
 
 def markdown(name: str, shapes: list[str], result: dict, top: int) -> str:
     lines = [f"# Where the x86 artifact's time goes: {name} ({', '.join(shapes)})", "",
-             f"Untuned, graphopt's lowering; {result['runs']} runs; "
+             f"Untuned, graphopt's lowering for {result['target']} (LLVM CPU "
+             f"{result['llvm_cpu']}); {result['runs']} runs; "
              f"{result['graphopt_kernels']} graphopt kernels. A run takes "
              f"{result['plain_ms']:.3f} ms ({result['instrumented_ms']:.3f} ms instrumented).",
              "", "| function | ms / run | calls / run | share |", "|---|---:|---:|---:|"]
@@ -124,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="example", choices=MODELS)
     parser.add_argument("--sparsity", type=float, default=0.8,
                         help="sparse_encoder: FFN block sparsity (default 0.8)")
+    parser.add_argument("--target", default="x86",
+                        help="an x86 target or variant (default x86; x86:host: this CPU)")
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--top", type=int, default=25, help="rows in the table")
     parser.add_argument("--cache", type=Path, default=None,
@@ -133,9 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 1 or not 0.0 <= args.sparsity < 1.0:
         parser.error("--runs must be >= 1 and --sparsity in [0, 1)")
     model, shapes = build_model(args.model, args.sparsity)
-    model = optimized(model, shapes)
-    result = profile(model, shapes, args.runs, args.cache)
-    stem = f"profile_{args.model}"
+    if args.target.partition(":")[0] != "x86":
+        parser.error("--target must be x86 or an x86 variant (the artifact runs here)")
+    model = optimized(model, shapes, args.target)
+    result = profile(model, shapes, args.runs, args.cache, args.target)
+    stem = f"profile_{args.model}" + ("" if args.target == "x86" else
+                                      "_" + args.target.replace(":", "_"))
     args.out.mkdir(parents=True, exist_ok=True)
     text = markdown(args.model, shapes, result, args.top)
     (args.out / f"{stem}.json").write_text(json.dumps(

@@ -176,8 +176,8 @@ def main(argv: list[str]) -> int:
              "measured faster, onnxruntime for the rest), median of per-round ratios [95% "
              "bootstrap CI]. 'cosine' = output vs the dense model." + "".join(
                  f" '{t} artifact': the TVM artifact `graphopt compile -t {t}` builds (LLVM "
-                 f"CPU {cpu}), run the same way; 'BSR layers': FFN layers through the BSR "
-                 "kernel." for t, cpu in data["targets"].items()), "",
+                 f"CPU {cpu}), run the same way." for t, cpu in data["targets"].items()) +
+             (" 'BSR layers': FFN layers through the BSR kernel." if built else ""), "",
              "| FFN block sparsity | layers by the kernel | onnxruntime ms | graphopt ms | "
              "speedup | " + "".join(f"{t}: BSR layers | {t} artifact ms | {t} artifact "
                                     "speedup | " for t in built) + "cosine vs dense |",

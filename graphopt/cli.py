@@ -392,8 +392,8 @@ def run(
 
 def _run_onnxruntime(graph: gs.Graph, feeds: dict[str, np.ndarray], sparse_kernels: bool,
                      cache: Path | None) -> dict[str, np.ndarray]:
-    """The model in onnxruntime; block-sparse MatMuls through graphopt's BSR kernel where
-    that measured faster for their shape (graphopt.sparse_run)."""
+    """The model in onnxruntime; block-sparse and N:M-sparse MatMuls through graphopt's
+    kernels where that measured faster for their shape (graphopt.sparse_run)."""
     from graphopt import sparse_run
     layers = sparse_run.find_layers(graph, {k: list(v.shape) for k, v in feeds.items()}) \
         if sparse_kernels else []

@@ -296,8 +296,9 @@ def compile_model(
 
 
 def _sparse_runner(graph, feeds: verify.Feeds, o: CompileOptions):
-    """(runner, decisions) for --measure when the output has block-sparse MatMuls: each run
-    through graphopt's BSR kernel where it measured faster (graphopt.sparse_run); or None."""
+    """(runner, decisions) for --measure when the output has block- or N:M-sparse MatMuls:
+    each run through graphopt's kernel where it measured faster (graphopt.sparse_run); or
+    None."""
     from graphopt import sparse_run
     layers = sparse_run.find_layers(graph, {k: list(v.shape) for k, v in feeds.items()})
     if not layers:

@@ -60,7 +60,6 @@ OPAQUE = 8  # relax OpPatternKind.kOpaque: never fused with its neighbours
 MIN_ZEROS = 0.5  # below this block sparsity the BSR kernel is not considered
 RULE_MIN_SPARSITY = 0.8  # unmeasurable targets: BSR from here (x86: x1.3-3 at 75-90%)
 MARGIN = 0.95  # a sparse kernel must measure at least 5% faster than the dense kernel
-NM_PATTERNS = ((2, 4), (1, 4), (4, 8), (1, 2))  # N:M patterns looked for in weights
 # When tuning, a convolution with fewer multiply-adds is left to MetaSchedule: at that size
 # the two kernel calls of im2col + GEMM (each a parallel launch) cost more than the work, and
 # a tuned conv fused with its bias and activation wins (bundled example CNN, 200 trials:
@@ -169,16 +168,6 @@ def choose_kernel(w: np.ndarray, rows: int | None, target: Any, cache_dir: Path 
     return _choose_nm(w, rows, target, cache_dir, measure)
 
 
-def detect_nm(w: np.ndarray) -> tuple[int, int] | None:
-    """The sparsest of NM_PATTERNS a (k, n) MatMul weight complies with along k (every group
-    of m consecutive inputs holds at most n non-zeros), or None."""
-    for n, m in sorted(NM_PATTERNS, key=lambda p: p[0] / p[1]):
-        if w.shape[0] % m == 0 and np.mean(w == 0) >= 1 - n / m and \
-                sparsity.nm_compliance(w, n, m, axis=0) == 1.0:
-            return n, m
-    return None
-
-
 def _measured(key: str, cache_dir: Path | None, time) -> dict[str, float]:
     path = autotune._cache_path(cache_dir)
     cache = autotune.read_cache(path)
@@ -215,7 +204,7 @@ def _choose_nm(w: np.ndarray, rows: int | None, target: Any, cache_dir: Path | N
                measure: bool) -> tuple[formats.NMCompressed | None, dict[str, Any]]:
     """The select N:M kernel where it measured at least 5% faster than the dense kernel for
     the target at this row count; never by rule (it pays at few rows only, if at all)."""
-    found = detect_nm(w)
+    found = sparsity.detect_nm(w)
     if found is None:
         return None, {"kernel": "dense"}
     keep, group = found

@@ -187,17 +187,26 @@ def accuracy_lines(report: Mapping[str, Any]) -> list[str]:
 
 
 def sparse_lines(report: Mapping[str, Any]) -> list[str]:
-    """Which block-sparse layers --measure ran through graphopt's kernel, and why."""
+    """Which sparse layers --measure (or graphopt run) ran through graphopt's kernels, and
+    why."""
     rows = report.get("sparse_run") or []
     if not rows:
         return []
-    used = [r for r in rows if r["kernel"] == "graphopt BSR"]
-    lines = [f"sparse layers: {len(used)} of {len(rows)} block-sparse MatMuls run by "
-             "graphopt's BSR kernel (measured faster than onnxruntime's dense MatMul for "
-             "their shape; the rest dense)"]
-    lines += [f"  {r['layer']}: {r['weight']} block {r['block']} {r['block_zeros']:.0%} zero "
-              f"blocks, {r['rows']} rows: kernel {r['sparse_ms']:.3f} ms vs dense "
-              f"{r['dense_ms']:.3f} ms -> {r['kernel']}" for r in rows]
+    lines = []
+    for pattern, kernel, what in (("block", "graphopt BSR", "block-sparse"),
+                                  ("n:m", "graphopt N:M", "N:M-sparse")):
+        mine = [r for r in rows if r.get("pattern", "block") == pattern]
+        if not mine:
+            continue
+        used = sum(r["kernel"] == kernel for r in mine)
+        lines.append(f"sparse layers: {used} of {len(mine)} {what} MatMuls run by graphopt's "
+                     f"{kernel.split()[-1]} kernel (measured faster than onnxruntime's dense "
+                     "MatMul for their shape; the rest dense)")
+        lines += [f"  {r['layer']}: {r['weight']} " + (
+                      f"{r['n_m']}" if pattern == "n:m" else
+                      f"block {r['block']} {r['block_zeros']:.0%} zero blocks") +
+                  f", {r['rows']} rows: kernel {r['sparse_ms']:.3f} ms vs dense "
+                  f"{r['dense_ms']:.3f} ms -> {r['kernel']}" for r in mine]
     return lines
 
 

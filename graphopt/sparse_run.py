@@ -2,8 +2,10 @@
 
 A compiled model keeps its sparse weights dense (standard ONNX that any runtime runs). At run
 time, `graphopt run` and `compile --measure` may run a block-sparse MatMul with the Numba BSR
-kernel (graphopt.kernels) instead of onnxruntime's dense MatMul - but only where that
-measured faster for the layer's weight and activation shape. The model is cut at those
+kernel (graphopt.kernels), or an N:M-sparse one (2:4, ...) with the select N:M TIR kernel
+built for this CPU, instead of onnxruntime's dense MatMul - but only where that measured
+faster for the layer's weight and activation shape. (Numba's N:M kernel never beat the dense
+MatMul here; the select kernel does at few rows: x1.7-2.9 at one row.) The model is cut at those
 layers: onnxruntime sessions run the pieces between them, the kernel runs the layers, and
 tensors pass between them as NumPy arrays.
 
@@ -40,15 +42,26 @@ class SparseLayer:
     weight: str
     k: int
     n: int
-    block: tuple[int, int]  # of W^T (out x in), as BSR stores it
-    zeros: float  # fraction of the weight's blocks that are all zero
+    block: tuple[int, int]  # of W^T (out x in), as BSR stores it; (1, 1) for N:M layers
+    zeros: float  # fraction of the weight's blocks (N:M: entries) that are zero
     rows: int  # activation rows per call (product of the input's leading dims)
+    nm: tuple[int, int] | None = None  # (N, M): N:M-sparse along k, run by the N:M kernel
 
     @property
     def key(self) -> str:
         from graphopt.kernels.autotune import target
+        if self.nm:
+            return f"nm:{self.k}x{self.n}:{self.nm[0]}:{self.nm[1]}:{self.rows}:{target()}"
         return (f"bsr:{self.k}x{self.n}:{self.block[0]}x{self.block[1]}:"
                 f"{round(self.zeros, 2):.2f}:{self.rows}:{target()}")
+
+    @property
+    def kernel(self) -> str:
+        return "graphopt N:M" if self.nm else "graphopt BSR"
+
+    @property
+    def pattern(self) -> str:
+        return f"{self.nm[0]}:{self.nm[1]}" if self.nm else "x".join(map(str, self.block))
 
 
 @dataclass(frozen=True)
@@ -64,18 +77,21 @@ class Decision:
 
     def as_dict(self) -> dict:
         return {"layer": self.layer.node, "weight": f"{self.layer.k}x{self.layer.n}",
-                "block": "x".join(map(str, self.layer.block)), "block_zeros":
-                round(self.layer.zeros, 4), "rows": self.layer.rows,
+                "pattern": "n:m" if self.layer.nm else "block",
+                **({"n_m": self.layer.pattern} if self.layer.nm else
+                   {"block": self.layer.pattern, "block_zeros": round(self.layer.zeros, 4)}),
+                "rows": self.layer.rows,
                 "sparse_ms": round(self.sparse_ms, 4), "dense_ms": round(self.dense_ms, 4),
                 "kernel_settings": dict(self.config),
-                "kernel": "graphopt BSR" if self.use else "onnxruntime dense"}
+                "kernel": self.layer.kernel if self.use else "onnxruntime dense"}
 
 
 def find_layers(graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]]
                 ) -> list[SparseLayer]:
     """MatMuls whose constant 2-D float32 weight has all-zero blocks over at least MIN_ZEROS
     of it (the largest block shape of sparsity.BLOCK_SHAPES that holds nearly all its
-    zeros, as graphopt inspect finds them), with their activation rows. None in a model
+    zeros, as graphopt inspect finds them) or, failing that, follows an N:M pattern along
+    its reduction axis (sparsity.detect_nm), with their activation rows. None in a model
     with If/Loop/Scan subgraphs (not cut: the whole model runs in onnxruntime)."""
     if any(isinstance(v, gs.Graph) for n in graph.nodes for v in n.attrs.values()):
         # Subgraphs read outer tensors that are not node inputs: cutting would lose them.
@@ -90,13 +106,15 @@ def find_layers(graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]]
         if w.ndim != 2 or w.dtype != np.float32 or not x_shape or \
                 not all(isinstance(d, int) for d in x_shape):
             continue
-        found = sparsity.detect_block(w, MIN_ZEROS)
-        if found is None:
-            continue
-        block, blocked = found
         rows = int(np.prod(x_shape[:-1], dtype=np.int64))
-        layers.append(SparseLayer(node.name, node.inputs[1].name, w.shape[0], w.shape[1],
-                                  block, blocked, rows))
+        found = sparsity.detect_block(w, MIN_ZEROS)
+        if found is not None:
+            block, blocked = found
+            layers.append(SparseLayer(node.name, node.inputs[1].name, w.shape[0], w.shape[1],
+                                      block, blocked, rows))
+        elif (nm := sparsity.detect_nm(w)) is not None:
+            layers.append(SparseLayer(node.name, node.inputs[1].name, w.shape[0], w.shape[1],
+                                      (1, 1), float(np.mean(w == 0)), rows, nm))
     return layers
 
 
@@ -134,7 +152,7 @@ class SparseRunner:
         g.toposort()
         chosen = {d.layer.node: d for d in decisions if d.use}
         self.outputs = [t.name for t in g.outputs]
-        self.steps: list[tuple[str, tuple]] = []  # ("ort", piece) | ("bsr", layer)
+        self.steps: list[tuple[str, tuple]] = []  # ("ort", piece) | ("bsr"/"nm", layer)
         piece: list[gs.Node] = []
         nodes = list(g.nodes)
         for i, node in enumerate(nodes):
@@ -146,6 +164,12 @@ class SparseRunner:
                 piece = []
             w = np.asarray(node.inputs[1].values, np.float32)
             decision = chosen[node.name]
+            if decision.layer.nm:
+                from graphopt.kernels import tvm_kernels
+                matmul = tvm_kernels.host_nm_select(formats.to_nm(w, *decision.layer.nm),
+                                                    decision.config.get("cols"))
+                self.steps.append(("nm", (node.inputs[0].name, node.outputs[0].name, matmul)))
+                continue
             self.steps.append(("bsr", (node.inputs[0].name, node.outputs[0].name,
                                        formats.to_bsr(w, decision.layer.block),
                                        dict(decision.config))))
@@ -161,6 +185,11 @@ class SparseRunner:
                 src, dst, bsr, config = step
                 x = np.asarray(env[src], np.float32)
                 y = numba_kernels.bsr_matmul(x.reshape(-1, x.shape[-1]), bsr, **config)
+                env[dst] = y.reshape(*x.shape[:-1], y.shape[-1])
+            elif kind == "nm":
+                src, dst, matmul = step
+                x = np.asarray(env[src], np.float32)
+                y = matmul(x.reshape(-1, x.shape[-1]))
                 env[dst] = y.reshape(*x.shape[:-1], y.shape[-1])
             else:
                 session, inputs, outputs = step
@@ -200,12 +229,18 @@ def _time(layer: SparseLayer, w: np.ndarray, cache_dir: Path) -> dict[str, Any]:
     cut = verify.session(ir.to_onnx(_one_node("Identity", np.zeros((0, layer.n),
                                                                     np.float32)))
                          .SerializeToString(), optimize=True, spin=False)
-    bsr = formats.to_bsr(w, layer.block)
-    config = autotune.best("bsr", layer.rows, bsr, cache_dir)
     out = {"x": np.zeros((layer.rows, layer.n), np.float32)}
+    if layer.nm:
+        matmul, config = _tuned_nm(formats.to_nm(w, *layer.nm), x)
+    else:
+        bsr = formats.to_bsr(w, layer.block)
+        config = autotune.best("bsr", layer.rows, bsr, cache_dir)
+
+        def matmul(x: np.ndarray) -> np.ndarray:
+            return numba_kernels.bsr_matmul(x, bsr, **config)
 
     def sparse() -> None:
-        numba_kernels.bsr_matmul(x, bsr, **config)
+        matmul(x)
         cut.run(None, out)
 
     times = []
@@ -215,6 +250,18 @@ def _time(layer: SparseLayer, w: np.ndarray, cache_dir: Path) -> dict[str, Any]:
         number, _ = timer.autorange()
         times.append(min(timer.repeat(3, number)) / number * 1e3)
     return {"sparse_ms": times[0], "dense_ms": times[1], "config": config}
+
+
+def _tuned_nm(nm: Any, x: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray],
+                                               dict[str, Any]]:
+    """The select N:M kernel for this CPU at its faster tile width (two or four vectors of
+    output columns, as compiled artifacts tune it) for these activations."""
+    from graphopt.kernels import autotune, tvm_kernels
+    lanes = max(1, tvm_kernels.host_cpu()[0] // 32)
+    runs = {cols: tvm_kernels.host_nm_select(nm, cols) for cols in (2 * lanes, 4 * lanes)}
+    times = {cols: autotune.time_ms(lambda f=f: f(x)) for cols, f in runs.items()}
+    cols = min(times, key=times.get)
+    return runs[cols], {"cols": cols}
 
 
 def _one_node(op: str, w: np.ndarray) -> gs.Graph:

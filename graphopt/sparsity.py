@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 BLOCK_SHAPES = ("1x4", "4x1", "4x4", "1x16", "16x1", "32x1", "8x8", "16x16")
+NM_PATTERNS = ((2, 4), (1, 4), (4, 8), (1, 2))  # N:M patterns looked for in weights
 
 
 def reduction_axis(op: str, trans_b: bool = False) -> int:
@@ -149,6 +150,17 @@ def detect_block(w: np.ndarray, min_zeros: float) -> tuple[tuple[int, int], floa
         return None
     _, blocked, block = max(fits)
     return block, blocked
+
+
+def detect_nm(w: np.ndarray) -> tuple[int, int] | None:
+    """The sparsest of NM_PATTERNS a (k, n) MatMul weight complies with along k (every group
+    of m consecutive inputs holds at most n non-zeros), or None."""
+    for n, m in sorted(NM_PATTERNS, key=lambda p: p[0] / p[1]):
+        if w.shape[0] % m == 0 and np.mean(w == 0) >= 1 - n / m and \
+                nm_compliance(w, n, m, axis=0) == 1.0:
+            return n, m
+    return None
+
 
 
 # ------------------------------------------------------------------ channel permutations

@@ -20,6 +20,7 @@ def test_example_profile_lists_the_kernels_and_accounts_for_the_run(tmp_path: Pa
     assert any(n.startswith("graphopt_depthwise") for n in names)
     assert any(n.startswith("graphopt_dense") for n in names)
     assert data["graphopt_kernels"] == 6 and data["plain_ms"] > 0
+    assert data["target"] == "x86" and data["llvm_cpu"] == "x86-64-v3"
     # calls are whole per run, times sorted, and they cannot add up to more than the run
     assert all(row["calls_per_run"] == int(row["calls_per_run"]) for row in data["functions"])
     times = [row["ms"] for row in data["functions"]]
@@ -31,3 +32,8 @@ def test_example_profile_lists_the_kernels_and_accounts_for_the_run(tmp_path: Pa
 def test_bad_runs_are_refused(tmp_path: Path, load_bench) -> None:
     with pytest.raises(SystemExit):
         load_bench("profile_artifact").main(["--runs", "0", "--out", str(tmp_path)])
+
+
+def test_targets_that_do_not_run_here_are_refused(tmp_path: Path, load_bench) -> None:
+    with pytest.raises(SystemExit):
+        load_bench("profile_artifact").main(["--target", "arm", "--out", str(tmp_path)])

@@ -307,14 +307,6 @@ def _n_m_model(shape, k: int, n: int, keep: int = 2, group: int = 4):
     return b.build(), w
 
 
-def test_n_m_weights_are_found() -> None:
-    _, w = _n_m_model([1, 64], 64, 24)
-    assert relax_kernels.detect_nm(w) == (2, 4)
-    _, w = _n_m_model([1, 64], 64, 24, 1, 4)
-    assert relax_kernels.detect_nm(w) == (1, 4)
-    assert relax_kernels.detect_nm(RNG.standard_normal((64, 24)).astype(np.float32)) is None
-
-
 @pytest.mark.parametrize("shape", [[1, 64], [3, 2, 64]])
 def test_n_m_weight_through_the_select_kernel_where_it_measured_faster(
         shape, tmp_path, monkeypatch) -> None:

@@ -132,6 +132,66 @@ def test_compile_measure_reports_the_sparse_run(cli, tmp_path: Path, monkeypatch
     assert "Sparse layers at run time" in (tmp_path / "out" / "report.md").read_text()
 
 
+def _n_m_model(keep: int = 2, group: int = 4) -> onnx.ModelProto:
+    """x -> MatMul(keep:group-sparse along k) -> Gelu-ish Tanh -> MatMul(dense) -> y, with a
+    second output read across the cut."""
+    b = testing.ModelBuilder(seed=4)
+    x = b.input("x", ["batch", 96])
+    w = b.randn(96, 40, scale=0.1)
+    w = np.where(sparsity.nm_mask(w, keep, group, axis=0), w, 0).astype(np.float32)
+    h = b.node("MatMul", [x, b.weight(w)], name="pruned", outputs=["h"])
+    y = b.node("MatMul", [b.node("Tanh", [h]), b.weight(b.randn(40, 24, scale=0.1))],
+               name="dense")
+    b.output(b.node("Identity", [y], outputs=["y"]), shape=["batch", 24])
+    b.output(h, shape=["batch", 40])
+    return b.build()
+
+
+@pytest.mark.parametrize("keep, group", [(2, 4), (1, 4)])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_n_m_layers_run_through_the_select_kernel(keep, group, batch) -> None:
+    graph = ir.import_graph(_n_m_model(keep, group))
+    (layer,) = sparse_run.find_layers(graph, {"x": [batch, 96]})
+    assert (layer.node, layer.nm, layer.rows) == ("pruned", (keep, group), batch)
+    assert layer.kernel == "graphopt N:M" and layer.key.startswith("nm:96x40:")
+    runner = sparse_run.SparseRunner(graph, _forced([layer]))
+    assert [kind for kind, _ in runner.steps] == ["nm", "ort"]
+    feeds = {"x": RNG.standard_normal((batch, 96)).astype(np.float32)}
+    got, expected = runner.run(feeds), verify.run_graph(graph, [feeds])[0]
+    for name in ("y", "h"):
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-4, atol=1e-5)
+
+
+def test_n_m_decision_is_timed_with_a_tuned_width_and_cached(tmp_path: Path) -> None:
+    graph = ir.import_graph(_n_m_model())
+    layers = sparse_run.find_layers(graph, {"x": [1, 96]})
+    (decision,) = sparse_run.decide(graph, layers, tmp_path)
+    assert decision.sparse_ms > 0 and decision.dense_ms > 0
+    assert decision.config["cols"] in {16, 32, 64}  # two or four vectors of output columns
+    row = decision.as_dict()
+    assert row["pattern"] == "n:m" and row["n_m"] == "2:4"
+    assert row["kernel"] == ("graphopt N:M" if decision.use else "onnxruntime dense")
+    cached = json.loads((tmp_path / sparse_run.CACHE_NAME).read_text())
+    assert cached[layers[0].key]["config"] == decision.config
+
+
+def test_cli_run_reports_n_m_layers(cli, tmp_path: Path, monkeypatch) -> None:
+    onnx.save(_n_m_model(), tmp_path / "m.onnx")
+    x = RNG.standard_normal((1, 96)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", x=x)
+    monkeypatch.setattr(sparse_run, "_time", lambda layer, w, root: {
+        "sparse_ms": 0.001, "dense_ms": 1.0, "config": {}})
+    result = cli("run", tmp_path / "m.onnx", "-i", tmp_path / "in.npz", "-o",
+                 tmp_path / "out.npz", "--tuning-cache", tmp_path / "cache")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "1 of 1 N:M-sparse MatMuls run by graphopt's N:M kernel" in text
+    assert "pruned: 96x40 2:4, 1 rows" in text
+    expected = verify.run_graph(ir.import_graph(onnx.load(tmp_path / "m.onnx")), [{"x": x}])[0]
+    np.testing.assert_allclose(np.load(tmp_path / "out.npz")["y"], expected["y"], rtol=1e-4,
+                               atol=1e-5)
+
+
 def test_models_with_subgraphs_are_not_cut() -> None:
     """A subgraph reads outer tensors that are not node inputs: such models run whole."""
     import onnx_graphsurgeon as gs

@@ -106,3 +106,23 @@ def test_nm_permutation_keeps_the_identity_when_nothing_helps() -> None:
     rows = np.ones((8, 3))
     np.testing.assert_array_equal(sparsity.nm_permutation(rows, 2, 4), np.arange(8))
     np.testing.assert_array_equal(sparsity.nm_permutation(np.ones((6, 2)), 2, 4), np.arange(6))
+
+
+@pytest.mark.parametrize("keep, group", [(2, 4), (1, 4), (4, 8), (1, 2)])
+def test_detect_nm_finds_the_sparsest_pattern_a_weight_complies_with(keep, group) -> None:
+    w = np.random.default_rng(4).standard_normal((64, 24)).astype(np.float32)
+    w = np.where(sparsity.nm_mask(w, keep, group, axis=0), w, 0).astype(np.float32)
+    found = sparsity.detect_nm(w)
+    # 1:2 weights also comply with 2:4 (as sparse), 4:8 need 4:8; the sparsest is named
+    assert found is not None and found[0] / found[1] == keep / group
+    assert sparsity.nm_compliance(w, *found, axis=0) == 1.0
+
+
+def test_detect_nm_rejects_dense_unstructured_and_misfit_weights() -> None:
+    rng = np.random.default_rng(5)
+    assert sparsity.detect_nm(rng.standard_normal((64, 24)).astype(np.float32)) is None
+    loose = np.where(rng.random((64, 24)) < 0.6, 0, 1).astype(np.float32)  # 60% zeros, any
+    assert sparsity.detect_nm(loose) is None
+    odd = np.zeros((63, 8), np.float32)
+    odd[::4] = 1.0  # 1:4-like, but 63 inputs split into no whole groups
+    assert sparsity.detect_nm(odd) is None
