@@ -12,8 +12,9 @@ sparse_encoder (d=768, 12 heads, 2 layers, 128 tokens; FFN weights 4x4-block spa
 --sparsity, as `bench sparse_run` makes them), after graphopt's x86 pipeline. The artifact
 is built untuned with graphopt's lowering for the x86 target (--target: a variant such as
 x86:host, this machine's CPU as detected). Each call is timed from the VM's before-call to
-its after-call hook (wall time: a parallel kernel's time includes waking the thread pool); the hook's own
-cost is in the total, so the total is a little above an uninstrumented run, also reported.
+its after-call hook (wall time: a parallel kernel's time includes waking the thread pool);
+the hook's own cost is in the total, so the total is a little above an uninstrumented run,
+also reported.
 """
 
 from __future__ import annotations

@@ -66,8 +66,8 @@ def _artifact(path: Path, out: Path, feeds: dict[str, np.ndarray], cache: Path,
     from graphopt import codegen
     from graphopt.compiler import CompileOptions, compile_model
     shape = "x".join(str(d) for d in feeds["x"].shape)
-    result = compile_model(path, out, CompileOptions(target=target, input_shapes=[f"x={shape}"],
-                                                     tuning_cache=cache))
+    result = compile_model(path, out, CompileOptions(
+        target=target, input_shapes=[f"x={shape}"], tuning_cache=cache))
     c = result.report["codegen"]
     if c.get("status") != "built":
         print(f"no {target} artifact: {c.get('reason')}")

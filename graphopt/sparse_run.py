@@ -5,9 +5,9 @@ time, `graphopt run` and `compile --measure` may run a block-sparse MatMul with 
 kernel (graphopt.kernels), or an N:M-sparse one (2:4, ...) with the select N:M TIR kernel
 built for this CPU, instead of onnxruntime's dense MatMul - but only where that measured
 faster for the layer's weight and activation shape. (Numba's N:M kernel never beat the dense
-MatMul here; the select kernel does at few rows: x1.7-2.9 at one row.) The model is cut at those
-layers: onnxruntime sessions run the pieces between them, the kernel runs the layers, and
-tensors pass between them as NumPy arrays.
+MatMul here; the select kernel does at few rows: x1.7-2.9 at one row.) The model is cut at
+those layers: onnxruntime sessions run the pieces between them, the kernels run the layers,
+and tensors pass between them as NumPy arrays.
 
 Why not a custom op inside one onnxruntime session: onnxruntime-extensions' Python custom
 ops cost about 10 us per call plus about 19 ns per output element (its output conversion;
