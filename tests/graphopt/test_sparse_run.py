@@ -94,16 +94,26 @@ def test_decisions_are_timed_once_and_cached(tmp_path: Path, monkeypatch) -> Non
         [(d.sparse_ms, d.dense_ms) for d in decisions]
 
 
-def test_cli_run_uses_the_kernels_and_matches(cli, tmp_path: Path, monkeypatch) -> None:
-    model = _encoder_ffn()
-    onnx.save(model, tmp_path / "m.onnx")
-    x = RNG.standard_normal((2, 6, 64)).astype(np.float32)
-    np.savez(tmp_path / "in.npz", x=x)
-    # Whatever this machine's timing says, take the kernel: this test is about numerics.
+def _take_the_kernel(monkeypatch) -> None:
+    """Whatever this machine's timing says, take the kernel: these tests are about numerics
+    and reports."""
     monkeypatch.setattr(sparse_run, "_time", lambda layer, w, root: {
         "sparse_ms": 0.001, "dense_ms": 1.0, "config": {}})
-    result = cli("run", tmp_path / "m.onnx", "-i", tmp_path / "in.npz", "-o",
-                 tmp_path / "out.npz", "--tuning-cache", tmp_path / "cache")
+
+
+def _cli_run(cli, tmp_path: Path, model: onnx.ModelProto, x: np.ndarray, monkeypatch):
+    """`graphopt run` on the model and input, every sparse layer through its kernel."""
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "in.npz", x=x)
+    _take_the_kernel(monkeypatch)
+    return cli("run", tmp_path / "m.onnx", "-i", tmp_path / "in.npz", "-o",
+               tmp_path / "out.npz", "--tuning-cache", tmp_path / "cache")
+
+
+def test_cli_run_uses_the_kernels_and_matches(cli, tmp_path: Path, monkeypatch) -> None:
+    model = _encoder_ffn()
+    x = RNG.standard_normal((2, 6, 64)).astype(np.float32)
+    result = _cli_run(cli, tmp_path, model, x, monkeypatch)
     assert result.exit_code == 0, result.output
     assert "2 of 2 block-sparse MatMuls run by graphopt's BSR kernel" in " ".join(
         result.output.split())
@@ -119,8 +129,7 @@ def test_cli_run_uses_the_kernels_and_matches(cli, tmp_path: Path, monkeypatch) 
 
 def test_compile_measure_reports_the_sparse_run(cli, tmp_path: Path, monkeypatch) -> None:
     onnx.save(_encoder_ffn(), tmp_path / "m.onnx")
-    monkeypatch.setattr(sparse_run, "_time", lambda layer, w, root: {
-        "sparse_ms": 0.001, "dense_ms": 1.0, "config": {}})
+    _take_the_kernel(monkeypatch)
     result = cli("compile", tmp_path / "m.onnx", "-o", tmp_path / "out", "--no-codegen",
                  "--measure", "--runs", "5", "--input-shape", "x=2x6x64",
                  "--tuning-cache", tmp_path / "cache")
@@ -176,13 +185,8 @@ def test_n_m_decision_is_timed_with_a_tuned_width_and_cached(tmp_path: Path) -> 
 
 
 def test_cli_run_reports_n_m_layers(cli, tmp_path: Path, monkeypatch) -> None:
-    onnx.save(_n_m_model(), tmp_path / "m.onnx")
     x = RNG.standard_normal((1, 96)).astype(np.float32)
-    np.savez(tmp_path / "in.npz", x=x)
-    monkeypatch.setattr(sparse_run, "_time", lambda layer, w, root: {
-        "sparse_ms": 0.001, "dense_ms": 1.0, "config": {}})
-    result = cli("run", tmp_path / "m.onnx", "-i", tmp_path / "in.npz", "-o",
-                 tmp_path / "out.npz", "--tuning-cache", tmp_path / "cache")
+    result = _cli_run(cli, tmp_path, _n_m_model(), x, monkeypatch)
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "1 of 1 N:M-sparse MatMuls run by graphopt's N:M kernel" in text
