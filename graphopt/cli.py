@@ -316,7 +316,7 @@ def _io(t: gs.Tensor) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------- run
-ENGINES = ("auto", "tvm", "onnxruntime")
+ENGINES = ("auto", "tvm", "cuda", "onnxruntime")
 
 
 @app.command()
@@ -328,7 +328,9 @@ def run(
                                          "outputs (.npz).")] = Path("outputs.npz"),
     engine: Annotated[str, typer.Option(
         "--engine", help="auto: the compiled x86 artifact (model.x86.so) when OUT has one "
-        "built for these input shapes and this CPU, else onnxruntime; tvm; onnxruntime.")
+        "built for these input shapes and this CPU, else its CUDA artifact (model.cuda.so) "
+        "when this machine has an NVIDIA GPU, else onnxruntime; tvm: the x86 artifact; "
+        "cuda: the CUDA artifact on this machine's first GPU; onnxruntime.")
     ] = "auto",
     sparse_kernels: Annotated[bool, typer.Option(
         "--sparse-kernels/--no-sparse-kernels", help="In onnxruntime, run block-sparse "
@@ -347,23 +349,33 @@ def run(
         if model.is_dir() and not path.exists():
             raise UserError(f"'{model}' is a directory without {OUTPUT_MODEL}: give a model "
                             "file or a graphopt compile output directory")
-        artifact = model / "model.x86.so" if model.is_dir() else None
-        use_tvm = engine == "tvm" or (engine == "auto" and artifact is not None
-                                      and artifact.exists())
-        if use_tvm and (artifact is None or not artifact.exists()):
-            raise UserError(f"--engine tvm: '{model}' has no model.x86.so; compile it for an "
-                            "x86 target (without --no-codegen) first")
+        for wanted, name, how in (("tvm", "model.x86.so", "an x86 target"),
+                                  ("cuda", "model.cuda.so", "-t cuda[:sm_XY]")):
+            if engine == wanted and not (model.is_dir() and (model / name).exists()):
+                raise UserError(f"--engine {engine}: '{model}' has no {name}; compile it for "
+                                f"{how} (without --no-codegen) first")
         graph = ir.load(path)
         feeds = verify.load_feeds(input, graph)[0]
-        problem = _artifact_problem(model, artifact, feeds) if use_tvm else None
-        if problem and engine == "tvm":
-            raise UserError(problem)
-        if problem:  # auto: say why the artifact is not used rather than fail
-            console.print(f"[yellow]note:[/] running {path.name} in onnxruntime: "
-                          f"{escape(problem.split(': recompile')[0])}")
-            use_tvm = False
-        if use_tvm:
-            outputs = _run_artifact(artifact, graph, feeds)
+        artifact, device = None, "cpu"
+        candidates = [] if engine == "onnxruntime" or not model.is_dir() else \
+            [(model / "model.x86.so", "cpu")] * (engine in ("auto", "tvm")) + \
+            [(model / "model.cuda.so", "cuda")] * (engine in ("auto", "cuda"))
+        passed_over = []  # auto: say why an artifact is not used rather than fail
+        for candidate, on in candidates:
+            if not candidate.exists():
+                continue
+            problem = _artifact_problem(model, candidate, feeds, on)
+            if problem and engine != "auto":
+                raise UserError(problem)
+            if not problem:
+                artifact, device = candidate, on
+                break
+            passed_over.append(problem.split(": recompile")[0])
+        if passed_over:
+            runs = artifact.name if artifact else f"{path.name} in onnxruntime"
+            console.print(f"[yellow]note:[/] running {runs}: {escape('; '.join(passed_over))}")
+        if artifact is not None:
+            outputs = _run_artifact(artifact, graph, feeds, device)
         else:
             try:
                 outputs = _run_onnxruntime(graph, feeds, sparse_kernels, tuning_cache)
@@ -378,7 +390,7 @@ def run(
         with open(fd, "wb") as f:
             np.savez(f, **outputs)
         Path(tmp).replace(output)
-        table = Table(title=f"outputs of {artifact if use_tvm else path}")
+        table = Table(title=f"outputs of {artifact or path}")
         for column in ("name", "dtype", "shape", "min", "max"):
             table.add_column(column)
         for name, value in outputs.items():
@@ -409,9 +421,12 @@ def _run_onnxruntime(graph: gs.Graph, feeds: dict[str, np.ndarray], sparse_kerne
     return runner.run(feeds)
 
 
-def _artifact_problem(out_dir: Path, artifact: Path, feeds: dict[str, np.ndarray]) -> str | None:
-    """Why the compiled x86 module cannot run these inputs here (its shapes are fixed at
-    compile time, and it may use instructions this CPU lacks), or None."""
+def _artifact_problem(out_dir: Path, artifact: Path, feeds: dict[str, np.ndarray],
+                      device: str = "cpu") -> str | None:
+    """Why the compiled module cannot run these inputs here (its shapes are fixed at compile
+    time; an x86 one may use instructions this CPU lacks; a CUDA one needs a GPU and a CUDA
+    compiler for TVM to finish it when it loads), or None."""
+    from graphopt import codegen
     from graphopt.host import host_can_run
     built = {}
     try:
@@ -424,18 +439,24 @@ def _artifact_problem(out_dir: Path, artifact: Path, feeds: dict[str, np.ndarray
             return (f"input '{name}' has shape {list(array.shape)} but {artifact.name} was "
                     f"built for {want[name]}: recompile with --input-shape "
                     f"{name}={'x'.join(map(str, array.shape))}, or use --engine onnxruntime")
+    if device == "cuda":
+        if codegen.gpu_arch() is None:
+            return (f"{artifact.name} needs an NVIDIA GPU and this machine has none (or TVM's "
+                    "CUDA runtime cannot reach its driver): run it on a machine with one, or "
+                    "use --engine onnxruntime")
+        return codegen.cuda_jit_problem()
     if built.get("tvm_target") and not host_can_run(built["tvm_target"]):
         return (f"{artifact.name} was built for {built['tvm_target']}, which this CPU cannot "
                 "run: use --engine onnxruntime or recompile for x86")
     return None
 
 
-def _run_artifact(artifact: Path, graph: Any, feeds: dict[str, np.ndarray]
-                  ) -> dict[str, np.ndarray]:
+def _run_artifact(artifact: Path, graph: Any, feeds: dict[str, np.ndarray],
+                  device: str = "cpu") -> dict[str, np.ndarray]:
     from graphopt import codegen
-    vm = codegen.load(artifact)
+    vm = codegen.load(artifact, device)
     return codegen.run(vm, feeds, [t.name for t in graph.inputs if not isinstance(t, gs.Constant)],
-                       [t.name for t in graph.outputs])
+                       [t.name for t in graph.outputs], device)
 
 
 # ------------------------------------------------------------------------------------ targets

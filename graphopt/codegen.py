@@ -5,7 +5,8 @@
         arm   OUT/model.arm.so         with a cross linker (aarch64-linux-gnu-gcc), else
               OUT/model.arm.tar        TVM's object files, linked on the device with the
                                        command in the report
-        cuda  OUT/model.cuda.so        host code + CUDA source (TVM's CUDA runtime loads it),
+        cuda  OUT/model.cuda.so        host code + CUDA source (TVM compiles it for the GPU
+                                       present when it loads the module),
               OUT/model.cuda.ptx       PTX for the requested sm_XX (nvcc),
               OUT/model.cuda.fatbin    SASS + PTX for it (nvcc)
 
@@ -268,8 +269,10 @@ def export(executable, target: Any, out_dir: Path, stem: str = "model") -> tuple
     raise CodegenError(f"no exporter for {arch}")
 
 
-def nvcc_compile(source: str, arch: str, out_dir: Path, stem: str) -> list[str]:
-    """PTX and a fatbin (SASS + PTX) for `arch` (sm_80, ...) from TVM's CUDA source."""
+def nvcc_compile(source: str, arch: str, out_dir: Path, stem: str, ptx: bool = True
+                 ) -> list[str]:
+    """A fatbin (SASS + PTX) for `arch` (sm_80, ...) from TVM's CUDA source, and (ptx) the
+    PTX alone; returns the file names, fatbin first."""
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         raise CodegenError("nvcc not found: the CUDA module carries CUDA source only "
@@ -278,30 +281,97 @@ def nvcc_compile(source: str, arch: str, out_dir: Path, stem: str) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         cu = Path(tmp) / "kernels.cu"
         cu.write_text(source)
-        ptx = out_dir / f"{stem}.cuda.ptx"
         fatbin = out_dir / f"{stem}.cuda.fatbin"
-        for args in (["-ptx", f"-arch={arch}", str(cu), "-o", str(ptx)],
-                     ["-fatbin", f"-gencode=arch=compute_{number},code=[sm_{number},"
-                      f"compute_{number}]", str(cu), "-o", str(fatbin)]):
+        ptx_file = out_dir / f"{stem}.cuda.ptx"
+        runs = [["-fatbin", f"-gencode=arch=compute_{number},code=[sm_{number},"
+                 f"compute_{number}]", str(cu), "-o", str(fatbin)]]
+        if ptx:
+            runs.append(["-ptx", f"-arch={arch}", str(cu), "-o", str(ptx_file)])
+        for args in runs:
             done = subprocess.run([nvcc, "-O3", *args], capture_output=True, text=True)
             if done.returncode != 0:
                 raise CodegenError(f"nvcc failed for {arch}: {done.stderr.strip()[-300:]}")
-    return [ptx.name, fatbin.name]
+    return [fatbin.name, ptx_file.name] if ptx else [fatbin.name]
 
 
 # -------------------------------------------------------------------------------- running
-def load(path: Path):
-    """A relax VirtualMachine over an exported x86 artifact."""
+def gpu_arch() -> str | None:
+    """The compute capability of this machine's first NVIDIA GPU as 'sm_XY', or None."""
+    from graphopt.kernels.tvm_kernels import gpu_target
+    gpu = gpu_target()
+    return None if gpu is None else gpu["arch"]
+
+
+def cuda_jit_compiler() -> str | None:
+    """What compiles a CUDA module's source when TVM loads it here: "nvrtc" (the cuda-bindings
+    package, TVM's default), "nvcc", or None (neither; TVM_CUDA_COMPILE_MODE picks one).
+
+    Built on a machine without a GPU, model.cuda.so carries the kernels as CUDA source and TVM
+    compiles them for the GPU present when it loads the module."""
+    import importlib.util
+    import os
+    mode = os.environ.get("TVM_CUDA_COMPILE_MODE", "").lower()
+    try:
+        nvrtc = importlib.util.find_spec("cuda.bindings") is not None
+    except ModuleNotFoundError:
+        nvrtc = False
+    if mode in ("", "nvrtc") and nvrtc:
+        return "nvrtc"
+    if mode in ("", "nvcc") and shutil.which("nvcc"):
+        return "nvcc"
+    return None
+
+
+def cuda_jit_problem() -> str | None:
+    """Why TVM could not compile a CUDA module's source when it loads it here, or None."""
+    if cuda_jit_compiler():
+        return None
+    return ("TVM compiles model.cuda.so's CUDA source when it loads it, and finds neither "
+            "NVRTC nor nvcc here: pip install cuda-bindings, or put the CUDA toolkit's nvcc "
+            "on the PATH")
+
+
+def register_cuda_jit(arch: str) -> None:
+    """Compile CUDA modules' source for `arch` (this GPU's sm_XY) when TVM loads them.
+
+    TVM's own hook (tvm_callback_cuda_compile) asks TVM's compiler for the current target;
+    this one is given the arch, so a module also loads where only TVM's runtime library is
+    installed (TVM_USE_RUNTIME_LIB=1), as on a deployment machine."""
+    import tvm_ffi
+    compiler = cuda_jit_compiler()
+
+    def compile_for_this_gpu(code, *_):
+        if compiler == "nvrtc":
+            from tvm.support import nvcc
+            return nvcc.compile_cuda(str(code), target_format="cubin", arch=arch,
+                                     compiler="nvrtc")
+        with tempfile.TemporaryDirectory() as tmp:
+            fatbin = nvcc_compile(str(code), arch, Path(tmp), "jit", ptx=False)[0]
+            return bytearray((Path(tmp) / fatbin).read_bytes())
+
+    tvm_ffi.register_global_func("tvm_callback_cuda_compile", compile_for_this_gpu,
+                                 override=True)
+
+
+def load(path: Path, device: str = "cpu"):
+    """A relax VirtualMachine over an exported artifact: x86 on the CPU, or (device="cuda")
+    a CUDA module on this machine's first GPU."""
     import tvm
-    from tvm import relax
+    from tvm.runtime.vm import VirtualMachine  # (relax's; this one needs only TVM's runtime)
+    if device == "cuda":
+        problem = cuda_jit_problem()
+        if problem:
+            raise CodegenError(problem)
+        register_cuda_jit(gpu_arch())
     lib = tvm.runtime.load_module(str(path))
-    return relax.VirtualMachine(lib, tvm.cpu())
+    return VirtualMachine(lib, tvm.cuda(0) if device == "cuda" else tvm.cpu())
 
 
 def run(vm, feeds: Mapping[str, np.ndarray], input_names: Sequence[str],
-        output_names: Sequence[str]) -> dict[str, np.ndarray]:
+        output_names: Sequence[str], device: str = "cpu") -> dict[str, np.ndarray]:
     import tvm
-    args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[n])) for n in input_names]
+    dev = tvm.cuda(0) if device == "cuda" else tvm.cpu()
+    args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[n]), dev) for n in input_names]
     result = vm["main"](*args)
     values = _flatten(result)
     if len(values) != len(output_names):
@@ -327,15 +397,17 @@ def input_names(model: onnx.ModelProto) -> list[str]:
 
 
 def check(vm, model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]],
-          reference: Sequence[Mapping[str, np.ndarray]]) -> dict[str, Any]:
+          reference: Sequence[Mapping[str, np.ndarray]], device: str = "cpu"
+          ) -> dict[str, Any]:
     """The compiled module's outputs against onnxruntime's on the verification inputs."""
     inputs = input_names(model)
     outputs = [o.name for o in model.graph.output]
-    got = [run(vm, f, inputs, outputs) for f in feeds]
+    got = [run(vm, f, inputs, outputs, device) for f in feeds]
     error = verify.compare_all(reference, got)
     passed = error.max_rel <= CHECK_TOLERANCE
     return {"samples": len(feeds), "max_abs": error.max_abs, "max_rel": error.max_rel,
-            "cosine": error.cosine, "tolerance": CHECK_TOLERANCE, "passed": passed}
+            "cosine": error.cosine, "tolerance": CHECK_TOLERANCE, "passed": passed,
+            "device": device if device == "cpu" else f"cuda ({gpu_arch()})"}
 
 
 # ----------------------------------------------------------------------------- top level
@@ -391,9 +463,12 @@ def generate(model_path: Path, target: Any, shapes: Mapping[str, Sequence[int]],
                                                out_dir, "model")
             except CodegenError as exc:
                 artifact.warnings.append(str(exc))
-        artifact.notes.append(f"CUDA {target.tvm.get('arch')}: model.cuda.so holds the host "
-                              "code and the CUDA source (TVM's CUDA runtime loads it); "
-                              "model.cuda.ptx/.fatbin are the kernels compiled by nvcc")
+        artifact.notes.append(
+            f"CUDA {target.tvm.get('arch')}: model.cuda.so holds the host code and the kernels' "
+            "CUDA source, which TVM compiles for the GPU present when it loads the module "
+            "(`graphopt run OUT --engine cuda`; needs TVM with NVRTC - pip install "
+            "cuda-bindings - or nvcc there); model.cuda.ptx/.fatbin are the same kernels "
+            "compiled by nvcc for that arch, for other loaders")
     else:
         executable = build(mod, target, database, default_schedules=graphopt_cpu)
         if graphopt_cpu and database is not None and target.runs_on_host and \
@@ -417,12 +492,14 @@ def generate(model_path: Path, target: Any, shapes: Mapping[str, Sequence[int]],
             artifact.notes.append(UNTUNED_GRAPHOPT)
         elif database is None:
             artifact.warnings.append(UNTUNED_CPU)
-    if target.runs_on_host and arch == "x86_64" and feeds and reference is not None:
-        vm = load(out_dir / artifact.files[0])
-        artifact.check = check(vm, model, list(feeds), list(reference))
+    device = "cuda" if arch == "cuda" else "cpu" if arch == "x86_64" else None
+    if device and feeds and reference is not None:  # given only where this machine runs it
+        vm = load(out_dir / artifact.files[0], device)
+        artifact.check = check(vm, model, list(feeds), list(reference), device)
         if not artifact.check["passed"]:
             artifact.warnings.append(
-                f"the compiled x86 module differs from onnxruntime: max rel error "
-                f"{artifact.check['max_rel']:.3g} > {CHECK_TOLERANCE:g}")
+                f"the compiled {'x86' if device == 'cpu' else 'CUDA'} module differs from "
+                f"onnxruntime: max rel error {artifact.check['max_rel']:.3g} > "
+                f"{CHECK_TOLERANCE:g}")
     artifact.seconds = time.perf_counter() - start
     return artifact

@@ -363,8 +363,11 @@ def _codegen(staged_model: Path, target: Any, result: Any, verification: Verific
     feeds = verification.feeds[:2]
     shapes = {k: list(v.shape) for k, v in feeds[0].items()} if feeds else \
         verify.concrete_shapes(result.graph, {})
-    checkable = target.runs_on_host and codegen.architecture(target) == "x86_64" and \
-        host_can_run(dict(target.tvm)) and bool(feeds)
+    arch = codegen.architecture(target)
+    checkable = bool(feeds) and (
+        (target.runs_on_host and arch == "x86_64" and host_can_run(dict(target.tvm)))
+        or (arch == "cuda" and codegen.gpu_arch() is not None  # a GPU machine: run it there
+            and codegen.cuda_jit_problem() is None))
     reference = None
     if checkable:
         try:
@@ -381,7 +384,7 @@ def _codegen(staged_model: Path, target: Any, result: Any, verification: Verific
         warnings.append(f"no TVM artifact: {exc}; the ONNX output is complete (run it with "
                         "onnxruntime)")
         return {"status": "failed", "reason": str(exc), "target": target.full_name}
-    if codegen.architecture(target) == "x86_64" and not checkable:
+    if arch == "x86_64" and not checkable:
         artifact.notes.append("not run here (this CPU lacks the target's instructions, or no "
                               "inputs): the numerics check was skipped")
     warnings.extend(f"codegen: {w}" for w in artifact.warnings)

@@ -270,7 +270,8 @@ def codegen_lines(c: Mapping[str, Any] | None) -> list[str]:
                              f"{r['kernel']} ({r['why']})")
     k = c.get("check")
     if k:
-        lines.append(f"check vs onnxruntime on {k['samples']} input(s): max rel "
+        on = f" (run on {k['device']})" if k.get("device", "cpu") != "cpu" else ""
+        lines.append(f"check vs onnxruntime on {k['samples']} input(s){on}: max rel "
                      f"{k['max_rel']:.3g} ({'passed' if k['passed'] else 'FAILED'}, "
                      f"tolerance {k['tolerance']:g})")
     if c.get("link_command"):

@@ -184,10 +184,13 @@ class ModelBuilder:
 
 
 def _ir_for_opset(opset: int) -> int:
+    """An IR version that carries this opset, as exporters write it (not the installed onnx's
+    newest, so that an onnxruntime older than onnx still loads the model)."""
     for ir_version, first_opset in ((7, 12), (8, 14), (9, 19), (10, 21)):
         if opset < first_opset:
             return ir_version
-    return onnx.IR_VERSION
+    return min((ir for _, ir, ai_onnx, *_ in onnx.helper.VERSION_TABLE if ai_onnx >= opset),
+               default=onnx.IR_VERSION)
 
 
 # ------------------------------------------------------------------------------ example model

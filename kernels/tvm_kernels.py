@@ -15,9 +15,11 @@ TVM imports stay inside this module.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +39,7 @@ def bsr_func(m: int, k_pad: int, rows: int, bh: int, bw: int, nnz: int, gpu: boo
     nnz = max(nnz, 1)  # (an empty weight still has one, unread, block)
 
     if gpu:
-        lanes = min(CUDA_THREADS, m)
+        lanes = max(1, min(CUDA_THREADS, m))
         steps = -(-m // lanes)
 
         @T.prim_func
@@ -90,7 +92,7 @@ def nm_func(m: int, kept: int, n: int, keep: int, group: int, k: int, gpu: bool 
     from tvm.script import tirx as T
 
     if gpu:
-        lanes = min(CUDA_THREADS, n)
+        lanes = max(1, min(CUDA_THREADS, n))
         steps = -(-n // lanes)
 
         @T.prim_func
@@ -218,7 +220,7 @@ def dense_func(m: int, k: int, n: int, gpu: bool = False, lanes: int = LANES):
     from tvm.script import tirx as T
 
     if gpu:
-        lanes = min(CUDA_THREADS, n)
+        lanes = max(1, min(CUDA_THREADS, n))
         steps = -(-n // lanes)
 
         @T.prim_func
@@ -669,21 +671,67 @@ def host_target() -> dict[str, Any]:
     return {"kind": "llvm"}
 
 
+def _load_tvm_cuda_runtime() -> None:
+    """TVM's CUDA runtime is a library of its own that `import tvm` loads only along with the
+    compiler; where just TVM's runtime is loaded (TVM_USE_RUNTIME_LIB=1, as on a deployment
+    machine) load it here. Without a CUDA driver it does not load: no GPU, then."""
+    from tvm.base import _LOADED_LIBS
+    from tvm_ffi.libinfo import load_lib_ctypes
+    if "tvm_runtime_cuda" in _LOADED_LIBS:
+        return
+    with contextlib.suppress(OSError, RuntimeError):
+        runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+        _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(
+            "tvm", "tvm_runtime_cuda", "RTLD_LOCAL", extra_lib_paths=[runtime_dir])
+
+
+@functools.cache
+def gpu_target() -> dict[str, Any] | None:
+    """This machine's first NVIDIA GPU as a TVM target ({"kind": "cuda", "arch": "sm_90"}),
+    or None where there is none (or TVM's CUDA runtime cannot load)."""
+    import tvm
+    _load_tvm_cuda_runtime()
+    try:
+        dev = tvm.cuda(0)
+        if not dev.exist:
+            return None
+        return {"kind": "cuda", "arch": "sm_" + dev.compute_version.replace(".", "")}
+    except Exception:  # noqa: BLE001 - no driver / no CUDA runtime: no GPU
+        return None
+
+
+def _device(device: str):
+    import tvm
+    if device == "cpu":
+        return tvm.cpu()
+    if device == "cuda" and gpu_target() is not None:
+        return tvm.cuda(0)
+    raise ValueError(f"device {device!r}: 'cpu', or 'cuda' on a machine with an NVIDIA GPU")
+
+
 @functools.lru_cache(maxsize=64)
-def _host_kernel(kind: str, shape: tuple):
+def _host_kernel(kind: str, shape: tuple, device: str = "cpu"):
     make = {"bsr": bsr_func, "nm": nm_func, "dense": dense_func}[kind]
+    if device == "cuda":
+        return build(make(*shape, gpu=True), gpu_target())["main"]
     return build(make(*shape), host_target())["main"]
 
 
-def _run(kind: str, shape: tuple, *arrays: np.ndarray, out_shape: tuple) -> np.ndarray:
+def _run(kind: str, shape: tuple, *arrays: np.ndarray, out_shape: tuple,
+         device: str = "cpu") -> np.ndarray:
     import tvm
-    args = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]
-    out = tvm.runtime.tensor(np.zeros(out_shape, np.float32))
-    _host_kernel(kind, shape)(*args, out)
+    dev = _device(device)
+    if 0 in out_shape:  # an empty product: nothing to launch (a 0-block CUDA grid is an error)
+        return np.zeros(out_shape, np.float32)
+    args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in arrays]
+    out = tvm.runtime.tensor(np.zeros(out_shape, np.float32), dev)
+    _host_kernel(kind, shape, device)(*args, out)
     return out.numpy()
 
 
-def host_bsr_matmul(x: np.ndarray, w: BSR) -> np.ndarray:
+def host_bsr_matmul(x: np.ndarray, w: BSR, device: str = "cpu") -> np.ndarray:
+    """x @ W through the BSR TIR kernel built for this machine's CPU (device="cuda": its
+    GPU, the thread-per-output kernel)."""
     n, k = w.shape
     bh, bw = w.block
     rows = w.indptr.size - 1
@@ -693,19 +741,20 @@ def host_bsr_matmul(x: np.ndarray, w: BSR) -> np.ndarray:
     data = w.data.astype(np.float32) if w.indices.size else np.zeros((1, bh, bw), np.float32)
     indices = w.indices if w.indices.size else np.zeros(1, np.int32)
     yt = _run("bsr", (x.shape[0], k_pad, rows, bh, bw, w.indices.size), xt, data, indices,
-              w.indptr, out_shape=(rows * bh, x.shape[0]))
+              w.indptr, out_shape=(rows * bh, x.shape[0]), device=device)
     return np.ascontiguousarray(yt[:n].T)
 
 
-def host_nm_matmul(x: np.ndarray, w: NMCompressed) -> np.ndarray:
+def host_nm_matmul(x: np.ndarray, w: NMCompressed, device: str = "cpu") -> np.ndarray:
     kept, n = w.values.shape
     return _run("nm", (x.shape[0], kept, n, w.n, w.m, w.k), x.astype(np.float32),
-                w.values.astype(np.float32), w.index, out_shape=(x.shape[0], n))
+                w.values.astype(np.float32), w.index, out_shape=(x.shape[0], n),
+                device=device)
 
 
-def host_dense_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+def host_dense_matmul(x: np.ndarray, w: np.ndarray, device: str = "cpu") -> np.ndarray:
     return _run("dense", (x.shape[0], x.shape[1], w.shape[1]), x.astype(np.float32),
-                w.astype(np.float32), out_shape=(x.shape[0], w.shape[1]))
+                w.astype(np.float32), out_shape=(x.shape[0], w.shape[1]), device=device)
 
 
 @functools.cache

@@ -4,8 +4,8 @@ reported by name, `graphopt run` on the artifact, `graphopt targets`."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
-import subprocess
 import tarfile
 from pathlib import Path
 
@@ -14,11 +14,12 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
-from graphopt import ir, testing, verify
+from graphopt import codegen, ir, testing, verify
 from graphopt.cli import app
 from graphopt.compiler import CompileOptions, compile_model
 from graphopt.errors import UserError
 from graphopt import host as x86
+from graphopt.targets import CUDA
 
 EM_AARCH64 = 183
 EM_X86_64 = 62
@@ -139,26 +140,96 @@ def test_cuda_artifact_carries_ptx_for_the_arch(tmp_path: Path) -> None:
     assert (flags >> 8) & 0xFF == 86  # the cubin's SM version (ELF e_flags)
 
 
-def _gpu_available() -> bool:
-    if shutil.which("nvidia-smi") is None:
-        return False
-    return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+GPU_ARCH = codegen.gpu_arch()  # sm_XY of this machine's GPU, or None
+needs_gpu = pytest.mark.skipif(GPU_ARCH is None, reason="needs an NVIDIA GPU (none here)")
+
+
+def _cuda_run(out: Path, tmp_path: Path, feeds, *engine: str):
+    np.savez(tmp_path / "x.npz", **feeds)
+    return CliRunner().invoke(app, ["run", str(out), "-i", str(tmp_path / "x.npz"), "-o",
+                                    str(tmp_path / "y.npz"), *engine])
+
+
+def test_cuda_artifact_without_a_gpu_is_a_clear_error(tmp_path: Path) -> None:
+    if GPU_ARCH is not None:
+        pytest.skip(f"this machine has a GPU ({GPU_ARCH}): the cuda tests run it")
+    out = tmp_path / "out"
+    result = compile_model(None, out, CompileOptions(target="cuda"), example=True)
+    assert result.report["codegen"]["check"] is None  # not runnable here, not pretended
+    asked = _cuda_run(out, tmp_path, _feeds(), "--engine", "cuda")
+    assert asked.exit_code == 2 and "needs an NVIDIA GPU" in asked.output
+    auto = _cuda_run(out, tmp_path, _feeds())  # auto: onnxruntime, saying why
+    assert auto.exit_code == 0, auto.output
+    assert "running model.opt.onnx in onnxruntime" in auto.output
+    assert np.load(tmp_path / "y.npz")["logits"].shape == (1, 10)
+    missing = _cuda_run(tmp_path / "nothing", tmp_path, _feeds(), "--engine", "cuda")
+    assert missing.exit_code == 2
+
+
+def test_cuda_jit_compiler_follows_tvms_setting(monkeypatch) -> None:
+    """model.cuda.so carries CUDA source that TVM compiles when it loads it: NVRTC (the
+    cuda-bindings package) or nvcc, as TVM_CUDA_COMPILE_MODE says, else whichever is here."""
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    monkeypatch.delenv("TVM_CUDA_COMPILE_MODE", raising=False)
+    assert codegen.cuda_jit_compiler() is None
+    assert "pip install cuda-bindings" in codegen.cuda_jit_problem()
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert codegen.cuda_jit_compiler() == "nvcc" and codegen.cuda_jit_problem() is None
+    monkeypatch.setenv("TVM_CUDA_COMPILE_MODE", "nvrtc")  # asked for, and missing
+    assert codegen.cuda_jit_compiler() is None
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    assert codegen.cuda_jit_compiler() == "nvrtc"
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) not installed")
+def test_cuda_jit_hook_compiles_for_the_gpus_arch(monkeypatch, tmp_path: Path) -> None:
+    """The hook graphopt gives TVM for loading a CUDA module (no TVM compiler needed there)
+    turns the module's source into SASS for the arch it is given."""
+    import tvm_ffi
+    monkeypatch.setenv("TVM_CUDA_COMPILE_MODE", "nvcc")
+    compile_model(None, tmp_path, CompileOptions(target="cuda"), example=True)
+    source = (tmp_path / "model.cuda.cu").read_text()
+    before = tvm_ffi.get_global_func("tvm_callback_cuda_compile", allow_missing=True)
+    try:
+        codegen.register_cuda_jit("sm_86")
+        fatbin = bytes(tvm_ffi.get_global_func("tvm_callback_cuda_compile")(source))
+    finally:
+        if before is not None:
+            tvm_ffi.register_global_func("tvm_callback_cuda_compile", before, override=True)
+    assert fatbin[:4] == bytes.fromhex("50ed55ba")  # fatbin magic
+    cubin = fatbin.find(b"\x7fELF")
+    assert cubin > 0 and _elf_machine(fatbin[cubin:]) == EM_CUDA
+    assert (int.from_bytes(fatbin[cubin + 48:cubin + 52], "little") >> 8) & 0xFF == 86
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not _gpu_available(), reason="needs an NVIDIA GPU (none on this machine)")
-def test_cuda_artifact_runs_on_a_gpu(tmp_path: Path) -> None:
-    import tvm
-    from tvm import relax
-    compile_model(None, tmp_path, CompileOptions(target="cuda:sm_80"), example=True)
-    lib = tvm.runtime.load_module(str(tmp_path / "model.cuda.so"))
-    dev = tvm.cuda(0)
-    vm = relax.VirtualMachine(lib, dev)
-    feeds = _feeds()
-    got = vm["main"](tvm.runtime.tensor(feeds["input"], dev))
-    got = (got.numpy() if hasattr(got, "numpy") else got[0].numpy())
-    want = verify.run_graph(ir.load(tmp_path / "model.opt.onnx"), [feeds])[0]
-    assert verify.compare(want["logits"], got).max_rel <= 1e-4
+@needs_gpu
+@pytest.mark.parametrize("model", ["example_cnn", "encoder"])
+def test_cuda_artifact_runs_on_a_gpu(model: str, tmp_path: Path) -> None:
+    """Built for this GPU's arch (its variant where graphopt has one): the compile's own check
+    runs it on the GPU, and `graphopt run --engine cuda` matches onnxruntime."""
+    target = f"cuda:{GPU_ARCH}" if GPU_ARCH in CUDA.variants else "cuda"
+    out = tmp_path / "out"
+    if model == "example_cnn":
+        result = compile_model(None, out, CompileOptions(target=target), example=True)
+        feeds = _feeds()
+    else:
+        onnx.save(testing.encoder(d=64, heads=4, layers=2), tmp_path / "enc.onnx")
+        result = compile_model(tmp_path / "enc.onnx", out, CompileOptions(target=target))
+        feeds = testing.random_inputs(ir.load(out / "model.opt.onnx"))
+    c = result.report["codegen"]
+    assert c["status"] == "built" and c["kind"] == "cuda_module"
+    assert c["check"]["passed"] and c["check"]["device"] == f"cuda ({GPU_ARCH})"
+    run = _cuda_run(out, tmp_path, feeds, "--engine", "cuda")
+    assert run.exit_code == 0, run.output
+    got = dict(np.load(tmp_path / "y.npz"))
+    want = verify.run_graph(ir.load(out / "model.opt.onnx"), [feeds])[0]
+    assert want.keys() == got.keys()
+    for name in want:
+        assert verify.compare(want[name], got[name]).max_rel <= 1e-4
+    auto = _cuda_run(out, tmp_path, feeds)  # auto takes the CUDA artifact on a GPU machine
+    assert auto.exit_code == 0 and "model.cuda.so" in auto.output
 
 
 def test_unsupported_operator_is_named_and_onnx_still_written(tmp_path: Path) -> None:

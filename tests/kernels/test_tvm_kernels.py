@@ -5,7 +5,6 @@ objects) and CUDA (PTX for the requested arch); run on a GPU where there is one.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tarfile
 from pathlib import Path
 
@@ -256,27 +255,48 @@ def test_cuda_build_gives_ptx_for_the_arch(kind: str, tmp_path: Path) -> None:
         tvm_kernels.build(KERNELS[kind](True), {"kind": "cuda", "arch": "sm_80"})
     assert sources and "__global__" in sources[0]
     files = codegen.nvcc_compile("\n".join(sources), "sm_80", tmp_path, kind)
-    assert ".target sm_80" in (tmp_path / files[0]).read_text()
+    ptx = next(f for f in files if f.endswith(".ptx"))
+    assert ".target sm_80" in (tmp_path / ptx).read_text()
 
 
-def _gpu_available() -> bool:
-    if shutil.which("nvidia-smi") is None:
-        return False
-    return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+GPU = tvm_kernels.gpu_target()
+needs_gpu = pytest.mark.skipif(GPU is None, reason="needs an NVIDIA GPU (none on this machine)")
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not _gpu_available(), reason="needs an NVIDIA GPU (none on this machine)")
-def test_cuda_kernels_run_on_a_gpu() -> None:
-    import tvm
-    dev = tvm.cuda()
-    w = _block_sparse(64, 48, (4, 4), 0.75)
-    bsr = formats.to_bsr(w, (4, 4))
-    x = RNG.standard_normal((16, 64)).astype(np.float32)
-    lib = tvm_kernels.build(tvm_kernels.bsr_func(16, 64, 12, 4, 4, bsr.indices.size, gpu=True),
-                            {"kind": "cuda", "arch": "sm_80"})
-    args = [tvm.runtime.tensor(a, dev) for a in (np.ascontiguousarray(x.T), bsr.data,
-                                                 bsr.indices, bsr.indptr)]
-    out = tvm.runtime.tensor(np.zeros((48, 16), np.float32), dev)
-    lib["main"](*args, out)
-    np.testing.assert_allclose(out.numpy().T, ref.bsr_matmul(x, bsr), rtol=1e-4, atol=1e-4)
+@needs_gpu
+@pytest.mark.parametrize("block", [(4, 4), (3, 5), (16, 1)])
+@pytest.mark.parametrize("level", [0.0, 0.75, 1.0])
+@pytest.mark.parametrize("m, k, n", [(1, 64, 48), (7, 30, 13), (3, 1, 5), (70, 30, 13),
+                                     (0, 8, 8)])
+def test_cuda_bsr_matches_reference_on_a_gpu(block, level, m, k, n) -> None:
+    """On the GPU this machine has: odd shapes, more rows than a thread block (70 > 64),
+    empty and full weights, no rows."""
+    w = _block_sparse(k, n, block, level)
+    bsr = formats.to_bsr(w, block)
+    x = RNG.standard_normal((m, k)).astype(np.float32)
+    got = tvm_kernels.host_bsr_matmul(x, bsr, device="cuda")
+    assert got.shape == (m, n)
+    np.testing.assert_allclose(got, ref.bsr_matmul(x, bsr), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("keep, group", [(2, 4), (1, 4), (4, 8)])
+@pytest.mark.parametrize("m, k, n", [(1, 64, 48), (7, 32, 13), (5, 8, 70), (0, 8, 8)])
+def test_cuda_n_m_and_dense_match_reference_on_a_gpu(keep, group, m, k, n) -> None:
+    w = _n_m_sparse(k, n, keep, group)
+    c = formats.to_nm(w, keep, group)
+    x = RNG.standard_normal((m, k)).astype(np.float32)
+    np.testing.assert_allclose(tvm_kernels.host_nm_matmul(x, c, device="cuda"),
+                               ref.nm_matmul(x, c), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(tvm_kernels.host_dense_matmul(x, w, device="cuda"),
+                               ref.dense_matmul(x, w), rtol=1e-4, atol=1e-4)
+
+
+def test_gpu_kernels_say_clearly_when_there_is_no_gpu() -> None:
+    if GPU is not None:
+        pytest.skip("this machine has a GPU")
+    x = np.ones((2, 4), np.float32)
+    with pytest.raises(ValueError, match="machine with an NVIDIA GPU"):
+        tvm_kernels.host_dense_matmul(x, np.ones((4, 3), np.float32), device="cuda")
