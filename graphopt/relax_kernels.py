@@ -31,6 +31,7 @@ them and DLight leaves them alone; everything else in the model is built as befo
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,14 +47,16 @@ from graphopt.kernels.tvm_kernels import (
     bsr_tile_widths,
     bsr_tiled_func,
     conv_gemm_func,
+    dense_int8_weight_func,
     dense_packed_func,
     depthwise_func,
     im2col_func,
     nm_select_columns,
     nm_select_func,
+    pack_column_scales,
     pack_conv_weight,
-    pack_nm_weight,
     pack_dense_weight,
+    pack_nm_weight,
 )
 
 OPAQUE = 8  # relax OpPatternKind.kOpaque: never fused with its neighbours
@@ -65,6 +68,9 @@ MARGIN = 0.95  # a sparse kernel must measure at least 5% faster than the dense 
 # a tuned conv fused with its bias and activation wins (bundled example CNN, 200 trials:
 # x1.75 vs onnxruntime left to MetaSchedule, x1.02 through graphopt's kernels).
 SMALL_CONV_MACS = 4_000_000
+# Unmeasurable targets (arm): int8 weights from one to this many rows, where a matmul is
+# bound by reading its weight (x86 here: x2.2-3.9 at 1 row, x0.86-0.97 at 16-128 rows).
+INT8_RULE_MAX_ROWS = 4
 
 
 @dataclass
@@ -79,7 +85,8 @@ class KernelUse:
                 "layers": self.layers,
                 "count": len(self.layers) + sum(c["kernel"] != "tuning" for c in self.convs),
                 "convs": self.convs,
-                "sparse_count": sum(1 for r in self.layers if r["kernel"] in ("bsr", "nm"))}
+                "sparse_count": sum(1 for r in self.layers if r["kernel"] in ("bsr", "nm")),
+                "int8_count": sum(1 for r in self.layers if r["kernel"] == "int8")}
 
 
 def micro_kernel(target: Any) -> MicroKernel:
@@ -254,6 +261,91 @@ def _choose_block(w: np.ndarray, rows: int | None, target: Any, cache_dir: Path 
         if "block" in target.sparsity else "block sparsity does not pay on this target"}
 
 
+def quantized_weight(expr, lookup) -> tuple[np.ndarray, np.ndarray] | None:
+    """(q (k, n) int8, scale (n,) float32) when a matmul's weight `expr` is the ONNX
+    DequantizeLinear of constants as TVM's frontend imports it (R.dequantize, possibly
+    transposed as Gemm's transB imports it) with one scale per output column or one for all,
+    and q - zero_point fits int8 (graphopt's weights are symmetric: zero point 0); else None.
+    `lookup` resolves a variable to the expression bound to it."""
+    import tvm
+    from tvm import relax
+    value = lookup(expr) if isinstance(expr, relax.Var) else expr
+    transposed = False
+    if isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.permute_dims") and \
+            [int(a) for a in (value.attrs.axes or [1, 0])] == [1, 0]:
+        inner = value.args[0]
+        value = lookup(inner) if isinstance(inner, relax.Var) else inner
+        transposed = True
+    if not (isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.dequantize")
+            and str(value.attrs.out_dtype) == "float32"):
+        return None
+    consts = [a.value.numpy() if isinstance(a, tvm.ir.expr.Constant) else None
+              for a in value.args]
+    if any(c is None for c in consts) or consts[0].ndim != 2 or \
+            consts[0].dtype not in (np.int8, np.uint8):
+        return None
+    q, scale, zero = consts[0], consts[1].astype(np.float32), consts[2]
+    axis = int(value.attrs.axis) % 2
+    columns = 0 if transposed else 1  # the axis of q that is the output column
+    if scale.size != 1 and (axis != columns or scale.size != q.shape[axis]):
+        return None  # scales along the reduction (blocked): not this kernel
+    shape = [1, 1]
+    shape[axis] = -1
+    shifted = q.astype(np.int16) - (zero.astype(np.int16).reshape(shape) if zero.size != 1
+                                    else np.int16(zero.reshape(())))
+    if shifted.min() < -128 or shifted.max() > 127:
+        return None
+    q8 = shifted.astype(np.int8)
+    n = q8.shape[columns]
+    scale = np.broadcast_to(scale.reshape(-1), (n,)).astype(np.float32)
+    return (np.ascontiguousarray(q8.T) if transposed else q8), np.ascontiguousarray(scale)
+
+
+def time_int8_kernels(q: np.ndarray, scale: np.ndarray, rows: int,
+                      target: Any) -> dict[str, float]:
+    """The int8-weight kernel and the float32 packed dense kernel on the dequantized weight,
+    both built for the target and timed here at this shape (ms)."""
+    import tvm
+
+    from graphopt.kernels.tvm_kernels import build
+    k, n = q.shape
+    tile = micro_kernel(target)
+    x = np.random.default_rng(0).standard_normal((rows, k)).astype(np.float32)
+    kernel = build(dense_int8_weight_func(k, n, tile), dict(target.tvm))["main"]
+    args = [tvm.runtime.tensor(x), tvm.runtime.tensor(pack_dense_weight(q, tile.cols)),
+            tvm.runtime.tensor(pack_column_scales(scale, n, tile.cols)),
+            tvm.runtime.tensor(np.zeros((rows, n), np.float32))]
+    return {"int8_ms": round(autotune.time_ms(lambda: kernel(*args)), 5),
+            "dense_ms": _time_dense(q.astype(np.float32) * scale, x, target)}
+
+
+def choose_int8(q: np.ndarray, scale: np.ndarray, rows: int | None, target: Any,
+                cache_dir: Path | None, measure: bool = True) -> tuple[bool, dict[str, Any]]:
+    """Whether a DequantizeLinear'd constant weight stays int8 (the int8-weight kernel) or
+    is dequantized at compile time for the float32 packed dense kernel, and why: measured
+    where this machine runs the target (int8 where at least 5% faster), else by rule (int8
+    up to INT8_RULE_MAX_ROWS rows on a target listing int8)."""
+    k, n = q.shape
+    info: dict[str, Any] = {"quantized": "int8"}
+    if measure and rows is not None and rows > 0 and measurable(target):
+        t = _measured(f"tvm_int8w_vs_dense1:{target.full_name}:{sorted(target.tvm.items())}:"
+                      f"{rows}:{k}x{n}", cache_dir,
+                      lambda: time_int8_kernels(q, scale, rows, target))
+        faster = t["int8_ms"] < MARGIN * t["dense_ms"]
+        return faster, {**info, **t, "kernel": "int8" if faster else "dense",
+                        "why": f"measured here: int8 weights {t['int8_ms']:.3f} ms vs float32 "
+                               f"{t['dense_ms']:.3f} ms"}
+    pays = "int8" in target.quant and rows is not None and 0 < rows <= INT8_RULE_MAX_ROWS
+    return pays, {**info, "kernel": "int8" if pays else "dense",
+                  "why": f"not measurable here: int8 weights at 1-{INT8_RULE_MAX_ROWS} rows "
+                         f"(bound by reading the weight), float32 above"
+                  if "int8" in target.quant else "int8 does not pay on this target"}
+
+
+def _digest(w: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(w).view(np.uint8)).hexdigest()
+
+
 def conv_geometry(call) -> ConvGeometry | None:
     """The geometry of a relax conv2d that graphopt's conv kernels take: float32 NCHW/OIHW,
     groups = 1 or depthwise (groups = channels = output channels; other grouped convolutions
@@ -311,7 +403,6 @@ def use_graphopt_kernels(mod, target: Any, cache_dir: Path | None = None,
 
     tile = micro_kernel(target)
     use = KernelUse(tile={"rows": tile.rows, "cols": tile.cols})
-    mod = relax.transform.FoldConstant()(mod)  # Gemm's transposed weights become constants
     matmul = tvm.ir.Op.get("relax.matmul")
     conv2d = tvm.ir.Op.get("relax.nn.conv2d")
     gelu = tvm.ir.Op.get("relax.nn.gelu")
@@ -319,8 +410,12 @@ def use_graphopt_kernels(mod, target: Any, cache_dir: Path | None = None,
 
     @relax.expr_functor.mutator
     class Rewriter(relax.PyExprMutator):
+        quantized = False  # the first pass: only matmuls by a DequantizeLinear'd weight
+
         def visit_call_(self, call):
             call = super().visit_call_(call)
+            if self.quantized:
+                return self._quantized_matmul(call) if call.op == matmul else call
             if call.op == gelu:
                 return _gelu_by_erf(call.args[0])
             if call.op == conv2d:
@@ -328,22 +423,15 @@ def use_graphopt_kernels(mod, target: Any, cache_dir: Path | None = None,
             if call.op != matmul:
                 return call
             w = _constant_weight(call.args[1])
-            x = call.args[0]
-            ty = x.ty
-            if w is None or not isinstance(ty, relax.TensorType) or \
-                    str(ty.dtype) != "float32" or ty.ndim < 1 or ty.shape is None:
+            shape = self._rows(call.args[0], w.shape[0]) if w is not None else None
+            if shape is None:
                 return call
+            lead, rows, static_rows = shape
             k, n = w.shape
-            dims = list(ty.shape.values)
-            if not isinstance(dims[-1], tirx.IntImm) or int(dims[-1]) != k:
-                return call
-            lead = dims[:-1]
-            rows = tirx.IntImm("int64", 1)
-            for d in lead:
-                rows = rows * d
-            static_rows = int(rows) if isinstance(rows, tirx.IntImm) else None
             bsr, why = choose_kernel(w, static_rows, target, cache_dir, measure)
-            flat = self.builder_.emit(relax.op.reshape(x, [rows, k]))
+            if kept_float:
+                why = {**why, **kept_float.get(_digest(w), {})}
+            flat = self.builder_.emit(relax.op.reshape(call.args[0], [rows, k]))
             if isinstance(bsr, formats.NMCompressed):
                 nm, cols = bsr, why.get("cols", nm_columns(target))
                 out = self.builder_.emit(relax.call_tir(
@@ -372,6 +460,45 @@ def use_graphopt_kernels(mod, target: Any, cache_dir: Path | None = None,
                 out = self.builder_.emit(relax.op.permute_dims(out_t, [1, 0]))
             use.layers.append({"k": k, "n": n, "rows": static_rows if static_rows is not None
                                else str(rows), **why})
+            return relax.op.reshape(out, [*lead, n]) if lead else relax.op.reshape(out, [n])
+
+        def _rows(self, x, k: int):
+            """(leading dims, rows, rows if static) of a float32 activation x (..., k) viewed
+            as the matrix (rows, k); None where it is not one."""
+            ty = x.ty
+            if not isinstance(ty, relax.TensorType) or str(ty.dtype) != "float32" or \
+                    ty.ndim < 1 or ty.shape is None:
+                return None
+            dims = list(ty.shape.values)
+            if not isinstance(dims[-1], tirx.IntImm) or int(dims[-1]) != k:
+                return None
+            rows = tirx.IntImm("int64", 1)
+            for d in dims[:-1]:
+                rows = rows * d
+            return dims[:-1], rows, int(rows) if isinstance(rows, tirx.IntImm) else None
+
+        def _quantized_matmul(self, call):
+            """x @ DequantizeLinear(q): the int8-weight kernel where choose_int8 picks it;
+            otherwise left for FoldConstant to dequantize and the second pass."""
+            found = quantized_weight(call.args[1], self.lookup_binding)
+            shape = self._rows(call.args[0], found[0].shape[0]) if found else None
+            if shape is None:
+                return call
+            (q, scale), (lead, rows, static_rows) = found, shape
+            k, n = q.shape
+            chosen, why = choose_int8(q, scale, static_rows, target, cache_dir, measure)
+            if not chosen:  # float32 for the second pass, which reports it with this why
+                w = q.astype(np.float32) * scale
+                kept_float[_digest(w)] = why
+                return relax.op.matmul(call.args[0], relax.const(w))
+            use.layers.append({"k": k, "n": n, "rows": static_rows if static_rows is not None
+                               else str(rows), **why})
+            flat = self.builder_.emit(relax.op.reshape(call.args[0], [rows, k]))
+            out = self.builder_.emit(relax.call_tir(
+                self._kernel(("int8w", k, n), lambda: dense_int8_weight_func(k, n, tile)),
+                [flat, relax.const(pack_dense_weight(q, tile.cols)),
+                 relax.const(pack_column_scales(scale, n, tile.cols))],
+                out_ty=relax.TensorType([rows, n], "float32")))
             return relax.op.reshape(out, [*lead, n]) if lead else relax.op.reshape(out, [n])
 
         def _conv2d(self, call):
@@ -425,8 +552,17 @@ def use_graphopt_kernels(mod, target: Any, cache_dir: Path | None = None,
                 kernels[key] = self.builder_.add_func(func, name)
             return kernels[key]
 
-    rewriter = Rewriter(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
-    return rewriter.builder_.get(), use
+    def rewrite(module, quantized: bool):
+        rewriter = Rewriter(module)
+        rewriter.quantized = quantized
+        for gvar, func in module.functions_items():
+            if isinstance(func, relax.Function):
+                rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+        return rewriter.builder_.get()
+
+    # int8 weights first: FoldConstant would turn every DequantizeLinear of a constant into
+    # a float32 constant (and Gemm's transposed weights into plain constants, for the rest)
+    kept_float: dict[str, dict[str, Any]] = {}  # dequantized weights (by content): why
+    mod = rewrite(mod, quantized=True)
+    mod = relax.transform.FoldConstant()(relax.transform.DeadCodeElimination()(mod))
+    return rewrite(mod, quantized=False), use

@@ -233,6 +233,7 @@ def codegen_lines(c: Mapping[str, Any] | None) -> list[str]:
         dense = [r for r in kernels["layers"] if r.get("kernel", "dense") == "dense"]
         sparse = [r for r in kernels["layers"] if r.get("kernel") == "bsr"]
         nm = [r for r in kernels["layers"] if r.get("kernel") == "nm"]
+        int8 = [r for r in kernels["layers"] if r.get("kernel") == "int8"]
         shapes = sorted({f"{r['k']}x{r['n']}" for r in dense})
         text = (f"graphopt kernels: {len(dense)} constant-weight matmul(s) through the packed "
                 f"dense kernel (tile {kernels['tile']['rows']}x{kernels['tile']['cols']}"
@@ -241,6 +242,8 @@ def codegen_lines(c: Mapping[str, Any] | None) -> list[str]:
             text += f", {len(sparse)} block-sparse through the BSR kernel"
         if nm:
             text += f", {len(nm)} N:M-sparse through the select N:M kernel"
+        if int8:
+            text += f", {len(int8)} with int8 weights through the int8-weight kernel"
         convs = [r for r in kernels.get("convs", [])
                  if r["kernel"] in ("gemm", "im2col+gemm")]
         depthwise = [r for r in kernels.get("convs", []) if r["kernel"] == "depthwise"]
@@ -268,6 +271,10 @@ def codegen_lines(c: Mapping[str, Any] | None) -> list[str]:
             elif r.get("why") and "pattern" in r:
                 lines.append(f"  {r['k']}x{r['n']} weight, {r['pattern']} sparse: "
                              f"{r['kernel']} ({r['why']})")
+            elif r.get("why") and "quantized" in r:
+                lines.append(f"  {r['k']}x{r['n']} weight, {r['quantized']}: "
+                             f"{'int8' if r['kernel'] == 'int8' else 'float32 dense'} "
+                             f"({r['why']})")
     k = c.get("check")
     if k:
         on = f" (run on {k['device']})" if k.get("device", "cpu") != "cpu" else ""

@@ -53,6 +53,13 @@ def int8_matmul(x_q: np.ndarray, x_scale: float, x_zero: int, w_q: np.ndarray,
     return (acc * (np.float64(x_scale) * w_scale.astype(np.float64))).astype(np.float32)
 
 
+def int8_weight_matmul(x: np.ndarray, w_q: np.ndarray, w_scale: np.ndarray) -> np.ndarray:
+    """Weight-only int8: y = x @ (w_q * w_scale[None, :]), x float, w_q int8 (k, n), one
+    scale per output column (or one for all); float32 out (accumulated in float64)."""
+    w = w_q.astype(np.float64) * np.asarray(w_scale, np.float64).reshape(1, -1)
+    return (x.astype(np.float64) @ w).astype(np.float32)
+
+
 def conv2d(x: np.ndarray, w: np.ndarray, stride: int = 1, pad: int = 0) -> np.ndarray:
     """NCHW convolution, groups = 1, square stride/pad, as im2col then one matmul."""
     n, c, h, width = x.shape

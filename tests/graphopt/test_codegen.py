@@ -124,6 +124,29 @@ def test_arm_artifact_is_aarch64(tmp_path: Path) -> None:
     assert c["check"] is None  # not runnable here, not pretended
 
 
+@pytest.mark.parametrize("target", ["x86", "arm"])
+def test_weight_int8_model_keeps_int8_weights_where_they_pay(target: str, tmp_path: Path) -> None:
+    """--quantize weight-int8 then code generation: x86 times the int8-weight kernel against
+    the float32 one per layer here (and the artifact matches onnxruntime); arm cannot be
+    timed here, so one row takes int8 weights by rule; every layer says which and why."""
+    onnx.save(testing.encoder(d=64, heads=4, layers=1), tmp_path / "enc.onnx")
+    result = compile_model(tmp_path / "enc.onnx", tmp_path / "out", CompileOptions(
+        target=target, quantize="weight-int8", input_shapes=["x=1x1x64"],
+        tuning_cache=tmp_path / "cache"))
+    c = result.report["codegen"]
+    assert c["status"] == "built"
+    layers = [r for r in c["kernels"]["layers"] if "quantized" in r]
+    assert layers and all(r["kernel"] in ("int8", "dense") and r["why"] for r in layers)
+    assert c["kernels"]["int8_count"] == sum(r["kernel"] == "int8" for r in layers)
+    if target == "x86":
+        assert c["check"]["passed"]
+        assert all("measured here" in r["why"] for r in layers)
+    else:
+        assert c["kernels"]["int8_count"] == len(layers)  # 1 row: int8 by rule
+        assert any("int8 weights through the int8-weight kernel" in line
+                   for line in (tmp_path / "out" / "report.md").read_text().splitlines())
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) not installed")
 def test_cuda_artifact_carries_ptx_for_the_arch(tmp_path: Path) -> None:
     result = compile_model(None, tmp_path, CompileOptions(target="cuda:sm_86"), example=True)

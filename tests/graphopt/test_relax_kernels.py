@@ -4,6 +4,8 @@ activation), and the built module against onnxruntime, with fixed and with dynam
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
@@ -355,3 +357,86 @@ def test_when_tuning_small_convolutions_are_left_to_metaschedule() -> None:
     assert len(_ops(rewritten, "relax.nn.conv2d")) == 5 and tuned.as_dict()["count"] == 0
     big = relax_kernels.SMALL_CONV_MACS
     assert all(c["n"] * c["k"] * c["positions"] < big for c in tuned.convs)
+
+
+def _int8_weight_model(shape, k: int, n: int, op: str = "MatMul", trans_b: int = 0,
+                       per_column: bool = True, zero: int = 0, dtype=np.int8):
+    """x @ DequantizeLinear(q, scale, zero point) as graphopt's weight-int8 quantization
+    writes it (MatMul: axis 1; Gemm with transB: the weight (n, k), axis 0)."""
+    b = testing.ModelBuilder(opset=17)
+    x = b.input("x", shape)
+    info = np.iinfo(dtype)
+    q = RNG.integers(info.min, info.max + 1, (n, k) if trans_b else (k, n)).astype(dtype)
+    scale = (RNG.random(n if per_column else 1) * 0.02 + 1e-3).astype(np.float32)
+    zp = np.full(n if per_column else 1, zero, dtype)
+    squeeze = {} if per_column else {"scale": scale[0], "zp": zp[0]}
+    w = b.node("DequantizeLinear", [b.weight(q, "q"), b.weight(squeeze.get("scale", scale)),
+                                    b.weight(squeeze.get("zp", zp))],
+               **({"axis": 0 if trans_b else 1} if per_column else {}))
+    y = b.node("MatMul", [x, w]) if op == "MatMul" else \
+        b.node("Gemm", [x, w, b.weight(b.randn(n))], transB=trans_b)
+    b.output(y, shape=[*shape[:-1], n])
+    return b.build()
+
+
+@pytest.mark.parametrize("shape, op, trans_b, per_column, zero, dtype", [
+    ([1, 30], "MatMul", 0, True, 0, np.int8),  # weight-int8 as graphopt writes it
+    ([2, 2, 30], "MatMul", 0, True, 0, np.int8),  # rank 3, 4 rows
+    ([1, 30], "Gemm", 1, True, 0, np.int8),  # PyTorch's Linear: transposed, axis 0
+    ([3, 30], "MatMul", 0, False, 0, np.int8),  # one scale for the tensor
+    ([1, 30], "MatMul", 0, True, 3, np.int8),  # a zero point that keeps q - zp in int8
+    ([1, 30], "MatMul", 0, True, 128, np.uint8),  # uint8 about 128: int8 after the shift
+])
+def test_int8_weights_stay_int8_through_the_int8_kernel(shape, op, trans_b, per_column,
+                                                        zero, dtype) -> None:
+    """Not measured (measure=False): by rule, few rows on a target listing int8. The
+    module holds the int8 weight, and matches onnxruntime."""
+    model = _int8_weight_model(shape, 30, 19, op, trans_b, per_column, zero, dtype)
+    if zero and dtype == np.int8:  # keep q - zp inside int8
+        for t in model.graph.initializer:
+            if t.name.startswith("q"):
+                a = np.clip(onnx.numpy_helper.to_array(t), -125, 127).astype(np.int8)
+                t.CopyFrom(onnx.numpy_helper.from_array(a, t.name))
+    mod = codegen.import_model(model, {"x": shape})
+    rewritten, use = relax_kernels.use_graphopt_kernels(mod, X86, measure=False)
+    (layer,) = use.layers
+    assert layer["kernel"] == "int8" and layer["quantized"] == "int8"
+    assert use.as_dict()["int8_count"] == 1
+    assert not _ops(rewritten, "relax.matmul") and not _ops(rewritten, "relax.dequantize")
+    assert any(gv.name_hint.startswith("graphopt_int8w_") for gv, _ in rewritten.functions_items())
+    feeds = {"x": RNG.standard_normal(shape).astype(np.float32)}
+    got = _build_and_run(rewritten, X86, feeds)
+    assert verify.compare(_ort(model, feeds), got).max_rel <= 1e-4
+
+
+def test_int8_weights_kept_float_where_int8_does_not_pay() -> None:
+    """Many rows by rule, a zero point that overflows int8, scales along the reduction: the
+    float32 packed dense kernel on the dequantized weight, the reason in the report."""
+    model = _int8_weight_model([64, 30], 30, 19)
+    _, use = relax_kernels.use_graphopt_kernels(codegen.import_model(model, {"x": [64, 30]}),
+                                                X86, measure=False)
+    (layer,) = use.layers
+    assert layer["kernel"] == "dense" and layer["quantized"] == "int8"
+    assert "float32 above" in layer["why"]
+    model = _int8_weight_model([1, 30], 30, 19, zero=100, dtype=np.uint8)  # q - 100 > 127
+    _, use = relax_kernels.use_graphopt_kernels(codegen.import_model(model, {"x": [1, 30]}),
+                                                X86, measure=False)
+    (layer,) = use.layers
+    assert layer["kernel"] == "dense" and "quantized" not in layer
+    no_int8 = dataclasses.replace(ARM, quant=())  # a target that does not list int8
+    assert relax_kernels.choose_int8(np.zeros((30, 19), np.int8), np.ones(19, np.float32), 1,
+                                     no_int8, None)[1]["kernel"] == "dense"
+
+
+def test_int8_choice_is_measured_here_and_cached(tmp_path, monkeypatch) -> None:
+    model = _int8_weight_model([1, 30], 30, 19)
+    mod = codegen.import_model(model, {"x": [1, 30]})
+    _, use = relax_kernels.use_graphopt_kernels(mod, X86, cache_dir=tmp_path)
+    (layer,) = use.layers
+    assert "measured here" in layer["why"] and layer["int8_ms"] > 0 and layer["dense_ms"] > 0
+    assert layer["kernel"] == ("int8" if layer["int8_ms"] < 0.95 * layer["dense_ms"]
+                               else "dense")
+    monkeypatch.setattr(relax_kernels, "time_int8_kernels",
+                        lambda *a: pytest.fail("timed again: the cache was not used"))
+    _, again = relax_kernels.use_graphopt_kernels(mod, X86, cache_dir=tmp_path)
+    assert again.layers == use.layers

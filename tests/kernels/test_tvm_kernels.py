@@ -80,6 +80,23 @@ def test_packed_dense_matches_reference(tile, m, k, n) -> None:
     np.testing.assert_allclose(got, ref.dense_matmul(x, w), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("tile", [tvm_kernels.MicroKernel(6, 16), tvm_kernels.MicroKernel(8, 32),
+                                  tvm_kernels.MicroKernel(3, 8)])
+@pytest.mark.parametrize("m, k, n", [(1, 5, 3), (7, 30, 13), (13, 64, 40), (0, 8, 8),
+                                     (17, 1, 33), (1, 300, 70)])
+@pytest.mark.parametrize("per_column", [True, False])
+def test_int8_weight_dense_matches_reference(tile, m, k, n, per_column) -> None:
+    """Every row remainder, a partial last panel, one scale per column or one for all, the
+    full int8 range (-128 included)."""
+    x = RNG.standard_normal((m, k)).astype(np.float32)
+    q = RNG.integers(-128, 128, (k, n)).astype(np.int8)
+    q.flat[0] = -128
+    scale = (RNG.random(n if per_column else 1) * 0.02 + 1e-3).astype(np.float32)
+    got = tvm_kernels.host_dense_int8_weight_matmul(x, q, scale, tile)
+    assert got.shape == (m, n) and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref.int8_weight_matmul(x, q, scale), rtol=1e-4, atol=1e-4)
+
+
 def test_packed_dense_runs_any_row_count_from_one_build() -> None:
     """The row count is symbolic: one build serves every batch size."""
     w = RNG.standard_normal((24, 20)).astype(np.float32)
@@ -228,6 +245,8 @@ CPU_KERNELS = {**KERNELS, "dense_packed": lambda gpu: tvm_kernels.dense_packed_f
     "bsr_tiled": lambda gpu: tvm_kernels.bsr_tiled_func(48, 64, 4, 4, 10, 8),
     "im2col": lambda gpu: tvm_kernels.im2col_func(CONVS[1][1]),
     "nm_select": lambda gpu: tvm_kernels.nm_select_func(48, 2, 4, 64),
+    "int8_weight": lambda gpu: tvm_kernels.dense_int8_weight_func(
+        64, 48, tvm_kernels.MicroKernel.for_cpu(128, 32)),
     "depthwise": lambda gpu: tvm_kernels.depthwise_func(tvm_kernels.ConvGeometry(
         4, 10, 7, 4, (3, 3), (2, 1), (0, 2, 1, 0), (1, 2))),
     "conv_gemm": lambda gpu: tvm_kernels.conv_gemm_func(13, 24, 35, tvm_kernels.MicroKernel(6, 16))}
