@@ -8,6 +8,7 @@
     conformance  every onnx node test case through every pipeline (conformance_sweep.py)
     quantization int8: graphopt vs onnxruntime's quantizer, vs fp32, memory (quantization.py)
     codegen      TVM artifacts: compile/tuning time, latency vs onnxruntime (codegen.py)
+    int8_artifact  weight-int8 artifacts (int8-weight kernel) vs float32 and onnxruntime
     sparse_run   encoder with block-sparse FFN: graphopt run vs onnxruntime (sparse_run.py)
     profile      where an x86 artifact spends its time, per function (profile_artifact.py)
 
@@ -22,7 +23,7 @@ from pathlib import Path
 
 COMMANDS = {"kernels": "kernels", "models": "models", "lossless": "lossless_passes",
             "lowrank": "lowrank", "huge": "huge_model", "conformance": "conformance_sweep",
-            "quantization": "quantization", "codegen": "codegen", "sparse_run": "sparse_run",
+            "quantization": "quantization", "codegen": "codegen", "int8_artifact": "int8_artifact", "sparse_run": "sparse_run",
             "profile": "profile_artifact"}
 
 
