@@ -93,3 +93,66 @@ def test_arm_builds_with_the_default_schedules() -> None:
     assert use["count"] == 6
     executable = codegen.build(mod, ARM, default_schedules=True)
     assert executable is not None
+
+
+def _layer_norm_module(rows: int, d: int):
+    from tvm import relax
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([1, rows, d], "float32"))
+    gamma = RNG.standard_normal(d).astype(np.float32)
+    beta = RNG.standard_normal(d).astype(np.float32)
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.layer_norm(x, relax.const(gamma), relax.const(beta),
+                                               axes=[-1], epsilon=1e-5))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get(), gamma, beta
+
+
+def _loops_around_reductions(func) -> list[int]:
+    """For each reduction block of a scheduled function, how many times its body runs (the
+    product of the loops around it, its own reduction loop included)."""
+    from tvm import s_tir, tirx
+    found: list[int] = []
+
+    def visit(node, around=()):
+        if isinstance(node, tirx.For):
+            visit(node.body, (*around, int(node.extent)))
+        elif isinstance(node, s_tir.SBlockRealize):
+            if any(iv.iter_type != 0 for iv in node.block.iter_vars):
+                found.append(int(np.prod(around)))
+            visit(node.block.body, around)
+        elif isinstance(node, tirx.SeqStmt):
+            for child in node.seq:
+                visit(child, around)
+        elif hasattr(node, "body"):
+            visit(node.body, around)
+
+    visit(func.body)
+    return found
+
+
+@pytest.mark.parametrize("rows", [1, 6])
+def test_one_row_normalizations_compute_their_reductions_once(rows: int) -> None:
+    """A LayerNorm over one token ((1, 1, d)): DLight's reduction rule would put the mean
+    and variance inside a loop over the d outputs (d times the work); the schedule computes
+    each reduction once (d steps each) and matches NumPy.
+    Several rows keep DLight's rule (threads over the rows)."""
+    import tvm
+    from tvm import relax, tirx
+    d = 96
+    mod, gamma, beta = _layer_norm_module(rows, d)
+    legal, tgt = _legalized(mod, X86)
+    with tgt:
+        scheduled = cpu_schedules.default_schedule(X86)(legal)
+    (norm,) = [f for _, f in scheduled.functions_items() if isinstance(f, tirx.PrimFunc)]
+    loops = _loops_around_reductions(norm)
+    assert loops and all(n == rows * d for n in loops)
+    x = RNG.standard_normal((1, rows, d)).astype(np.float32)
+    vm = relax.VirtualMachine(codegen.build(mod, X86, default_schedules=True), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x)).numpy()
+    x64 = x.astype(np.float64)
+    want = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5) \
+        * gamma + beta
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
