@@ -32,6 +32,7 @@ them and DLight leaves them alone; everything else in the model is built as befo
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -301,45 +302,88 @@ def quantized_weight(expr, lookup) -> tuple[np.ndarray, np.ndarray] | None:
     return (np.ascontiguousarray(q8.T) if transposed else q8), np.ascontiguousarray(scale)
 
 
-def time_int8_kernels(q: np.ndarray, scale: np.ndarray, rows: int,
-                      target: Any) -> dict[str, float]:
+def time_int8_kernels(q: np.ndarray, scale: np.ndarray, rows: int, target: Any,
+                      copies: int = 1) -> dict[str, float]:
     """The int8-weight kernel and the float32 packed dense kernel on the dequantized weight,
-    both built for the target and timed here at this shape (ms)."""
+    both built for the target and timed here at this shape (ms). With copies > 1 each call
+    takes the next of that many copies of its weight, as in a model whose weights do not
+    stay in cache between runs (each weight is read from memory, once per run)."""
     import tvm
 
     from graphopt.kernels.tvm_kernels import build
     k, n = q.shape
     tile = micro_kernel(target)
-    x = np.random.default_rng(0).standard_normal((rows, k)).astype(np.float32)
-    kernel = build(dense_int8_weight_func(k, n, tile), dict(target.tvm))["main"]
-    args = [tvm.runtime.tensor(x), tvm.runtime.tensor(pack_dense_weight(q, tile.cols)),
-            tvm.runtime.tensor(pack_column_scales(scale, n, tile.cols)),
-            tvm.runtime.tensor(np.zeros((rows, n), np.float32))]
-    return {"int8_ms": round(autotune.time_ms(lambda: kernel(*args)), 5),
-            "dense_ms": _time_dense(q.astype(np.float32) * scale, x, target)}
+    x = tvm.runtime.tensor(np.random.default_rng(0).standard_normal((rows, k)).astype(
+        np.float32))
+    y = tvm.runtime.tensor(np.zeros((rows, n), np.float32))
+    scales = tvm.runtime.tensor(pack_column_scales(scale, n, tile.cols))
+    int8 = build(dense_int8_weight_func(k, n, tile), dict(target.tvm))["main"]
+    dense = build(dense_packed_func(k, n, tile), dict(target.tvm))["main"]
+    packed_q = pack_dense_weight(q, tile.cols)
+    packed_w = pack_dense_weight(q.astype(np.float32) * scale, tile.cols)
+    int8_args = itertools.cycle([(x, tvm.runtime.tensor(packed_q.copy()), scales, y)
+                                 for _ in range(copies)])
+    dense_args = itertools.cycle([(x, tvm.runtime.tensor(packed_w.copy()), y)
+                                  for _ in range(copies)])
+    return {"int8_ms": round(autotune.time_ms(lambda: int8(*next(int8_args))), 5),
+            "dense_ms": round(autotune.time_ms(lambda: dense(*next(dense_args))), 5)}
+
+
+def weight_copies(w_bytes: int, model_bytes: int) -> int:
+    """How many copies of a layer's float32 weight to cycle through when timing it so that,
+    as in the model, the rest of the model's weights pass through the caches between two
+    reads of the same one (capped: 512 MB, 64 copies)."""
+    pool = min(model_bytes, 512 << 20)
+    return max(1, min(64, -(-pool // max(w_bytes, 1))))
 
 
 def choose_int8(q: np.ndarray, scale: np.ndarray, rows: int | None, target: Any,
-                cache_dir: Path | None, measure: bool = True) -> tuple[bool, dict[str, Any]]:
+                cache_dir: Path | None, measure: bool = True, model_bytes: int = 0
+                ) -> tuple[bool, dict[str, Any]]:
     """Whether a DequantizeLinear'd constant weight stays int8 (the int8-weight kernel) or
     is dequantized at compile time for the float32 packed dense kernel, and why: measured
-    where this machine runs the target (int8 where at least 5% faster), else by rule (int8
-    up to INT8_RULE_MAX_ROWS rows on a target listing int8)."""
+    where this machine runs the target (int8 where at least 5% faster; each weight read as
+    the model reads it: see weight_copies, `model_bytes` being the float32 bytes of the
+    model's weights), else by rule (int8 up to INT8_RULE_MAX_ROWS rows on a target listing
+    int8)."""
     k, n = q.shape
     info: dict[str, Any] = {"quantized": "int8"}
     if measure and rows is not None and rows > 0 and measurable(target):
-        t = _measured(f"tvm_int8w_vs_dense1:{target.full_name}:{sorted(target.tvm.items())}:"
-                      f"{rows}:{k}x{n}", cache_dir,
-                      lambda: time_int8_kernels(q, scale, rows, target))
+        copies = weight_copies(4 * k * n, model_bytes)
+        t = _measured(f"tvm_int8w_vs_dense2:{target.full_name}:{sorted(target.tvm.items())}:"
+                      f"{rows}:{k}x{n}:copies{copies}", cache_dir,
+                      lambda: time_int8_kernels(q, scale, rows, target, copies))
         faster = t["int8_ms"] < MARGIN * t["dense_ms"]
+        cold = f", each read from memory ({copies} copies cycled)" if copies > 1 else ""
         return faster, {**info, **t, "kernel": "int8" if faster else "dense",
-                        "why": f"measured here: int8 weights {t['int8_ms']:.3f} ms vs float32 "
-                               f"{t['dense_ms']:.3f} ms"}
+                        "weight_copies": copies,
+                        "why": f"measured here{cold}: int8 weights {t['int8_ms']:.3f} ms vs "
+                               f"float32 {t['dense_ms']:.3f} ms"}
     pays = "int8" in target.quant and rows is not None and 0 < rows <= INT8_RULE_MAX_ROWS
     return pays, {**info, "kernel": "int8" if pays else "dense",
                   "why": f"not measurable here: int8 weights at 1-{INT8_RULE_MAX_ROWS} rows "
                          f"(bound by reading the weight), float32 above"
                   if "int8" in target.quant else "int8 does not pay on this target"}
+
+
+def _float32_weight_bytes(mod) -> int:
+    """The bytes of a module's constant tensors (2-D and up) as float32: what a run of the
+    model reads in weights."""
+    from tvm import relax
+    total = 0
+
+    @relax.expr_functor.visitor
+    class Weights(relax.PyExprVisitor):
+        def visit_generic_const_(self, const):
+            nonlocal total
+            shape = const.value.shape
+            if len(shape) >= 2:
+                total += 4 * int(np.prod(shape))
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            Weights().visit_expr(func)
+    return total
 
 
 def _digest(w: np.ndarray) -> str:
@@ -486,7 +530,8 @@ def use_graphopt_kernels(mod, target: Any, cache_dir: Path | None = None,
                 return call
             (q, scale), (lead, rows, static_rows) = found, shape
             k, n = q.shape
-            chosen, why = choose_int8(q, scale, static_rows, target, cache_dir, measure)
+            chosen, why = choose_int8(q, scale, static_rows, target, cache_dir, measure,
+                                      model_bytes)
             if not chosen:  # float32 for the second pass, which reports it with this why
                 w = q.astype(np.float32) * scale
                 kept_float[_digest(w)] = why
@@ -563,6 +608,7 @@ def use_graphopt_kernels(mod, target: Any, cache_dir: Path | None = None,
     # int8 weights first: FoldConstant would turn every DequantizeLinear of a constant into
     # a float32 constant (and Gemm's transposed weights into plain constants, for the rest)
     kept_float: dict[str, dict[str, Any]] = {}  # dequantized weights (by content): why
+    model_bytes = _float32_weight_bytes(mod)
     mod = rewrite(mod, quantized=True)
     mod = relax.transform.FoldConstant()(relax.transform.DeadCodeElimination()(mod))
     return rewrite(mod, quantized=False), use

@@ -440,3 +440,18 @@ def test_int8_choice_is_measured_here_and_cached(tmp_path, monkeypatch) -> None:
                         lambda *a: pytest.fail("timed again: the cache was not used"))
     _, again = relax_kernels.use_graphopt_kernels(mod, X86, cache_dir=tmp_path)
     assert again.layers == use.layers
+
+
+def test_int8_timing_reads_each_weight_as_the_model_does() -> None:
+    """Between two reads of a layer's weight a run of the model streams all its other
+    weights: the timing cycles through enough copies to do the same (a small model: one
+    copy, its weights stay in cache; capped for huge ones)."""
+    assert relax_kernels.weight_copies(4 * 768 * 768, 56_700_000) == 25
+    assert relax_kernels.weight_copies(4 * 768 * 768, 1_000_000) == 1
+    assert relax_kernels.weight_copies(4 * 64 * 64, 10 << 30) == 64
+    model = _int8_weight_model([1, 30], 30, 19)
+    assert relax_kernels._float32_weight_bytes(codegen.import_model(model, {"x": [1, 30]})) \
+        == 4 * 30 * 19
+    q = RNG.integers(-128, 128, (30, 19)).astype(np.int8)
+    t = relax_kernels.time_int8_kernels(q, np.ones(19, np.float32), 2, X86, copies=3)
+    assert t["int8_ms"] > 0 and t["dense_ms"] > 0
