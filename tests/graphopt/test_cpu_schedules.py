@@ -135,10 +135,10 @@ def _loops_around_reductions(func) -> list[int]:
 
 @pytest.mark.parametrize("rows", [1, 6])
 def test_one_row_normalizations_compute_their_reductions_once(rows: int) -> None:
-    """A LayerNorm over one token ((1, 1, d)): DLight's reduction rule would put the mean
-    and variance inside a loop over the d outputs (d times the work); the schedule computes
-    each reduction once (d steps each) and matches NumPy.
-    Several rows keep DLight's rule (threads over the rows)."""
+    """A LayerNorm over one token ((1, 1, d)) or several: each row's mean and variance
+    computed once (DLight's reduction rule put them inside a loop over the d outputs of a
+    single row: d times the work), in lane-wide partial sums (the *_rf blocks), threads
+    over rows; matches NumPy."""
     import tvm
     from tvm import relax, tirx
     d = 96
@@ -148,7 +148,8 @@ def test_one_row_normalizations_compute_their_reductions_once(rows: int) -> None
         scheduled = cpu_schedules.default_schedule(X86)(legal)
     (norm,) = [f for _, f in scheduled.functions_items() if isinstance(f, tirx.PrimFunc)]
     loops = _loops_around_reductions(norm)
-    assert loops and all(n == rows * d for n in loops)
+    assert loops and max(loops) <= rows * d
+    assert "_rf" in norm.script()
     x = RNG.standard_normal((1, rows, d)).astype(np.float32)
     vm = relax.VirtualMachine(codegen.build(mod, X86, default_schedules=True), tvm.cpu())
     got = vm["main"](tvm.runtime.tensor(x)).numpy()
