@@ -150,6 +150,12 @@ def test_two_compiles_into_one_directory_leave_one_whole_result(tmp_path: Path) 
     assert not [p for p in out.iterdir() if p.name.startswith(".graphopt-")]
 
 
+def _default_sigint() -> None:
+    """In the compile under test, Ctrl-C as a terminal delivers it: a suite started in the
+    background by a non-interactive shell has SIGINT ignored, and children inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_leaves_nothing_half_written(tmp_path: Path) -> None:
     """Interrupted in the long last step (a latency measurement that would take hours), after
     the pipeline and the model were made: still nothing of it may appear in OUT."""
@@ -160,7 +166,7 @@ def test_ctrl_c_leaves_nothing_half_written(tmp_path: Path) -> None:
     # Ctrl-C during LLVM code emission can be lost: a known problem, see the README)
     proc = subprocess.Popen([GRAPHOPT, "compile", path, "-o", out, "--measure", "--runs",
                              "100000000", "--no-codegen"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     deadline = time.time() + 120
     while not any(p.name.startswith(".graphopt-") for p in (out.iterdir() if out.exists()
                                                            else [])):
@@ -198,7 +204,8 @@ def test_ctrl_c_during_calibration_writes_nothing(tmp_path: Path) -> None:
                       "min_size = 1\n")
     proc = subprocess.Popen([GRAPHOPT, "compile", path, "-o", out, "--add", "factorize_lowrank",
                              "--calibration", data, "--config", config],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     time.sleep(8.0)  # loading and verifying take ~2 s; the search takes minutes
     assert proc.poll() is None, "finished before it could be interrupted"
     proc.send_signal(signal.SIGINT)
