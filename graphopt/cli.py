@@ -317,6 +317,9 @@ def _io(t: gs.Tensor) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------- run
 ENGINES = ("auto", "tvm", "cuda", "onnxruntime")
+# the engines that run a compiled artifact, in auto's order: (file, device, how to build it)
+ARTIFACT_ENGINES = {"tvm": ("model.x86.so", "cpu", "an x86 target"),
+                    "cuda": ("model.cuda.so", "cuda", "-t cuda[:sm_XY]")}
 
 
 @app.command()
@@ -340,8 +343,8 @@ def run(
         "--tuning-cache", help="Where the sparse-kernel decisions are cached (default "
         "$GRAPHOPT_CACHE or ~/.cache/graphopt).")] = None,
 ) -> None:
-    """Run what compile produced (its x86 artifact, or the ONNX model in onnxruntime), or
-    any ONNX model, and save its outputs."""
+    """Run what compile produced (its x86 or CUDA artifact, or the ONNX model in
+    onnxruntime), or any ONNX model, and save its outputs."""
     with _errors():
         if engine not in ENGINES:
             raise UserError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
@@ -349,20 +352,18 @@ def run(
         if model.is_dir() and not path.exists():
             raise UserError(f"'{model}' is a directory without {OUTPUT_MODEL}: give a model "
                             "file or a graphopt compile output directory")
-        for wanted, name, how in (("tvm", "model.x86.so", "an x86 target"),
-                                  ("cuda", "model.cuda.so", "-t cuda[:sm_XY]")):
-            if engine == wanted and not (model.is_dir() and (model / name).exists()):
+        if engine in ARTIFACT_ENGINES:
+            name, _, how = ARTIFACT_ENGINES[engine]
+            if not (model.is_dir() and (model / name).exists()):
                 raise UserError(f"--engine {engine}: '{model}' has no {name}; compile it for "
                                 f"{how} (without --no-codegen) first")
         graph = ir.load(path)
         feeds = verify.load_feeds(input, graph)[0]
         artifact, device = None, "cpu"
-        candidates = [] if engine == "onnxruntime" or not model.is_dir() else \
-            [(model / "model.x86.so", "cpu")] * (engine in ("auto", "tvm")) + \
-            [(model / "model.cuda.so", "cuda")] * (engine in ("auto", "cuda"))
         passed_over = []  # auto: say why an artifact is not used rather than fail
-        for candidate, on in candidates:
-            if not candidate.exists():
+        for kind, (name, on, _) in ARTIFACT_ENGINES.items():
+            candidate = model / name
+            if engine not in ("auto", kind) or not model.is_dir() or not candidate.exists():
                 continue
             problem = _artifact_problem(model, candidate, feeds, on)
             if problem and engine != "auto":

@@ -26,26 +26,14 @@ def fallback_rule(lanes: int, matmul_only: bool = False):
     """A DLight CPU rule (built lazily: TVM imports stay inside functions). With
     matmul_only it applies only to functions with a matmul-like block (and runs before
     DLight's reduction rule, which would schedule those as dot products)."""
-    from tvm import s_tir
-    from tvm.s_tir.dlight.analysis import normalize_prim_func
-    from tvm.s_tir.dlight.base import try_inline
     from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
-    def extent(sch, loop) -> int | None:
-        value = sch.get(loop).extent
-        return int(value) if hasattr(value, "value") else None
 
     class Fallback(CPUScheduleRule):
         def apply(self, func, target, _tunable):
-            if not self.is_target_available(target):
+            sch, infos = _inlined_blocks(self, func, target)
+            if sch is None:
                 return None
-            if func.attrs is not None and func.attrs.get("tirx.is_scheduled", False):
-                return None
-            sch = s_tir.Schedule(func)
-            infos = normalize_prim_func(sch)
-            if infos is None:
-                return None
-            infos = try_inline(sch, infos)
             if matmul_only and not any(_matmul_like(sch, i) for i in infos):
                 return None
             for info in infos:
@@ -61,18 +49,18 @@ def fallback_rule(lanes: int, matmul_only: bool = False):
                 vector = None
                 if _matmul_like(sch, info):
                     vector = spatial.pop()
-                    n = extent(sch, vector)
+                    n = _static_extent(sch, vector)
                     if n is None or n % lanes:
                         spatial.append(vector)
                         vector = None
                 sch.reorder(*spatial, *reduce, *([vector] if vector is not None else []))
                 outer = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
                 if not reduce:
-                    n = extent(sch, outer)
+                    n = _static_extent(sch, outer)
                     if n is not None and n % lanes == 0 and n > lanes:
                         outer, inner = sch.split(outer, factors=[None, lanes])
                         sch.vectorize(inner)
-                if (extent(sch, outer) or 2) > 1:
+                if (_static_extent(sch, outer) or 2) > 1:
                     sch.parallel(outer)
                 if vector is not None:  # LLVM vectorizes the now-innermost axpy loop
                     sch.decompose_reduction(block, reduce[0])
@@ -107,21 +95,15 @@ def _matmul_like(sch, info) -> bool:
 
 
 def row_reduction_rule(lanes: int):
-    """Row-wise normalizations (LayerNorm, softmax, RMSNorm, a mean over the last axis):
+    """Row-wise normalizations (LayerNorm, softmax, RMSNorm):
     reductions over the contiguous last axis of each row, then an element-wise epilogue per
     row. Threads over rows; per row, each reduction computed once with `lanes` partial
     accumulators (rfactor: the lanes run independently, so the sum is not one long chain of
     dependent adds; DLight's reduction rule adds one element at a time) and the epilogue
-    vectorized. A LayerNorm over (128, 768): 0.10 ms -> 0.025 ms here; softmax 5x faster.
+    vectorized. A LayerNorm over (128, 768): 0.10 ms -> 0.014 ms here; softmax 5x faster.
     None (the next rule) for anything else."""
-    from tvm import s_tir
-    from tvm.s_tir.dlight.analysis import normalize_prim_func
-    from tvm.s_tir.dlight.base import try_inline
     from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
-    def static(sch, loop) -> int | None:
-        value = sch.get(loop).extent
-        return int(value) if hasattr(value, "value") else None
 
     def over_last_axis(sch, block) -> bool:
         """The block's reduction iterator indexes the last axis of what it reads."""
@@ -132,13 +114,8 @@ def row_reduction_rule(lanes: int):
 
     class RowReduction(CPUScheduleRule):
         def apply(self, func, target, _tunable):
-            if not self.is_target_available(target):
-                return None
-            if func.attrs is not None and func.attrs.get("tirx.is_scheduled", False):
-                return None
-            sch = s_tir.Schedule(func)
-            infos = try_inline(sch, normalize_prim_func(sch) or [])
-            if len(infos) < 2 or "R" in infos[-1].dom_kind() or \
+            sch, infos = _inlined_blocks(self, func, target)
+            if sch is None or len(infos) < 2 or "R" in infos[-1].dom_kind() or \
                     any(k not in "S" for k in infos[-1].dom_kind()):
                 return None
             reductions = [i for i in infos[:-1] if "R" in i.dom_kind()]
@@ -149,14 +126,15 @@ def row_reduction_rule(lanes: int):
                 return None
             # rows x d: every reduction reduces a row of the epilogue's last extent and
             # keeps its rows (a GEMV reduces k for each of n outputs: not this)
-            *rows_dims, width = [static(sch, lp) for lp in sch.get_loops(infos[-1].block_rv)]
+            *rows_dims, width = [_static_extent(sch, lp)
+                                 for lp in sch.get_loops(infos[-1].block_rv)]
             if width is None or None in rows_dims:
                 return None
             partials = []
             for info in reductions:
                 *kept, loop = sch.get_loops(info.block_rv)
-                n = static(sch, loop)
-                kept_extents = [static(sch, lp) for lp in kept]
+                n = _static_extent(sch, loop)
+                kept_extents = [_static_extent(sch, lp) for lp in kept]
                 if n != width or n % lanes or n <= lanes or None in kept_extents or \
                         math.prod(kept_extents) != math.prod(rows_dims) or \
                         not over_last_axis(sch, info.block_rv):
@@ -166,7 +144,7 @@ def row_reduction_rule(lanes: int):
                 partials.append((sch.rfactor(inner, factor_axis=rank), n // lanes))
             *lead, last = sch.get_loops(infos[-1].block_rv)
             row = (sch.fuse(*lead) if len(lead) > 1 else lead[0]) if lead else None
-            n = static(sch, last)
+            n = _static_extent(sch, last)
             if n is not None and n % lanes == 0 and n > lanes:
                 _, inner = sch.split(last, factors=[None, lanes])
                 sch.vectorize(inner)
@@ -176,8 +154,8 @@ def row_reduction_rule(lanes: int):
                     sch.compute_at(block, row, preserve_unit_loops=True)
             for block, steps in partials:  # the reduction loop out, the lanes innermost
                 own = sch.get_loops(block)[1 if row is not None else 0:]
-                reduce = next(lp for lp in own if static(sch, lp) == steps)
-                lane = next(lp for lp in own if static(sch, lp) == lanes
+                reduce = next(lp for lp in own if _static_extent(sch, lp) == steps)
+                lane = next(lp for lp in own if _static_extent(sch, lp) == lanes
                             and not sch.get(lp).same_as(sch.get(reduce)))
                 if own.index(lane) < own.index(reduce):
                     sch.reorder(reduce, lane)
@@ -186,6 +164,25 @@ def row_reduction_rule(lanes: int):
             return sch
 
     return RowReduction()
+
+
+def _static_extent(sch, loop) -> int | None:
+    value = sch.get(loop).extent
+    return int(value) if hasattr(value, "value") else None
+
+
+def _inlined_blocks(rule, func, target):
+    """(schedule, block infos with producers inlined) of a function the rule may schedule,
+    or (None, None): another target, scheduled already, or not analysable."""
+    from tvm import s_tir
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+    from tvm.s_tir.dlight.base import try_inline
+    if not rule.is_target_available(target) or \
+            (func.attrs is not None and func.attrs.get("tirx.is_scheduled", False)):
+        return None, None
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    return (sch, try_inline(sch, infos)) if infos is not None else (None, None)
 
 
 def _uses(expr, var) -> bool:

@@ -134,16 +134,20 @@ def time_kernels(w: np.ndarray, bsr: formats.BSR, rows: int, target: Any) -> dic
     return {"dense_ms": _time_dense(w, x, target), **_best(tried)}
 
 
-def _time_dense(w: np.ndarray, x: np.ndarray, target: Any) -> float:
+def _time_dense(w: np.ndarray, x: np.ndarray, target: Any, copies: int = 1) -> float:
+    """The packed dense kernel built for the target, timed here (ms); each call on the next
+    of `copies` copies of the weight (see weight_copies)."""
     import tvm
 
     from graphopt.kernels.tvm_kernels import build
     k, n = w.shape
     tile = micro_kernel(target)
     dense = build(dense_packed_func(k, n, tile), dict(target.tvm))["main"]
-    args = [tvm.runtime.tensor(x), tvm.runtime.tensor(pack_dense_weight(w, tile.cols)),
-            tvm.runtime.tensor(np.zeros((x.shape[0], n), np.float32))]
-    return round(autotune.time_ms(lambda: dense(*args)), 5)
+    packed = pack_dense_weight(w, tile.cols)
+    x_t, y_t = tvm.runtime.tensor(x), tvm.runtime.tensor(np.zeros((x.shape[0], n), np.float32))
+    args = itertools.cycle([(x_t, tvm.runtime.tensor(packed.copy()), y_t)
+                            for _ in range(copies)])
+    return round(autotune.time_ms(lambda: dense(*next(args))), 5)
 
 
 def _width(t: dict[str, Any]) -> str:
@@ -313,20 +317,15 @@ def time_int8_kernels(q: np.ndarray, scale: np.ndarray, rows: int, target: Any,
     from graphopt.kernels.tvm_kernels import build
     k, n = q.shape
     tile = micro_kernel(target)
-    x = tvm.runtime.tensor(np.random.default_rng(0).standard_normal((rows, k)).astype(
-        np.float32))
-    y = tvm.runtime.tensor(np.zeros((rows, n), np.float32))
+    x = np.random.default_rng(0).standard_normal((rows, k)).astype(np.float32)
+    x_t, y_t = tvm.runtime.tensor(x), tvm.runtime.tensor(np.zeros((rows, n), np.float32))
     scales = tvm.runtime.tensor(pack_column_scales(scale, n, tile.cols))
     int8 = build(dense_int8_weight_func(k, n, tile), dict(target.tvm))["main"]
-    dense = build(dense_packed_func(k, n, tile), dict(target.tvm))["main"]
-    packed_q = pack_dense_weight(q, tile.cols)
-    packed_w = pack_dense_weight(q.astype(np.float32) * scale, tile.cols)
-    int8_args = itertools.cycle([(x, tvm.runtime.tensor(packed_q.copy()), scales, y)
-                                 for _ in range(copies)])
-    dense_args = itertools.cycle([(x, tvm.runtime.tensor(packed_w.copy()), y)
-                                  for _ in range(copies)])
-    return {"int8_ms": round(autotune.time_ms(lambda: int8(*next(int8_args))), 5),
-            "dense_ms": round(autotune.time_ms(lambda: dense(*next(dense_args))), 5)}
+    packed = pack_dense_weight(q, tile.cols)
+    args = itertools.cycle([(x_t, tvm.runtime.tensor(packed.copy()), scales, y_t)
+                            for _ in range(copies)])
+    return {"int8_ms": round(autotune.time_ms(lambda: int8(*next(args))), 5),
+            "dense_ms": _time_dense(q.astype(np.float32) * scale, x, target, copies)}
 
 
 def weight_copies(w_bytes: int, model_bytes: int) -> int:

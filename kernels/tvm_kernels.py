@@ -297,18 +297,27 @@ def dense_int8_weight_func(k: int, n: int, tile: MicroKernel):
     a quarter of the float32 bytes to store and to stream. The packed dense kernel's loops,
     each weight vector widened to float32 in registers (sign extend + convert) for the
     tile's rows, the column scales applied once at the store. x float32, m symbolic."""
+    return _panel_gemm_func(k, n, tile, int8_weight=True)
+
+
+def dense_packed_func(k: int, n: int, tile: MicroKernel):
+    """y (m, n) = x (m, k) @ W for a weight packed by pack_dense_weight; m is symbolic
+    (any batch at run time). Threads over column panels; per panel, tile.rows activation
+    rows at a time against the panel, the tile in registers, then one leftover row at a
+    time. Stores of the last, partial panel are guarded."""
+    return _panel_gemm_func(k, n, tile, int8_weight=False)
+
+
+def _panel_gemm_func(k: int, n: int, tile: MicroKernel, int8_weight: bool):
+    """The loops of dense_packed_func, over a float32 panel or (int8_weight) an int8 one
+    with per-column scales applied at the store."""
     from tvm.script import tirx as T
     mr, nr = tile.rows, tile.cols
     panels = -(-n // nr)
     full_panels = n // nr
 
-    @T.prim_func
-    def dense_int8_weight(x_handle: T.handle, wp: T.Buffer((panels, k, nr), "int8"),
-                          scale: T.Buffer((panels, nr), "float32"), y_handle: T.handle):
-        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
-        m = T.int64()
-        x = T.match_buffer(x_handle, (m, k), "float32")
-        y = T.match_buffer(y_handle, (m, n), "float32")
+    @T.macro
+    def body(x, wp, scale, y, m):
         for jp in T.parallel(panels):
             for ib in range(m // mr):
                 acc = T.decl_buffer((mr, nr), "float32", scope="local")
@@ -320,55 +329,10 @@ def dense_int8_weight_func(k: int, n: int, tile: MicroKernel):
                         for c in T.vectorized(nr):
                             acc[r, c] = acc[r, c] + x[ib * mr + r, p] * T.Cast(
                                 "float32", wp[jp, p, c])
-                if jp < full_panels:
+                if int8_weight:
                     for r in T.unroll(mr):
                         for c in T.vectorized(nr):
-                            y[ib * mr + r, jp * nr + c] = acc[r, c] * scale[jp, c]
-                else:
-                    for r in range(mr):
-                        for c in range(nr):
-                            if jp * nr + c < n:
-                                y[ib * mr + r, jp * nr + c] = acc[r, c] * scale[jp, c]
-            for i in range(m // mr * mr, m):
-                row = T.decl_buffer((nr,), "float32", scope="local")
-                for c in T.vectorized(nr):
-                    row[c] = T.float32(0)
-                for p in range(k):
-                    for c in T.vectorized(nr):
-                        row[c] = row[c] + x[i, p] * T.Cast("float32", wp[jp, p, c])
-                for c in range(nr):
-                    if jp * nr + c < n:
-                        y[i, jp * nr + c] = row[c] * scale[jp, c]
-    return dense_int8_weight
-
-
-def dense_packed_func(k: int, n: int, tile: MicroKernel):
-    """y (m, n) = x (m, k) @ W for a weight packed by pack_dense_weight; m is symbolic
-    (any batch at run time). Threads over column panels; per panel, tile.rows activation
-    rows at a time against the panel, the tile in registers, then one leftover row at a
-    time. Stores of the last, partial panel are guarded."""
-    from tvm.script import tirx as T
-    mr, nr = tile.rows, tile.cols
-    panels = -(-n // nr)
-    full_panels = n // nr
-
-    @T.prim_func
-    def dense_packed(x_handle: T.handle, wp: T.Buffer((panels, k, nr), "float32"),
-                     y_handle: T.handle):
-        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
-        m = T.int64()
-        x = T.match_buffer(x_handle, (m, k), "float32")
-        y = T.match_buffer(y_handle, (m, n), "float32")
-        for jp in T.parallel(panels):
-            for ib in range(m // mr):
-                acc = T.decl_buffer((mr, nr), "float32", scope="local")
-                for r in T.unroll(mr):
-                    for c in T.vectorized(nr):
-                        acc[r, c] = T.float32(0)
-                for p in range(k):
-                    for r in T.unroll(mr):
-                        for c in T.vectorized(nr):
-                            acc[r, c] = acc[r, c] + x[ib * mr + r, p] * wp[jp, p, c]
+                            acc[r, c] = acc[r, c] * scale[jp, c]
                 if jp < full_panels:
                     for r in T.unroll(mr):
                         for c in T.vectorized(nr):
@@ -384,10 +348,33 @@ def dense_packed_func(k: int, n: int, tile: MicroKernel):
                     row[c] = T.float32(0)
                 for p in range(k):
                     for c in T.vectorized(nr):
-                        row[c] = row[c] + x[i, p] * wp[jp, p, c]
+                        row[c] = row[c] + x[i, p] * T.Cast("float32", wp[jp, p, c])
+                if int8_weight:
+                    for c in T.vectorized(nr):
+                        row[c] = row[c] * scale[jp, c]
                 for c in range(nr):
                     if jp * nr + c < n:
                         y[i, jp * nr + c] = row[c]
+
+    if int8_weight:
+        @T.prim_func
+        def dense_int8_weight(x_handle: T.handle, wp: T.Buffer((panels, k, nr), "int8"),
+                              scale: T.Buffer((panels, nr), "float32"), y_handle: T.handle):
+            T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+            m = T.int64()
+            x = T.match_buffer(x_handle, (m, k), "float32")
+            y = T.match_buffer(y_handle, (m, n), "float32")
+            body(x, wp, scale, y, m)
+        return dense_int8_weight
+
+    @T.prim_func
+    def dense_packed(x_handle: T.handle, wp: T.Buffer((panels, k, nr), "float32"),
+                     y_handle: T.handle):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        m = T.int64()
+        x = T.match_buffer(x_handle, (m, k), "float32")
+        y = T.match_buffer(y_handle, (m, n), "float32")
+        body(x, wp, None, y, m)
     return dense_packed
 
 
