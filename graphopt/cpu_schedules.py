@@ -100,7 +100,7 @@ def row_reduction_rule(lanes: int):
     row. Threads over rows; per row, each reduction computed once with `lanes` partial
     accumulators (rfactor: the lanes run independently, so the sum is not one long chain of
     dependent adds; DLight's reduction rule adds one element at a time) and the epilogue
-    vectorized. A LayerNorm over (128, 768): 0.10 ms -> 0.014 ms here; softmax 5x faster.
+    vectorized (in the sparse encoder's profile: LayerNorm x7, softmax x2 per call).
     None (the next rule) for anything else."""
     from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
