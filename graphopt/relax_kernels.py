@@ -250,7 +250,7 @@ def _choose_block(w: np.ndarray, rows: int | None, target: Any, cache_dir: Path 
         return None, {**info, "kernel": "dense", "why": "shape not a multiple of the block"}
     bsr = formats.to_bsr(w, block)
     if measure and rows is not None and rows > 0 and measurable(target):
-        t = _measured(f"tvm_bsr_vs_dense3:{target.full_name}:{sorted(target.tvm.items())}:"
+        t = _measured(f"tvm_bsr_vs_dense4:{target.full_name}:{sorted(target.tvm.items())}:"
                       f"{rows}:{k}x{n}:block{block[0]}x{block[1]}:{bsr.density:.2f}",
                       cache_dir, lambda: time_kernels(w, bsr, rows, target))
         faster = t["sparse_ms"] < MARGIN * t["dense_ms"]

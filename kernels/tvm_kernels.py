@@ -394,13 +394,28 @@ def bsr_tile_columns(bh: int, vector_bits: int, vector_registers: int) -> int:
     return bsr_tile_widths(bh, vector_bits, vector_registers)[-1]
 
 
+BSR_ROW_GROUP = 16  # block rows per parallel task, at most; see bsr_row_group
+
+
+def bsr_row_group(rows: int) -> int:
+    """Block rows per parallel task of the tiled BSR kernel: up to BSR_ROW_GROUP, and at
+    least 8 tasks where there are 8 block rows, so a machine with more cores still gets
+    work for each (the artifact may run on a bigger CPU than the one that built it)."""
+    return max(1, min(BSR_ROW_GROUP, rows // 8))
+
+
 def bsr_tiled_func(n: int, k: int, bh: int, bw: int, nnz: int, cols: int, lanes: int = LANES):
     """y^T (n, m) = BSR(W^T) @ x^T for x^T (k, m), m symbolic; W^T is (n, k) in bh x bw
-    blocks, n % bh == k % bw == 0. Threads over block rows; per block row, `cols` activation
-    columns at a time with the bh x cols tile in registers while the row's blocks stream
-    past, then the leftover columns one vector (`lanes`) at a time, then one at a time."""
+    blocks, n % bh == k % bw == 0. Threads over groups of block rows (bsr_row_group); per
+    group, `cols` activation columns at a time, and for those columns each block row in turn
+    with its bh x cols tile in registers while the row's blocks stream past; then the
+    leftover columns one vector (`lanes`) at a time, then one at a time. Sweeping a group's
+    rows over the same columns before moving on keeps that slab of x^T hot: 20-25% faster
+    than finishing each row's columns first (768x3072 at 80%, AVX-512, 128 rows)."""
     from tvm.script import tirx as T
     rows = n // bh
+    group = bsr_row_group(rows)
+    groups = -(-rows // group)
     nnz = max(nnz, 1)
     lanes = math.gcd(cols, lanes)  # the tile is whole vectors: LLVM splits odd widths badly
     vectors = cols // lanes
@@ -413,48 +428,54 @@ def bsr_tiled_func(n: int, k: int, bh: int, bw: int, nnz: int, cols: int, lanes:
         m = T.int64()
         x_t = T.match_buffer(x_handle, (k, m), "float32")
         y_t = T.match_buffer(y_handle, (n, m), "float32")
-        for r in T.parallel(rows):
+        for g in T.parallel(groups):
             for mc in range(m // cols):
-                acc = T.decl_buffer((bh, vectors, lanes), "float32", scope="local")
-                for a in T.unroll(bh):
-                    for v in T.unroll(vectors):
-                        for c in T.vectorized(lanes):
-                            acc[a, v, c] = T.float32(0)
-                for e in range(indptr[r], indptr[r + 1]):
-                    for b in T.unroll(bw):
-                        for a in T.unroll(bh):
-                            for v in T.unroll(vectors):
-                                for c in T.vectorized(lanes):
-                                    acc[a, v, c] = acc[a, v, c] + data[e, a, b] * x_t[
-                                        indices[e] * bw + b, mc * cols + v * lanes + c]
-                for a in T.unroll(bh):
-                    for v in T.unroll(vectors):
-                        for c in T.vectorized(lanes):
-                            y_t[r * bh + a, mc * cols + v * lanes + c] = acc[a, v, c]
-            for mv in range((m - m // cols * cols) // lanes):
-                vec = T.decl_buffer((bh, lanes), "float32", scope="local")
-                for a in T.unroll(bh):
-                    for c in T.vectorized(lanes):
-                        vec[a, c] = T.float32(0)
-                for e in range(indptr[r], indptr[r + 1]):
-                    for b in T.unroll(bw):
-                        for a in T.unroll(bh):
+                for rr in range(T.min(group, rows - g * group)):
+                    r = g * group + rr
+                    acc = T.decl_buffer((bh, vectors, lanes), "float32", scope="local")
+                    for a in T.unroll(bh):
+                        for v in T.unroll(vectors):
                             for c in T.vectorized(lanes):
-                                vec[a, c] = vec[a, c] + data[e, a, b] * x_t[
-                                    indices[e] * bw + b, m // cols * cols + mv * lanes + c]
-                for a in T.unroll(bh):
-                    for c in T.vectorized(lanes):
-                        y_t[r * bh + a, m // cols * cols + mv * lanes + c] = vec[a, c]
+                                acc[a, v, c] = T.float32(0)
+                    for e in range(indptr[r], indptr[r + 1]):
+                        for b in T.unroll(bw):
+                            for a in T.unroll(bh):
+                                for v in T.unroll(vectors):
+                                    for c in T.vectorized(lanes):
+                                        acc[a, v, c] = acc[a, v, c] + data[e, a, b] * x_t[
+                                            indices[e] * bw + b, mc * cols + v * lanes + c]
+                    for a in T.unroll(bh):
+                        for v in T.unroll(vectors):
+                            for c in T.vectorized(lanes):
+                                y_t[r * bh + a, mc * cols + v * lanes + c] = acc[a, v, c]
+            for mv in range((m - m // cols * cols) // lanes):
+                for rr in range(T.min(group, rows - g * group)):
+                    r = g * group + rr
+                    vec = T.decl_buffer((bh, lanes), "float32", scope="local")
+                    for a in T.unroll(bh):
+                        for c in T.vectorized(lanes):
+                            vec[a, c] = T.float32(0)
+                    for e in range(indptr[r], indptr[r + 1]):
+                        for b in T.unroll(bw):
+                            for a in T.unroll(bh):
+                                for c in T.vectorized(lanes):
+                                    vec[a, c] = vec[a, c] + data[e, a, b] * x_t[
+                                        indices[e] * bw + b, m // cols * cols + mv * lanes + c]
+                    for a in T.unroll(bh):
+                        for c in T.vectorized(lanes):
+                            y_t[r * bh + a, m // cols * cols + mv * lanes + c] = vec[a, c]
             for i in range(m // cols * cols + (m - m // cols * cols) // lanes * lanes, m):
-                one = T.decl_buffer((bh,), "float32", scope="local")
-                for a in range(bh):
-                    one[a] = T.float32(0)
-                for e in range(indptr[r], indptr[r + 1]):
-                    for b in range(bw):
-                        for a in range(bh):
-                            one[a] = one[a] + data[e, a, b] * x_t[indices[e] * bw + b, i]
-                for a in range(bh):
-                    y_t[r * bh + a, i] = one[a]
+                for rr in range(T.min(group, rows - g * group)):
+                    r = g * group + rr
+                    one = T.decl_buffer((bh,), "float32", scope="local")
+                    for a in range(bh):
+                        one[a] = T.float32(0)
+                    for e in range(indptr[r], indptr[r + 1]):
+                        for b in range(bw):
+                            for a in range(bh):
+                                one[a] = one[a] + data[e, a, b] * x_t[indices[e] * bw + b, i]
+                    for a in range(bh):
+                        y_t[r * bh + a, i] = one[a]
     return bsr_tiled
 
 

@@ -208,6 +208,18 @@ def test_tiled_bsr_matches_reference(block, level, m, cols) -> None:
     np.testing.assert_allclose(got, ref.bsr_matmul(x, bsr), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("rows", [7, 8, 150, 300])
+def test_tiled_bsr_row_groups(rows) -> None:
+    """Block rows split into parallel groups (bsr_row_group), the last one partial."""
+    block = (4, 4)
+    assert tvm_kernels.bsr_row_group(rows) * 8 <= max(rows, 8)
+    w = _block_sparse(6 * block[1], rows * block[0], block, 0.75)
+    bsr = formats.to_bsr(w, block)
+    x = RNG.standard_normal((37, w.shape[0])).astype(np.float32)
+    np.testing.assert_allclose(tvm_kernels.host_bsr_tiled_matmul(x, bsr, 16),
+                               ref.bsr_matmul(x, bsr), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("bh, bits, registers, expected", [
     (4, 256, 16, 24), (4, 512, 32, 64), (16, 256, 16, 8), (4, 128, 32, 16), (32, 512, 32, 16)])
 def test_bsr_tile_columns_fit_the_register_file(bh, bits, registers, expected) -> None:
