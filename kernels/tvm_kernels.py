@@ -308,13 +308,26 @@ def dense_packed_func(k: int, n: int, tile: MicroKernel):
     return _panel_gemm_func(k, n, tile, int8_weight=False)
 
 
+CACHE_LINE = 64  # bytes
+# The weight panels stream from memory once per call (a model's weights do not stay in
+# cache between calls), and the first row tile over each panel waits on that stream. So
+# while one panel is worked on, its thread prefetches the next one into L2: one cache line
+# every PREFETCH_STEPS reduction steps, spread over the row tiles (16 tiles of 8 rows cover
+# a float32 panel 32 wide). 768x768 at 128 rows, AVX-512, weights cold: 0.56 -> 0.50 ms;
+# prefetching every 1-4 steps costs more than it saves, every 16 covers too little.
+PREFETCH_STEPS = 8
+
+
 def _panel_gemm_func(k: int, n: int, tile: MicroKernel, int8_weight: bool):
     """The loops of dense_packed_func, over a float32 panel or (int8_weight) an int8 one
-    with per-column scales applied at the store."""
+    with per-column scales applied at the store; the next panel prefetched meanwhile."""
     from tvm.script import tirx as T
     mr, nr = tile.rows, tile.cols
     panels = -(-n // nr)
     full_panels = n // nr
+    steps = k // PREFETCH_STEPS
+    per_line = CACHE_LINE // (1 if int8_weight else 4)  # weights per cache line
+    lines = -(-k * nr // per_line)  # cache lines per panel
 
     @T.macro
     def body(x, wp, scale, y, m):
@@ -324,7 +337,20 @@ def _panel_gemm_func(k: int, n: int, tile: MicroKernel, int8_weight: bool):
                 for r in T.unroll(mr):
                     for c in T.vectorized(nr):
                         acc[r, c] = T.float32(0)
-                for p in range(k):
+                for po in range(steps):
+                    # the line of the next panel to fetch now (past the last: the last again)
+                    q = T.min(ib * steps + po, lines - 1)
+                    T.evaluate(T.call_llvm_intrin(
+                        "void", "llvm.prefetch.p0",
+                        T.address_of(wp[T.min(jp + 1, panels - 1), q * per_line // nr,
+                                        q * per_line % nr]),
+                        T.int32(0), T.int32(2), T.int32(1)))  # read, to L2, data
+                    for pi in T.unroll(PREFETCH_STEPS):
+                        for r in T.unroll(mr):
+                            for c in T.vectorized(nr):
+                                acc[r, c] = acc[r, c] + x[ib * mr + r, po * PREFETCH_STEPS + pi] \
+                                    * T.Cast("float32", wp[jp, po * PREFETCH_STEPS + pi, c])
+                for p in range(steps * PREFETCH_STEPS, k):
                     for r in T.unroll(mr):
                         for c in T.vectorized(nr):
                             acc[r, c] = acc[r, c] + x[ib * mr + r, p] * T.Cast(
