@@ -9,7 +9,8 @@ can be inlined, then per remaining block
   vectorized (when the lanes divide it);
 - matmul-like reductions (two or more spatial loops, the last one contiguous in the
   output): the last spatial loop moved inside the reduction, so the inner loop is an axpy
-  over output columns (which LLVM vectorizes) instead of a dot product.
+  over output columns (which LLVM vectorizes) instead of a dot product; where the shape is
+  static and a tile fits, a register tile of outputs instead (_register_tiled).
 Used by codegen for CPU targets: for every function when there is no tuning database,
 for the functions the database has no schedule for when there is one.
 """
@@ -22,10 +23,11 @@ from typing import Any
 MAX_VECTOR_LANES = 64  # longest inner loop handed to LLVM as one vector
 
 
-def fallback_rule(lanes: int, matmul_only: bool = False):
+def fallback_rule(lanes: int, matmul_only: bool = False, tile=None):
     """A DLight CPU rule (built lazily: TVM imports stay inside functions). With
     matmul_only it applies only to functions with a matmul-like block (and runs before
-    DLight's reduction rule, which would schedule those as dot products)."""
+    DLight's reduction rule, which would schedule those as dot products). With a register
+    tile (a MicroKernel), matmul-like blocks of static shape get it (_register_tiled)."""
     from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
 
@@ -38,7 +40,10 @@ def fallback_rule(lanes: int, matmul_only: bool = False):
                 return None
             for info in infos:
                 block = info.block_rv
-                loops = sch.get_loops(block)
+                try:
+                    loops = sch.get_loops(block)
+                except Exception:  # noqa: BLE001 - inlined into a register tile's write-back
+                    continue
                 kinds = info.dom_kind()
                 if len(loops) != len(kinds) or any(k not in "SR" for k in kinds):
                     continue
@@ -53,6 +58,9 @@ def fallback_rule(lanes: int, matmul_only: bool = False):
                     if n is None or n % lanes:
                         spatial.append(vector)
                         vector = None
+                if vector is not None and tile is not None and \
+                        _register_tiled(sch, block, spatial, reduce, vector, lanes, tile):
+                    continue
                 sch.reorder(*spatial, *reduce, *([vector] if vector is not None else []))
                 outer = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
                 if not reduce:
@@ -67,6 +75,48 @@ def fallback_rule(lanes: int, matmul_only: bool = False):
             return sch
 
     return Fallback()
+
+
+def _register_tiled(sch, block, spatial, reduce, vector, lanes: int, tile) -> bool:
+    """Schedules a matmul-like block (batched attention matmuls: Q K^T, P V) the way the
+    packed dense kernel runs: a rows x cols tile of outputs accumulated in registers over
+    the whole reduction (a local buffer LLVM keeps in vector registers once unrolled), then
+    written out once, threads over the tiles; an element-wise epilogue (the scale after
+    Q K^T) applied at the write-back. The axpy form loads and stores each output vector at
+    every reduction step: 12 heads of 128x64 @ 64x128 with the scale, AVX-512, 0.148 ->
+    0.089 ms; P V 0.147 -> 0.078. False (nothing changed) where the row or column extent
+    is not static or no tile of 2 or more rows divides it."""
+    cols_n = _static_extent(sch, vector)
+    rows_n = _static_extent(sch, spatial[-1]) if spatial else None
+    if cols_n is None or rows_n is None or len(reduce) != 1:
+        return False
+    cols = next((c for c in (tile.cols, lanes) if cols_n % c == 0), None)
+    # one-row tiles run 3x slower than the axpy form (one accumulator chain per vector)
+    rows = next((r for r in range(tile.rows, 1, -1) if rows_n % r == 0), None)
+    if cols is None or rows is None:
+        return False
+    i_outer, i_inner = sch.split(spatial[-1], factors=[None, rows])
+    j_outer, j_inner = sch.split(vector, factors=[None, cols])
+    sch.reorder(*spatial[:-1], i_outer, j_outer, reduce[0], i_inner, j_inner)
+    outer = sch.fuse(*spatial[:-1], i_outer, j_outer)
+    sch.parallel(outer)
+    sch.unroll(i_inner)
+    sch.vectorize(j_inner)
+    write = sch.cache_write(block, 0, "local")
+    for epilogue in sch.get_consumers(write):  # the scale after Q K^T: applied on the way out
+        try:
+            sch.reverse_compute_inline(epilogue)
+        except Exception:  # noqa: BLE001 - TVM says why not (not element-wise): stays a pass
+            pass
+    sch.reverse_compute_at(write, outer)
+    *_, w_rows, w_cols = sch.get_loops(write)
+    sch.unroll(w_rows)
+    sch.vectorize(w_cols)
+    init = sch.decompose_reduction(block, reduce[0])
+    *_, z_rows, z_cols = sch.get_loops(init)
+    sch.unroll(z_rows)
+    sch.vectorize(z_cols)
+    return True
 
 
 def _matmul_like(sch, info) -> bool:
@@ -243,9 +293,13 @@ def default_schedule(target: Any):
     DLight's CPU GEMV rule, matmul-like functions, DLight's reduction rule, the fallback
     (a function no rule can schedule stays as it is)."""
     from tvm.s_tir import dlight as dl
+
+    from graphopt.kernels.tvm_kernels import MicroKernel
     lanes = max(1, min(MAX_VECTOR_LANES, target.vector_bits // 32))
-    rules = (dl.cpu.GEMV(), fallback_rule(lanes, matmul_only=True), row_reduction_rule(lanes),
-             unless_one_row(dl.cpu.Reduction()), fallback_rule(lanes))
+    tile = MicroKernel.for_cpu(target.vector_bits, target.vector_registers)
+    rules = (dl.cpu.GEMV(), fallback_rule(lanes, matmul_only=True, tile=tile),
+             row_reduction_rule(lanes), unless_one_row(dl.cpu.Reduction()),
+             fallback_rule(lanes, tile=tile))
     return dl.ApplyDefaultSchedule(*[guarded(r) for r in rules])
 
 

@@ -157,3 +157,48 @@ def test_one_row_normalizations_compute_their_reductions_once(rows: int) -> None
     want = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5) \
         * gamma + beta
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _attention_matmul(heads: int, m: int, k: int, n: int, scale: float | None):
+    from tvm import relax
+    bb = relax.BlockBuilder()
+    a = relax.Var("a", relax.TensorType([1, heads, m, k], "float32"))
+    b = relax.Var("b", relax.TensorType([1, heads, k, n], "float32"))
+    with bb.function("main", [a, b]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.matmul(a, b))
+            if scale is not None:
+                y = bb.emit(relax.op.divide(y, relax.const(np.float32(scale))))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("heads, m, k, n, scale", [
+    (3, 24, 16, 32, 8.0),   # Q K^T / sqrt(d): tiled, the scale applied at the write-back
+    (2, 40, 24, 16, None),  # P V
+    (2, 10, 5, 48, 2.0),    # 10 rows: 5-row tiles (X86: 6 rows at most)
+    (2, 7, 5, 48, 2.0),     # 7 rows: no tile of 2-6 rows fits, the axpy form
+    (2, 9, 5, 6, None),     # 6 columns: no tile fits the vector width, the axpy form
+])
+def test_attention_matmuls_get_a_register_tile(heads, m, k, n, scale) -> None:
+    import tvm
+    from tvm import relax, tirx
+    mod = _attention_matmul(heads, m, k, n, scale)
+    legal, tgt = _legalized(mod, X86)
+    with tgt:
+        scheduled = cpu_schedules.default_schedule(X86)(legal)
+    scripts = [f.script() for _, f in scheduled.functions_items()
+               if isinstance(f, tirx.PrimFunc)]
+    tiled = n % 8 == 0 and any(m % r == 0 for r in range(2, 7))
+    assert len(scripts) == 1  # the scale fused with the matmul
+    assert ('"local"' in scripts[0]) == tiled
+    if tiled and scale is not None:  # no second pass over the output for the scale
+        scaled = [line for line in scripts[0].splitlines() if "/ T.float32" in line]
+        assert scaled and all("_local[" in line for line in scaled)
+    a = RNG.standard_normal((1, heads, m, k)).astype(np.float32)
+    b = RNG.standard_normal((1, heads, k, n)).astype(np.float32)
+    vm = relax.VirtualMachine(codegen.build(mod, X86, default_schedules=True), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b)).numpy()
+    want = a.astype(np.float64) @ b / (scale or 1.0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
