@@ -1,8 +1,9 @@
 """Sparse layers run through graphopt's kernels, with onnxruntime running the rest.
 
 A compiled model keeps its sparse weights dense (standard ONNX that any runtime runs). At run
-time, `graphopt run` and `compile --measure` may run a block-sparse MatMul with the Numba BSR
-kernel (graphopt.kernels), or an N:M-sparse one (2:4, ...) with the select N:M TIR kernel
+time, `graphopt run` and `compile --measure` may run a block-sparse MatMul with a BSR
+kernel (graphopt.kernels: the tiled TIR kernel built for this CPU or the Numba one,
+whichever measured faster), or an N:M-sparse one (2:4, ...) with the select N:M TIR kernel
 built for this CPU, instead of onnxruntime's dense MatMul - but only where that measured
 faster for the layer's weight and activation shape. (Numba's N:M kernel never beat the dense
 MatMul here; the select kernel does at few rows: x1.7-2.9 at one row.) The model is cut at
@@ -52,7 +53,7 @@ class SparseLayer:
         from graphopt.kernels.autotune import target
         if self.nm:
             return f"nm:{self.k}x{self.n}:{self.nm[0]}:{self.nm[1]}:{self.rows}:{target()}"
-        return (f"bsr:{self.k}x{self.n}:{self.block[0]}x{self.block[1]}:"
+        return (f"bsr2:{self.k}x{self.n}:{self.block[0]}x{self.block[1]}:"
                 f"{round(self.zeros, 2):.2f}:{self.rows}:{target()}")
 
     @property
@@ -171,22 +172,16 @@ class SparseRunner:
                 self.steps.append(("nm", (node.inputs[0].name, node.outputs[0].name, matmul)))
                 continue
             self.steps.append(("bsr", (node.inputs[0].name, node.outputs[0].name,
-                                       formats.to_bsr(w, decision.layer.block),
-                                       dict(decision.config))))
+                                       _bsr_kernel(formats.to_bsr(w, decision.layer.block),
+                                                   dict(decision.config)))))
         if piece:
             self.steps.append(("ort", _piece(g, piece, [], threads)))
         self.kernel_layers = len(chosen)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from graphopt.kernels import numba_kernels
         env = dict(feeds)
         for kind, step in self.steps:
-            if kind == "bsr":
-                src, dst, bsr, config = step
-                x = np.asarray(env[src], np.float32)
-                y = numba_kernels.bsr_matmul(x.reshape(-1, x.shape[-1]), bsr, **config)
-                env[dst] = y.reshape(*x.shape[:-1], y.shape[-1])
-            elif kind == "nm":
+            if kind in ("bsr", "nm"):
                 src, dst, matmul = step
                 x = np.asarray(env[src], np.float32)
                 y = matmul(x.reshape(-1, x.shape[-1]))
@@ -222,7 +217,7 @@ def _time(layer: SparseLayer, w: np.ndarray, cache_dir: Path) -> dict[str, Any]:
     """The kernel's best settings for this layer (kernels.autotune), and (sparse, dense) ms of
     one call: onnxruntime's one-node MatMul session against the tuned kernel plus one
     onnxruntime call that copies an output of the layer's size (what a cut costs)."""
-    from graphopt.kernels import autotune, formats, numba_kernels
+    from graphopt.kernels import formats
     x = np.random.default_rng(0).standard_normal((layer.rows, layer.k)).astype(np.float32)
     dense = verify.session(ir.to_onnx(_one_node("MatMul", w)).SerializeToString(),
                            optimize=True)
@@ -233,11 +228,7 @@ def _time(layer: SparseLayer, w: np.ndarray, cache_dir: Path) -> dict[str, Any]:
     if layer.nm:
         matmul, config = _tuned_nm(formats.to_nm(w, *layer.nm), x)
     else:
-        bsr = formats.to_bsr(w, layer.block)
-        config = autotune.best("bsr", layer.rows, bsr, cache_dir)
-
-        def matmul(x: np.ndarray) -> np.ndarray:
-            return numba_kernels.bsr_matmul(x, bsr, **config)
+        matmul, config = _fastest_bsr(formats.to_bsr(w, layer.block), x, cache_dir)
 
     def sparse() -> None:
         matmul(x)
@@ -250,6 +241,35 @@ def _time(layer: SparseLayer, w: np.ndarray, cache_dir: Path) -> dict[str, Any]:
         number, _ = timer.autorange()
         times.append(min(timer.repeat(3, number)) / number * 1e3)
     return {"sparse_ms": times[0], "dense_ms": times[1], "config": config}
+
+
+def _bsr_kernel(bsr: Any, config: Mapping[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
+    """x (rows, k) -> x @ W for a BSR weight: the TIR kernel built for this CPU where the
+    decision's config says engine "tvm" (with its tile width), else the Numba kernel with
+    the config's tuned settings."""
+    from graphopt.kernels import numba_kernels, tvm_kernels
+    if config.get("engine") == "tvm":
+        return tvm_kernels.host_bsr_tiled(bsr, int(config["cols"]))
+    settings = {k: v for k, v in config.items() if k != "engine"}
+    return lambda x: numba_kernels.bsr_matmul(x, bsr, **settings)
+
+
+def _fastest_bsr(bsr: Any, x: np.ndarray, cache_dir: Path
+                 ) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
+    """The faster for these activations of the Numba BSR kernel (its settings autotuned)
+    and the tiled TIR kernel built for this CPU at each of its tile widths (what a compiled
+    artifact runs; its x and y transposes counted). The TIR kernel needs whole blocks
+    (n % bh == k % bw == 0); on the Xeon it is x2-4 faster than the Numba one at 128 rows."""
+    from graphopt.kernels import autotune, tvm_kernels
+    config = {"engine": "numba", **autotune.best("bsr", x.shape[0], bsr, cache_dir)}
+    runs = {"numba": (_bsr_kernel(bsr, config), config)}
+    (n, k), (bh, bw) = bsr.shape, bsr.block
+    if n % bh == 0 and k % bw == 0 and x.shape[0]:
+        for cols in tvm_kernels.bsr_tile_widths(bh, *tvm_kernels.host_cpu()):
+            tiled = {"engine": "tvm", "cols": cols}
+            runs[f"tvm{cols}"] = (_bsr_kernel(bsr, tiled), tiled)
+    times = {name: autotune.time_ms(lambda f=f: f(x)) for name, (f, _) in runs.items()}
+    return runs[min(times, key=times.get)]
 
 
 def _tuned_nm(nm: Any, x: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray],

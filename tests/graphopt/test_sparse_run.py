@@ -42,9 +42,14 @@ def _encoder_ffn() -> onnx.ModelProto:
     return b.build()
 
 
-def _forced(layers) -> list[sparse_run.Decision]:
+def _forced(layers, config=None) -> list[sparse_run.Decision]:
     """Every layer through the kernel, whatever the timing would say."""
-    return [sparse_run.Decision(layer, 0.0, 1.0) for layer in layers]
+    return [sparse_run.Decision(layer, 0.0, 1.0, config or {}) for layer in layers]
+
+
+def _one_vector() -> int:
+    from graphopt.kernels import tvm_kernels
+    return tvm_kernels.bsr_tile_widths(4, *tvm_kernels.host_cpu())[0]
 
 
 def test_find_layers_takes_block_sparse_matmuls_with_their_rows() -> None:
@@ -56,12 +61,14 @@ def test_find_layers_takes_block_sparse_matmuls_with_their_rows() -> None:
     assert layers["up"].rows == 18 and (layers["up"].k, layers["up"].n) == (64, 96)
 
 
+@pytest.mark.parametrize("engine", ["numba", "tvm", "unnamed (older caches: Numba)"])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_cut_model_matches_onnxruntime(batch: int) -> None:
+def test_cut_model_matches_onnxruntime(batch: int, engine: str) -> None:
     model = _encoder_ffn()
     graph = ir.import_graph(model)
     layers = sparse_run.find_layers(graph, {"x": [batch, 6, 64]})
-    runner = sparse_run.SparseRunner(graph, _forced(layers))
+    config = {"numba": {"engine": "numba"}, "tvm": {"engine": "tvm", "cols": _one_vector()}}
+    runner = sparse_run.SparseRunner(graph, _forced(layers, config.get(engine)))
     assert runner.kernel_layers == 2
     assert [kind for kind, _ in runner.steps] == ["bsr", "ort", "bsr", "ort"]
     feeds = {"x": RNG.standard_normal((batch, 6, 64)).astype(np.float32)}
@@ -86,6 +93,10 @@ def test_decisions_are_timed_once_and_cached(tmp_path: Path, monkeypatch) -> Non
     layers = sparse_run.find_layers(graph, {"x": [2, 6, 64]})
     decisions = sparse_run.decide(graph, layers, tmp_path)
     assert all(d.sparse_ms > 0 and d.dense_ms > 0 for d in decisions)
+    # the faster of the Numba kernel and the TIR kernel at one of its tile widths
+    assert all(d.config["engine"] == "numba" and "threads" in d.config or
+               d.config["engine"] == "tvm" and d.config["cols"] % _one_vector() == 0
+               for d in decisions)
     cached = json.loads((tmp_path / sparse_run.CACHE_NAME).read_text())
     assert set(cached) == {layer.key for layer in layers}
     monkeypatch.setattr(sparse_run, "_time", lambda *a: pytest.fail("timed again"))
