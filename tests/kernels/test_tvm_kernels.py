@@ -208,16 +208,26 @@ def test_tiled_bsr_matches_reference(block, level, m, cols) -> None:
     np.testing.assert_allclose(got, ref.bsr_matmul(x, bsr), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("rows", [7, 8, 150, 300])
-def test_tiled_bsr_row_groups(rows) -> None:
-    """Block rows split into parallel groups (bsr_row_group), the last one partial."""
-    block = (4, 4)
+@pytest.mark.parametrize("rows_out", [False, True])
+@pytest.mark.parametrize("rows, m", [(7, 37), (8, 1), (150, 37), (300, 70)])
+def test_tiled_bsr_row_groups_and_layouts(rows, m, rows_out) -> None:
+    """Block rows split into parallel groups (bsr_row_group), the last one partial; y^T as
+    compiled artifacts take it, or y in rows as graphopt run takes it."""
+    import tvm
+    block, cols = (4, 4), 16
     assert tvm_kernels.bsr_row_group(rows) * 8 <= max(rows, 8)
     w = _block_sparse(6 * block[1], rows * block[0], block, 0.75)
     bsr = formats.to_bsr(w, block)
-    x = RNG.standard_normal((37, w.shape[0])).astype(np.float32)
-    np.testing.assert_allclose(tvm_kernels.host_bsr_tiled_matmul(x, bsr, 16),
-                               ref.bsr_matmul(x, bsr), rtol=1e-4, atol=1e-4)
+    n, k = bsr.shape
+    x = RNG.standard_normal((m, k)).astype(np.float32)
+    fn = tvm_kernels.build(tvm_kernels.bsr_tiled_func(n, k, *block, int(bsr.indices.size), cols,
+                                                      rows_out=rows_out),
+                           tvm_kernels.host_target())["main"]
+    out = tvm.runtime.empty((m, n) if rows_out else (n, m), "float32")
+    fn(*[tvm.runtime.tensor(a) for a in (np.ascontiguousarray(x.T), bsr.data, bsr.indices,
+                                         bsr.indptr)], out)
+    got = out.numpy() if rows_out else out.numpy().T
+    np.testing.assert_allclose(got, ref.bsr_matmul(x, bsr), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("bh, bits, registers, expected", [
