@@ -194,7 +194,7 @@ def main(argv: list[str]) -> int:
         fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
         xs = [r["sparsity"] * 100 for r in rows]
         ax[0].plot(xs, [r["speedup"]["median"] for r in rows], "o-", label="graphopt run "
-                   "(onnxruntime + Numba BSR)")
+                   "(onnxruntime + graphopt's BSR kernels)")
         for t in built:
             ax[0].plot(xs, [next(a["speedup"]["median"] for a in r["artifacts"]
                                  if a["target"] == t) for r in rows], "s-",
