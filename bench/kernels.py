@@ -150,6 +150,7 @@ def bsr_problems(shapes, levels, block, rng) -> list[Problem]:
     from graphopt.kernels import formats, numba_kernels, ref, tvm_kernels
     out = []
     cols = tvm_kernels.bsr_tile_columns(block[0], *tvm_kernels.host_cpu())
+    lanes = tvm_kernels.host_cpu()[0] // 32
     for m, k, n in shapes:
         for level in levels:
             x = rng.standard_normal((m, k), dtype=np.float32)
@@ -161,8 +162,10 @@ def bsr_problems(shapes, levels, block, rng) -> list[Problem]:
                 ref.dense_matmul(x, w), {
                     "numpy (OpenBLAS) dense": lambda x=x, w=w: x @ w,
                     "numba": lambda x=x, b=bsr: numba_kernels.bsr_matmul(x, b),
-                    "tvm (TIR)": _on_tensors(
-                        tvm_kernels._host_bsr_tiled(n, k, *block, int(bsr.indices.size), cols),
+                    "tvm (TIR)": _on_tensors(  # y^T out, as compiled artifacts call it
+                        tvm_kernels.build(tvm_kernels.bsr_tiled_func(
+                            n, k, *block, int(bsr.indices.size), cols, lanes),
+                            tvm_kernels.host_target())["main"],
                         [x.T, *_bsr_weights(bsr)], (n, m), transposed=True),
                 }, ("numba", "tvm (TIR)"), sparsity=level, m=m, meta={"block": list(block)}))
     return out
