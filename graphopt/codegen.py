@@ -97,6 +97,20 @@ def tvm_target(target: Any, tuning: bool = False):
     return tvm.target.Target(spec)
 
 
+def wider_host_note(target: Any, flags: set[str] | None = None) -> str | None:
+    """A note when this machine's x86 CPU has wider vectors than the x86 target builds for
+    (the portable `x86` on an AVX-512 CPU): onnxruntime picks this CPU's kernels at run
+    time, the artifact cannot, so it runs slower here than a `x86:host` build would."""
+    from graphopt.host import cpu_flags, host_overrides
+    host = host_overrides(cpu_flags() if flags is None else flags)
+    if "host" not in target.variants or host["vector_bits"] <= target.vector_bits:
+        return None
+    return (f"this CPU has {host['vector_bits']}-bit vectors ({host['tvm']['mcpu']}), the "
+            f"{target.full_name} artifact uses {target.vector_bits}-bit ones so it runs on "
+            f"any {target.name} CPU: `--target {target.name}:host` builds for this one "
+            "(onnxruntime uses its widest vectors; see README, sparse layers at run time)")
+
+
 def architecture(target: Any) -> str:
     """x86_64, aarch64 or cuda: what the artifact's machine code is for."""
     spec = target.tvm
@@ -483,6 +497,8 @@ def generate(model_path: Path, target: Any, shapes: Mapping[str, Sequence[int]],
             artifact.notes.append(
                 f"no {CROSS_LINKERS['aarch64']} here: {artifact.files[0]} holds AArch64 "
                 "object files, to link on the device (command above)")
+        if arch == "x86_64" and (note := wider_host_note(target)):
+            artifact.notes.append(note)
     if arch != "cuda":
         rest = "graphopt's default schedules (DLight rules + fallback)" if graphopt_cpu \
             else "unscheduled loops"

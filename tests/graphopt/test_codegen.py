@@ -363,3 +363,16 @@ def test_a_failing_graphopt_lowering_falls_back_to_tvms(tmp_path: Path, monkeypa
     assert c["schedules"] == "unscheduled loops"
     assert any("graphopt's lowering failed (kernel rewrite broke)" in w
                for w in result.report["warnings"])
+
+
+def test_portable_x86_build_on_a_wider_cpu_says_how_to_build_for_it() -> None:
+    """The portable x86 artifact (AVX2) on an AVX-512 CPU runs slower than onnxruntime
+    there could: the note names the host variant; none where the build already fits."""
+    from graphopt.targets import ARM, X86
+    avx512 = {"avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni"}
+    note = codegen.wider_host_note(X86, avx512)
+    assert note is not None and "512-bit" in note and "--target x86:host" in note
+    assert codegen.wider_host_note(X86, {"avx2", "fma"}) is None
+    assert codegen.wider_host_note(X86.refine("cascadelake"), avx512) is None
+    assert "256-bit" in codegen.wider_host_note(X86.refine("generic"), {"avx2", "fma"})
+    assert codegen.wider_host_note(ARM, avx512) is None  # no host variant to point to
