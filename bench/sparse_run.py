@@ -7,6 +7,7 @@ model per sparsity level.
     python -m bench sparse_run --quick           # small encoder (CI-sized)
     python -m bench sparse_run --no-artifact     # graphopt run's onnxruntime engine only
     python -m bench sparse_run --targets x86     # the portable AVX2 artifact only
+    python -m bench sparse_run --replot bench/results/sparse_run_xeon.json   # md + plot again
 
 The FFN weights (768x3072 and 3072x768) get the block pattern sparsify_block applies
 (sparsity.block_mask: the lowest-L2-norm blocks zeroed) at each level; attention stays
@@ -31,6 +32,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -100,7 +102,13 @@ def main(argv: list[str]) -> int:
                         help="comma-separated x86 targets to build artifacts for "
                              "(default: x86,x86:host)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--replot", type=Path, metavar="JSON",
+                        help="no measuring: rewrite a recorded run's .md and plot (next to it)")
     args = parser.parse_args(argv)
+    if args.replot:
+        data = json.loads(args.replot.read_text())
+        write_results(data, args.replot.parent, args.replot.stem)
+        return 0
     d, heads = (64, 4) if args.quick else (768, 12)
     rounds = args.rounds or (5 if args.quick else 30)
     block = sparsity.parse_block(args.block)
@@ -161,16 +169,25 @@ def main(argv: list[str]) -> int:
                       for a in rows[-1]["artifacts"]), flush=True)
     built = [t for t in targets if all(any(a["target"] == t for a in r["artifacts"])
                                        for r in rows)]
-    data = {"machine": machine_info(0), "model": f"encoder d={d} heads={heads} "
+    data = {"machine": machine_info(0), "d": d, "model": f"encoder d={d} heads={heads} "
             f"layers={args.layers}", "tokens": args.tokens, "block": args.block,
             "rounds": rounds, "targets": {t: _llvm_cpu(t) for t in built}, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "sparse_run_quick" if args.quick else "sparse_run"
     (args.out / f"{stem}.json").write_text(json.dumps(data, indent=1))
+    write_results(data, args.out, stem)
+    return 0
+
+
+def write_results(data: dict[str, Any], out: Path, stem: str) -> None:
+    """The run's table (stem.md) and, with matplotlib, its plot (stem.png) in out."""
+    rows, built = data["rows"], list(data["targets"])
+    d = data.get("d") or int(data["model"].split("d=")[1].split()[0])
     lines = [f"# Sparse layers through graphopt's kernels, end to end: {data['model']}", "",
-             f"Machine: {data['machine']['cpu']}; input 1x{args.tokens}x{d}; FFN weights "
-             f"{args.block}-block sparse at each level (attention dense), random weights; "
-             f"{rounds} alternating rounds (each turn {BLOCK} runs, the first not counted). "
+             f"Machine: {data['machine']['cpu']}; input 1x{data['tokens']}x{d}; FFN weights "
+             f"{data['block']}-block sparse at each level (attention dense), random weights; "
+             f"{data['rounds']} alternating rounds (each turn {BLOCK} runs, the first not "
+             "counted). "
              "'speedup' = onnxruntime (ORT_ENABLE_ALL, same "
              "model, zeros dense) / graphopt run (sparse layers by the BSR kernel where it "
              "measured faster, onnxruntime for the rest), median of per-round ratios [95% "
@@ -205,8 +222,7 @@ def main(argv: list[str]) -> int:
         ax[1].plot(xs, [r["cosine_vs_dense"] for r in rows], "o-")
         ax[1].set(xlabel="FFN block sparsity (%)", ylabel="output cosine vs dense")
         fig.tight_layout()
-        fig.savefig(args.out / f"{stem}.png", dpi=110)
+        fig.savefig(out / f"{stem}.png", dpi=110)
         lines += ["", f"![speedup and cosine vs sparsity]({stem}.png)"]
-    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out / (stem + '.md')}")
-    return 0
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out / (stem + '.md')}")

@@ -35,7 +35,10 @@ def test_quick_run_records_every_level(load_bench, tmp_path: Path) -> None:
         assert row["max_rel_vs_onnxruntime"] <= 1e-4 and row["sparse_layers"] == 2
         assert 0.0 < row["cosine_vs_dense"] <= 1.0 + 1e-9
         assert row["artifacts"] == []
-    assert (tmp_path / "sparse_run_quick.md").exists()
+    table = (tmp_path / "sparse_run_quick.md").read_text()
+    (tmp_path / "sparse_run_quick.md").unlink()  # --replot writes it again from the JSON
+    assert bench.main(["--replot", str(tmp_path / "sparse_run_quick.json")]) == 0
+    assert (tmp_path / "sparse_run_quick.md").read_text() == table
 
 
 def test_quick_run_with_the_tvm_artifacts(load_bench, tmp_path: Path) -> None:
