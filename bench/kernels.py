@@ -220,7 +220,8 @@ def nm_problems(shapes, rng) -> list[Problem]:
 
 
 def int8_problems(shapes, rng, tvm_kernels: TvmKernels = NO_TVM) -> list[Problem]:
-    from graphopt import testing
+    from graphopt import quant, testing
+    from graphopt.targets import X86
     from graphopt.kernels import numba_kernels, ref
     out = []
     for m, k, n in shapes:
@@ -228,8 +229,9 @@ def int8_problems(shapes, rng, tvm_kernels: TvmKernels = NO_TVM) -> list[Problem
         w = rng.standard_normal((k, n), dtype=np.float32)
         x_scale, x_zero = float(np.ptp(x) / 255), 128
         x_q = np.clip(np.round(x / x_scale) + x_zero, 0, 255).astype(np.uint8)
-        w_scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
-        w_q = np.round(w / w_scale).astype(np.int8)
+        # Weights as graphopt quantizes them for the portable x86 target: 7-bit, which
+        # onnxruntime's AVX2 u8s8 kernel (saturating 16-bit pair sums) computes exactly.
+        w_q, w_scale = quant.quantize_weight(w, 1, reduce_range=X86.int8_pair_saturation)
         b = testing.ModelBuilder(opset=17)
         xi = b.input("x", ["m", k], dtype=np.uint8)
         acc = b.node("MatMulInteger", [xi, b.weight(w_q), b.weight(np.uint8(x_zero))])

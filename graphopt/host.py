@@ -34,12 +34,14 @@ def host_overrides(flags: set[str]) -> dict[str, Any]:
     """The `host` variant for these flags: LLVM mcpu/mattr, vector width, int8 dtype."""
     if REQUIRED_FLAGS["cascadelake"] <= flags:
         return {"tvm": {"mcpu": "cascadelake"}, "vector_bits": 512, "vector_registers": 32,
-                "activation_dtype": "int8"}
+                "activation_dtype": "int8", "int8_pair_saturation": False}
     if REQUIRED_FLAGS["skylake-avx512"] <= flags:
         return {"tvm": {"mcpu": "skylake-avx512"}, "vector_bits": 512, "vector_registers": 32}
     if {"avx2", "fma"} <= flags:
-        mattr = ["+avx2", "+fma"] + (["+avxvnni"] if "avx_vnni" in flags else [])
-        return {"tvm": {"mcpu": "x86-64-v3", "mattr": mattr}, "vector_bits": 256}
+        vnni = "avx_vnni" in flags  # AVX-VNNI: int32 dot products, no 16-bit pair sums
+        mattr = ["+avx2", "+fma"] + (["+avxvnni"] if vnni else [])
+        return {"tvm": {"mcpu": "x86-64-v3", "mattr": mattr}, "vector_bits": 256,
+                "int8_pair_saturation": not vnni}
     return {"tvm": {"mcpu": "x86-64"}, "vector_bits": 128}
 
 

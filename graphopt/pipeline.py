@@ -62,12 +62,15 @@ class Option:
         kind = type(self.default)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if self.choices is not None:
+            # The choices decide, also of the type: ("target", True, False) mixes them.
+            if not any(value == c and type(value) is type(c) for c in self.choices):
+                raise UserError(f"{where} must be one of "
+                                f"{', '.join(map(str, self.choices))}, got {value!r}")
+            return value
         if self.default is not None and (not isinstance(value, kind) or (
                 kind is int and isinstance(value, bool))):
             raise UserError(f"{where} must be a {kind.__name__}, got {value!r}")
-        if self.choices is not None and value not in self.choices:
-            raise UserError(f"{where} must be one of {', '.join(map(str, self.choices))}, "
-                            f"got {value!r}")
         if (self.minimum is not None and value < self.minimum) or (
                 self.maximum is not None and value > self.maximum):
             raise UserError(f"{where} = {value!r} is out of range "

@@ -151,6 +151,29 @@ def unpack_int4(packed: np.ndarray, count: int, signed: bool) -> np.ndarray:
     return q.astype(np.uint8)
 
 
+def integer_matmul(x_q: np.ndarray, w_q: np.ndarray, x_zero: int = 0,
+                   pair_saturation: bool = False) -> np.ndarray:
+    """The int32 accumulator of an integer kernel: sum_k (x_q - x_zero)[m, k] * w_q[k, n]
+    for x_q (m, k) and w_q (k, n).
+
+    `pair_saturation` models u8 x s8 kernels built on x86 `vpmaddubsw` (AVX2, AVX-512BW
+    without VNNI; onnxruntime's MLAS uses it): products of neighbouring k (2i, 2i + 1) are
+    added into int16 with saturation before the int32 sum, and the zero point's share is
+    subtracted exactly afterwards. Exact (int32) otherwise, as VNNI and ARM dot products."""
+    x = np.asarray(x_q).astype(np.int64)
+    w = np.asarray(w_q).astype(np.int64)
+    if not pair_saturation:
+        return ((x - x_zero) @ w).astype(np.int64)
+    k = x.shape[-1]
+    if k % 2:  # kernels pad k with zeros
+        x = np.concatenate([x, np.zeros(x.shape[:-1] + (1,), np.int64)], axis=-1)
+        w = np.concatenate([w, np.zeros((1,) + w.shape[1:], np.int64)], axis=0)
+    products = x[:, :, None] * w[None, :, :]  # (m, k, n)
+    pairs = products[:, 0::2] + products[:, 1::2]  # (m, k/2, n)
+    sums = np.clip(pairs, -(2 ** 15), 2 ** 15 - 1).sum(axis=1)
+    return (sums - x_zero * w.sum(axis=0)).astype(np.int64)
+
+
 # ---------------------------------------------------------------------------- activations
 def activation_params(lo: float, hi: float, dtype: str = "uint8", symmetric: bool = False
                       ) -> tuple[np.float32, np.integer]:

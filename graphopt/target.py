@@ -27,6 +27,12 @@ class Target:
     sparsity: tuple[str, ...] = ()  # sparsity patterns whose kernels pay off here
     quant: tuple[str, ...] = ()  # quantized dtypes with fast kernels here
     activation_dtype: str = "uint8"  # activation dtype of the fast int8 path
+    # Do the target's u8 x s8 kernels add products in pairs into saturating int16 (x86
+    # vpmaddubsw without VNNI, which onnxruntime's MLAS uses on AVX2 and AVX-512BW)? Then
+    # full-range int8 weights can overflow a pair sum (255 * 127 * 2 > 32767) and the
+    # quantizer keeps weights to 7 bits (+-63), which never can. VNNI (vpdpbusd), ARM
+    # sdot/smmla and NEON's widening multiplies add in int32: full range is exact there.
+    int8_pair_saturation: bool = False
     # onnxruntime fused activations for this target's runtime (com.microsoft FusedConv/
     # FusedGemm); empty means portable standard ops only.
     fused_activations: tuple[str, ...] = ()

@@ -13,6 +13,10 @@ int8 through the ops onnxruntime runs in int8 (Add, pooling, Concat, reshapes). 
 Clip from 0) before a QuantizeLinear whose zero point is the type's minimum clamps nothing the
 QuantizeLinear does not: it is removed (exact), so Conv -> Q fuses into QLinearConv.
 
+Static and dynamic weights are 7-bit (+-63) where the target's u8s8 kernels add products in
+pairs into saturating int16 (`Target.int8_pair_saturation`: x86 without VNNI), so that no pair
+sum can overflow on the target, whatever CPU runs the quantizer.
+
 Layers that would break the accuracy budget fall back to float: every layer's sensitivity
 (the model's error with that layer alone quantized) is measured, then the most sensitive ones
 are left in float until the combined model holds the budget, judged on the calibration data
@@ -66,8 +70,10 @@ OPTIONS = {
                            minimum=1),
     "bias_correction": Option(True, "static: shift biases by the mean output change the "
                               "weight rounding causes, per layer where that lowers its error"),
-    "reduce_range": Option(False, "7-bit weights: no 16-bit saturation in u8s8 kernels "
-                           "without VNNI (AVX2 vpmaddubsw)"),
+    "reduce_range": Option("target", "7-bit weights (static, dynamic): 'target' where the "
+                           "target's u8s8 kernels saturate 16-bit pair sums (x86 without "
+                           "VNNI: AVX2 vpmaddubsw), or true/false",
+                           choices=("target", True, False)),
 }
 
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -589,6 +595,24 @@ def _activation_dtype(ctx: PassContext) -> str:
     return chosen
 
 
+def _reduce_range(ctx: PassContext) -> bool:
+    """7-bit weights? By the target's int8 kernels (graphopt.target.Target.
+    int8_pair_saturation); with no target, yes: an AVX2 CPU may well run the model."""
+    chosen = ctx.options["reduce_range"]
+    if chosen == "target":
+        return bool(getattr(ctx.target, "int8_pair_saturation", True))
+    return bool(chosen)
+
+
+def _weight_bits_note(ctx: PassContext) -> str:
+    if not _reduce_range(ctx):
+        return ""
+    if ctx.options["reduce_range"] != "target":
+        return " (7-bit: reduce_range)"
+    return (" (7-bit, +-63: the target's u8s8 kernels add products in pairs into saturating "
+            "int16, where full-range weights could overflow)")
+
+
 def _feeds(graph: gs.Graph, ctx: PassContext) -> tuple[list[verify.Feeds], list[verify.Feeds]]:
     """(all calibration samples, the ones the combined model is judged on)."""
     feeds = budgets.calibration_feeds(graph, ctx)
@@ -615,7 +639,7 @@ def _static(graph: gs.Graph, ctx: PassContext, layers: list[QuantLayer]) -> gs.G
     # A layer whose input was never quantized in the full plan cannot be (e.g. int inputs).
     quants = {}
     for layer in layers:
-        lq = quantize_layer(layer, "int8", 0, o["reduce_range"])
+        lq = quantize_layer(layer, "int8", 0, _reduce_range(ctx))
         if o["bias_correction"]:
             lq.bias_fix = corrected_bias(lq, stats.get(layer.input_name, quant.RangeStats())
                                          .channel_mean)
@@ -628,7 +652,7 @@ def _static(graph: gs.Graph, ctx: PassContext, layers: list[QuantLayer]) -> gs.G
     ctx.count("quantized layers", len(on))
     ctx.count("quantized activation tensors", len(plan.tensors))
     ctx.count("ReLU/Clip folded into QuantizeLinear", len(plan.removable))
-    ctx.note(f"static: weights int8 per channel{' (7-bit)' if o['reduce_range'] else ''}, "
+    ctx.note(f"static: weights int8 per channel{_weight_bits_note(ctx)}, "
              f"activations {act} per tensor ({'asymmetric' if asymmetric else 'symmetric'}, "
              f"{o['method']} over {len(feeds)} samples)")
     return out
@@ -802,7 +826,7 @@ def _dynamic_path(graph: gs.Graph, lq: LayerQuant) -> tuple[gs.Tensor, list[gs.N
 
 
 def _dynamic(graph: gs.Graph, ctx: PassContext, layers: list[QuantLayer]) -> gs.Graph:
-    quants = {l.name: quantize_layer(l, "int8", 0, ctx.options["reduce_range"]) for l in layers}
+    quants = {l.name: quantize_layer(l, "int8", 0, _reduce_range(ctx)) for l in layers}
     feeds, judged = _feeds(graph, ctx)
 
     def build(g: gs.Graph, on: set[str], simulate: bool) -> Simulation | None:
@@ -831,7 +855,8 @@ def _dynamic(graph: gs.Graph, ctx: PassContext, layers: list[QuantLayer]) -> gs.
     build(graph, on, simulate=False)
     _report_layers(ctx, layers, quants, on, set(), info, {}, "int8 dynamic")
     ctx.count("quantized layers (dynamic)", len(on))
-    ctx.note("dynamic: weights int8 per channel; activations uint8 per tensor, quantized at "
+    ctx.note(f"dynamic: weights int8 per channel{_weight_bits_note(ctx)}; activations uint8 "
+             "per tensor, quantized at "
              "run time (DynamicQuantizeLinear -> MatMulInteger, fused by onnxruntime)")
     return graph
 

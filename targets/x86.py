@@ -16,6 +16,7 @@ X86 = Target(
     sparsity=("block", "2:4"),
     quant=("int8",),
     activation_dtype="uint8",  # u8s8 is the fast path without VNNI
+    int8_pair_saturation=True,  # AVX2 vpmaddubsw: 7-bit weights (graphopt.target)
     fused_activations=("Relu", "Clip", "Sigmoid", "LeakyRelu", "HardSigmoid"),
     kernel_search=("numba", "tvm", "ref"),
     runs_on_host=True,
@@ -27,6 +28,7 @@ X86 = Target(
         "skylake-avx512": {"tvm": {"mcpu": "skylake-avx512"}, "vector_bits": 512,
                            "vector_registers": 32},
         "cascadelake": {"tvm": {"mcpu": "cascadelake"}, "vector_bits": 512,
-                        "vector_registers": 32, "activation_dtype": "int8"},  # VNNI
+                        "vector_registers": 32, "activation_dtype": "int8",
+                        "int8_pair_saturation": False},  # VNNI
     },
 )

@@ -19,7 +19,7 @@ from graphopt.cli import app
 from graphopt.compiler import CompileOptions, compile_model
 from graphopt.errors import UserError
 from graphopt import host as x86
-from graphopt.targets import CUDA
+from graphopt.targets import CUDA, X86
 
 EM_AARCH64 = 183
 EM_X86_64 = 62
@@ -308,16 +308,19 @@ AVX2 = {"avx", "avx2", "fma", "bmi2", "movbe", "sse4_2", "popcnt", "ssse3"}
 AVX512 = AVX2 | {"avx512f", "avx512bw", "avx512dq", "avx512vl"}
 
 
-@pytest.mark.parametrize("flags,mcpu,bits,act", [
-    (set(), "x86-64", 128, None),
-    (AVX2, "x86-64-v3", 256, None),
-    (AVX512, "skylake-avx512", 512, None),
-    (AVX512 | {"avx512_vnni"}, "cascadelake", 512, "int8"),
+@pytest.mark.parametrize("flags,mcpu,bits,act,saturates", [
+    (set(), "x86-64", 128, None, True),
+    (AVX2, "x86-64-v3", 256, None, True),
+    (AVX2 | {"avx_vnni"}, "x86-64-v3", 256, None, False),
+    (AVX512, "skylake-avx512", 512, None, True),
+    (AVX512 | {"avx512_vnni"}, "cascadelake", 512, "int8", False),
 ])
-def test_host_variant_from_cpu_flags(flags, mcpu, bits, act) -> None:
+def test_host_variant_from_cpu_flags(flags, mcpu, bits, act, saturates) -> None:
     over = x86.host_overrides(flags)
     assert over["tvm"]["mcpu"] == mcpu and over["vector_bits"] == bits
     assert over.get("activation_dtype") == act
+    # u8s8 pair sums saturate in int16 unless the CPU has VNNI (the base x86 target: yes)
+    assert over.get("int8_pair_saturation", X86.int8_pair_saturation) is saturates
     assert x86.host_can_run({"kind": "llvm", **over["tvm"]}, flags)
 
 

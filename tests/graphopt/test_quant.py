@@ -97,6 +97,36 @@ def test_zero_channel_and_reduce_range() -> None:
     assert np.abs(q).max() == 63
 
 
+def test_integer_matmul_models_pair_saturation() -> None:
+    """vpmaddubsw adds neighbouring u8 x s8 products into saturating int16: full-range
+    weights overflow it, 7-bit ones never do; exact kernels (VNNI, sdot) just sum."""
+    x = np.full((2, 6), 255, np.uint8)
+    x[1, ::2] = 0
+    w = np.full((6, 3), 127, np.int8)
+    w[:, 1] = -127
+    w[:, 2] = 63
+    exact = quant.integer_matmul(x, w, x_zero=128)
+    np.testing.assert_array_equal(exact, (x.astype(np.int64) - 128) @ w.astype(np.int64))
+    saturated = quant.integer_matmul(x, w, x_zero=128, pair_saturation=True)
+    # row 0, column 0: each pair 2 * 255 * 127 = 64770 clips to 32767
+    assert saturated[0, 0] == 3 * 32767 - 128 * 6 * 127
+    assert saturated[0, 1] == 3 * -32768 + 128 * 6 * 127
+    np.testing.assert_array_equal(saturated[1], exact[1])  # pairs of 0 and 255 fit
+    np.testing.assert_array_equal(saturated[:, 2], exact[:, 2])  # 7-bit weights fit
+    # odd k is padded with zeros, as kernels do
+    np.testing.assert_array_equal(quant.integer_matmul(x[:, :5], w[:5, 2:], 3, True),
+                                  quant.integer_matmul(x[:, :5], w[:5, 2:], 3))
+
+
+def test_seven_bit_weights_never_saturate() -> None:
+    w = RNG.standard_normal((40, 9)).astype(np.float32) * 3
+    q, _ = quant.quantize_weight(w, 1, reduce_range=True)
+    worst = np.where(q.T > 0, 255, 0).astype(np.uint8)  # every pair as large as it gets
+    for x in (worst, 255 - worst, RNG.integers(0, 256, (5, 40)).astype(np.uint8)):
+        np.testing.assert_array_equal(quant.integer_matmul(x, q, 7, pair_saturation=True),
+                                      quant.integer_matmul(x, q, 7))
+
+
 @given(st.floats(-1e3, 0), st.floats(0, 1e3), st.sampled_from(["uint8", "int8"]))
 @settings(max_examples=200, deadline=None)
 def test_activation_params_hold_zero_exactly(lo: float, hi: float, dtype: str) -> None:
