@@ -157,8 +157,16 @@ def compile(
     runs: Annotated[int, typer.Option(help="Timed runs for --measure.", min=1)] = 50,
     no_verify: Annotated[bool, typer.Option(
         "--no-verify", help="Skip per-pass numerical verification.")] = False,
+    lossless_tolerance: Annotated[Optional[float], typer.Option(
+        "--lossless-tolerance", help="Max relative output change a lossless pass may make "
+        "(default: 4x the model's own rounding noise as measured in onnxruntime, at least "
+        "1e-5).", min=0.0)] = None,
     no_codegen: Annotated[bool, typer.Option(
         "--no-codegen", help="Write the ONNX output only (no TVM artifact).")] = False,
+    require_artifact: Annotated[bool, typer.Option(
+        "--require-artifact", help="Fail (exit 1) when the TVM artifact cannot be built or "
+        "its check against onnxruntime fails; otherwise that is reported and the ONNX "
+        "output is still written.")] = False,
     tune: Annotated[int, typer.Option(
         "--tune", help="MetaSchedule trials for the TVM artifact (0: no tuning).",
         min=0)] = 0,
@@ -184,6 +192,7 @@ def compile(
             plugins=plugin or [], calibration=_one_or_list(calibration), eval=eval_data,
             input_shapes=input_shape or [],
             seed=seed, measure=measure, runs=runs, verify=not no_verify,
+            lossless_tolerance=lossless_tolerance, require_artifact=require_artifact,
             codegen=not no_codegen, tune=tune, rpc=rpc, device_key=device_key,
             tuning_cache=tuning_cache, lowering=lowering.value)
         _compile(model, output, example, options)

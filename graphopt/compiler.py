@@ -50,7 +50,11 @@ class CompileOptions:
     measure: bool = False
     runs: int = 50
     verify: bool = True
+    lossless_tolerance: float | None = None  # None: from the model's measured rounding noise
     codegen: bool = True  # build the target's TVM artifact next to the ONNX output
+    # A failed artifact (build or check) fails the compile; by default it is reported and the
+    # ONNX output is still written.
+    require_artifact: bool = False
     tune: int = 0  # MetaSchedule trials for the artifact (0: untuned)
     rpc: str | None = None  # TVM RPC tracker HOST:PORT for tuning on a remote device
     device_key: str | None = None
@@ -221,7 +225,8 @@ def compile_model(
         # cost a model run per sample per pass for little extra certainty.
         source += f" (passes verified on the first {VERIFY_SAMPLES} of {len(feeds)} samples)"
     verification = Verification(feeds[:VERIFY_SAMPLES], source, enabled=o.verify,
-                                skipped_reason=None if o.verify else "--no-verify")
+                                skipped_reason=None if o.verify else "--no-verify",
+                                lossless_override=o.lossless_tolerance)
     calibration = feeds if o.calibration is not None else None
     if o.eval is not None:
         # Every labelled sample: accuracy on a subset would be a different number.
@@ -328,6 +333,11 @@ def _check_codegen_options(o: CompileOptions, target: Any) -> None:
     """Bad tuning options fail before any work is done."""
     if o.tune < 0:
         raise UserError(f"--tune {o.tune}: give a number of trials >= 0")
+    if o.lossless_tolerance is not None and not o.lossless_tolerance >= 0:
+        raise UserError(f"--lossless-tolerance {o.lossless_tolerance}: give a relative error "
+                        ">= 0, e.g. 1e-4")
+    if o.require_artifact and not o.codegen:
+        raise UserError("--require-artifact needs code generation: drop --no-codegen")
     if o.tune and not o.codegen:
         raise UserError("--tune needs code generation: drop --no-codegen")
     if o.lowering not in ("graphopt", "tvm"):

@@ -82,6 +82,8 @@ def build_report(
             "samples": len(v.feeds),
             "skipped_reason": v.skipped_reason,
             "lossless_max_rel": v.lossless_max_rel,
+            "lossless_tolerance_basis": v.tolerance_basis(),
+            "noise_floor": None if v.noise is None else v.noise.as_dict(),
         },
         "passes": [r.as_dict() for r in result.records],
         "final_error": None if result.final_error is None else {
@@ -287,6 +289,12 @@ def codegen_lines(c: Mapping[str, Any] | None) -> list[str]:
     return lines
 
 
+def tolerance_line(v: Mapping[str, Any]) -> str:
+    """The lossless tolerance used and where it comes from (the measured noise floor)."""
+    return (f"lossless tolerance: max rel {v['lossless_max_rel']:.3g} "
+            f"({v.get('lossless_tolerance_basis', '')})")
+
+
 def codegen_markdown(c: Mapping[str, Any] | None) -> list[str]:
     lines = codegen_lines(c)
     return ["", "## Code generation", ""] + [f"- {line}" for line in lines] if lines else []
@@ -304,6 +312,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
         f"- lossy passes: {', '.join(report['lossy_passes']) or 'none (every pass is lossless)'}",
         "- verification: " + (f"on {v['inputs']}, shapes {v['input_shapes']}" if v["enabled"]
                                else f"skipped ({v['skipped_reason']})"),
+        *([f"- {tolerance_line(v)}"] if v["enabled"] else []),
         (f"- output vs input: max abs {fmt_error(report['final_error'], 'max_abs')}, "
          f"max rel {fmt_error(report['final_error'], 'max_rel')}, "
          f"cosine {fmt_error(report['final_error'], 'cosine')}"),
@@ -404,7 +413,9 @@ def print_report(report: Mapping[str, Any], console: Console) -> None:
             console.print(layers)
             if len(rows) > TERMINAL_LAYER_ROWS:
                 console.print(f"... {len(rows) - TERMINAL_LAYER_ROWS} more layers in report.md")
-    for line in accuracy_lines(report) + sparse_lines(report)[:1] + \
+    verification = report["verification"]
+    tolerance = [tolerance_line(verification)] if verification["enabled"] else []
+    for line in tolerance + accuracy_lines(report) + sparse_lines(report)[:1] + \
             codegen_lines(report.get("codegen")):
         console.print(escape(line), highlight=False)
     for w in report["warnings"]:

@@ -393,6 +393,48 @@ def run_graph(graph: gs.Graph, feeds_list: Sequence[Feeds]) -> list[dict[str, np
     return [sess.run(feeds) for feeds in feeds_list]
 
 
+# Settings under which onnxruntime computes the same model with its float arithmetic in
+# another order (fused kernels, other reduction splits): (name, graph optimizations, threads).
+NOISE_SETTINGS = (("graph optimizations on", True, 0), ("1 thread", False, 1),
+                  ("graph optimizations on, 1 thread", True, 1))
+
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    """How far the input model's own outputs move when onnxruntime merely reorders its float
+    arithmetic: the worst max_rel over NOISE_SETTINGS against the plain run (no graph
+    optimizations, all threads), on the verification inputs."""
+
+    max_rel: float
+    settings: tuple[str, ...]  # the settings that could be run
+    worst: str | None  # the setting that moved the outputs most
+
+    def as_dict(self) -> dict[str, object]:
+        return {"max_rel": self.max_rel, "settings": list(self.settings), "worst": self.worst}
+
+
+def noise_floor(graph: gs.Graph, feeds_list: Sequence[Feeds],
+                reference: Sequence[Mapping[str, np.ndarray]]) -> NoiseFloor:
+    """The model's rounding noise (NoiseFloor) given its plain outputs `reference` on
+    `feeds_list`. Settings onnxruntime cannot run are left out."""
+    model, weights = ir.skeleton(graph)
+    data = model.SerializeToString()
+    worst, worst_setting, ran = 0.0, None, []
+    for name, optimize, threads in NOISE_SETTINGS:
+        try:
+            sess = session(data, optimize=optimize, threads=threads, initializers=weights)
+            outputs = [dict(zip([o.name for o in sess.get_outputs()],
+                                sess.run(None, dict(feeds)))) for feeds in feeds_list]
+        except Exception:  # an optimizer or kernel that fails here: that setting says nothing
+            continue
+        ran.append(name)
+        error = compare_all(reference, [{k: o[k] for k in ref} for o, ref in
+                                        zip(outputs, reference)])
+        if math.isfinite(error.max_rel) and error.max_rel > worst:
+            worst, worst_setting = error.max_rel, name
+    return NoiseFloor(worst, tuple(ran), worst_setting)
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text[:400]

@@ -214,3 +214,86 @@ def test_labels_give_accuracy_and_lossless_passes_may_check_a_subset() -> None:
     # final model again on all 6 since a pass was checked on a subset
     assert runs == [6, 2, 6, 6]
     assert "accuracy" not in result.records[0].cumulative.as_dict()  # a subset: no accuracy
+
+
+# ------------------------------------------------------------ the noise floor of lossless checks
+def _cancelling_model(signal: float = 1e-2):
+    """Two equal branches subtracted, Conv -> BatchNormalization and the same Conv with the BN
+    folded by hand, plus a small real signal: the output is mostly float rounding of the
+    branches, as in a deep trained network whose outputs sum many large terms. Rounding that
+    onnxruntime's own BN fusion moves by ~1e-4 of the output's range."""
+    b = testing.ModelBuilder(seed=0)
+    x = b.input("x", [1, 8, 16, 16])
+    w = b.randn(16, 8, 3, 3, scale=0.5)
+    scale, var = (b.rng.uniform(0.5, 2, 16).astype(np.float32) for _ in range(2))
+    bias, mean = b.randn(16), b.randn(16)
+    conv_bn = b.node("BatchNormalization", [b.node("Conv", [x, b.weight(w)], pads=[1] * 4),
+                                            *map(b.weight, (scale, bias, mean, var))])
+    s = scale / np.sqrt(var + 1e-5)
+    folded = b.node("Conv", [x, b.weight((w * s[:, None, None, None]).astype(np.float32)),
+                             b.weight((bias - mean * s).astype(np.float32))], pads=[1] * 4)
+    small = b.node("Mul", [b.node("Conv", [x, b.weight(b.randn(16, 8, 1, 1))]),
+                           b.weight(np.float32(signal))])
+    b.output(b.node("Add", [b.node("Sub", [conv_bn, folded]), small], outputs=["y"]),
+             shape=[1, 16, 16, 16])
+    return b.build()
+
+
+@graph_pass("nudge_weight", lossless=True)
+def _nudge_weight(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+    """Claims to be lossless but scales the first Conv's weight by 1 + 1e-3 (a subtle bug)."""
+    conv = next(n for n in graph.nodes if n.op == "Conv")
+    conv.inputs[1] = ir.const(graph, (conv.inputs[1].values * np.float32(1.001)))
+    return graph
+
+
+def _verified_run(model, passes, **verification):
+    graph = ir.import_graph(model)
+    shapes = verify.concrete_shapes(graph, {})
+    feeds = [verify.random_feeds(graph, shapes, seed=s) for s in range(3)]
+    v = Verification(feeds, "random", **verification)
+    return run_pipeline(graph, passes, {p.name: p.resolve_options({}) for p in passes}, v,
+                        PassContext(input_shapes=shapes), like=model)
+
+
+def test_noise_floor_is_what_onnxruntime_settings_do_to_the_model() -> None:
+    import onnxruntime as ort
+    model = _cancelling_model()
+    graph = ir.import_graph(model)
+    feeds = [verify.random_feeds(graph, {"x": [1, 8, 16, 16]}, seed=s) for s in range(3)]
+    reference = verify.run_graph(graph, feeds)
+    noise = verify.noise_floor(graph, feeds, reference)
+    assert noise.settings == tuple(s[0] for s in verify.NOISE_SETTINGS)
+    # independently: onnxruntime with its graph optimizations (which fuse the BN) on
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+    fused = verify.compare_all(reference, [{"y": sess.run(None, f)[0]} for f in feeds])
+    assert noise.max_rel >= fused.max_rel > 1e-5  # far above the old fixed 1e-5
+    # a model without such cancellation is quiet
+    quiet = ir.import_graph(testing.example_cnn())
+    quiet_feeds = [verify.random_feeds(quiet, verify.concrete_shapes(quiet, {}))]
+    assert verify.noise_floor(quiet, quiet_feeds, verify.run_graph(quiet, quiet_feeds)) \
+        .max_rel < 1e-5
+
+
+def test_lossless_pass_within_the_models_noise_is_accepted_not_a_false_alarm() -> None:
+    from graphopt.passes.fold_batchnorm import fold_batchnorm
+    from graphopt.pipeline import LOSSLESS_MAX_REL, NOISE_MULTIPLE
+    result = _verified_run(_cancelling_model(), [fold_batchnorm])
+    v = result.verification
+    record = result.records[0]
+    assert record.verified == "passed" and record.error.max_rel > LOSSLESS_MAX_REL
+    assert v.lossless_max_rel == pytest.approx(NOISE_MULTIPLE * v.noise.max_rel)
+    assert record.error.max_rel <= v.lossless_max_rel
+    assert "rounding noise" in v.tolerance_basis()
+    # the old fixed tolerance (now only by --lossless-tolerance) refuses the same pass
+    with pytest.raises(VerificationError, match="'fold_batchnorm'.*--lossless-tolerance"):
+        _verified_run(_cancelling_model(), [fold_batchnorm], lossless_override=1e-5)
+
+
+@pytest.mark.parametrize("model", [_cancelling_model, testing.example_cnn])
+def test_a_weight_nudged_by_1e_3_is_still_caught(model) -> None:
+    with pytest.raises(VerificationError, match="lossless pass 'nudge_weight' changed"):
+        _verified_run(model(), [_nudge_weight])
