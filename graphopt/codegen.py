@@ -230,7 +230,7 @@ def keep_faster_conv_lowering(executable, imported, target: Any, options: Any, d
     alt_mod, alt_kernels = prepare(imported, target, options.cache_dir, tuning=False)
     alternative = build(alt_mod, target, database, default_schedules=True)
     names = input_names(model)
-    args = [tvm.runtime.tensor(np.ascontiguousarray(feed[n])) for n in names]
+    args = [tvm.runtime.tensor(_contiguous(feed[n])) for n in names]
     vms = [relax.VirtualMachine(candidate, tvm.cpu()) for candidate in (executable, alternative)]
     tuned_ms, kernels_ms = autotune.interleaved_ms([lambda vm=vm: vm["main"](*args)
                                                     for vm in vms])
@@ -385,13 +385,19 @@ def run(vm, feeds: Mapping[str, np.ndarray], input_names: Sequence[str],
         output_names: Sequence[str], device: str = "cpu") -> dict[str, np.ndarray]:
     import tvm
     dev = tvm.cuda(0) if device == "cuda" else tvm.cpu()
-    args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[n]), dev) for n in input_names]
+    args = [tvm.runtime.tensor(_contiguous(feeds[n]), dev) for n in input_names]
     result = vm["main"](*args)
     values = _flatten(result)
     if len(values) != len(output_names):
         raise CodegenError(f"the compiled module returned {len(values)} outputs, the model "
                            f"has {len(output_names)}")
     return dict(zip(output_names, values))
+
+
+def _contiguous(array: np.ndarray) -> np.ndarray:
+    """C-contiguous, keeping a scalar 0-d (np.ascontiguousarray makes it 1-d, and the module
+    then refuses it: 'expect Tensor with ndim 0 but get 1')."""
+    return np.require(array, requirements="C")
 
 
 def _flatten(result) -> list[np.ndarray]:

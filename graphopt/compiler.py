@@ -19,7 +19,7 @@ from typing import Any
 
 from graphopt import ir, report, testing, verify
 from graphopt.budget import parse_budget
-from graphopt.errors import UserError
+from graphopt.errors import ArtifactError, UserError
 from graphopt.pipeline import (PassContext, ProgressHook, TaskProgress, Verification,
                                check_order, run_pipeline)
 from graphopt.registry import Registry, load_registry
@@ -218,14 +218,20 @@ def compile_model(
         feeds, source = verify.load_calibration(o.calibration, graph)
         shapes = {k: list(v.shape) for k, v in feeds[0].items()}
     else:
-        feeds = [verify.random_feeds(graph, shapes, o.seed)]
-        source = f"random inputs (seed {o.seed})"
+        try:
+            feeds = [verify.random_feeds(graph, shapes, o.seed)]
+            source = f"random inputs (seed {o.seed})"
+        except verify.Unrunnable as exc:
+            feeds, source = [], "none"
+            no_inputs = f"no verification inputs: {exc}"
     if len(feeds) > VERIFY_SAMPLES:
         # Lossy passes calibrate on every sample; checking each pass on all of them would
         # cost a model run per sample per pass for little extra certainty.
         source += f" (passes verified on the first {VERIFY_SAMPLES} of {len(feeds)} samples)"
-    verification = Verification(feeds[:VERIFY_SAMPLES], source, enabled=o.verify,
-                                skipped_reason=None if o.verify else "--no-verify",
+    verification = Verification(feeds[:VERIFY_SAMPLES], source, enabled=o.verify and
+                                bool(feeds),
+                                skipped_reason=None if o.verify and feeds else
+                                "--no-verify" if not o.verify else no_inputs,
                                 lossless_override=o.lossless_tolerance)
     calibration = feeds if o.calibration is not None else None
     if o.eval is not None:
@@ -239,6 +245,12 @@ def compile_model(
         if calibration is None:
             calibration = eval_feeds
             shapes = {k: list(v.shape) for k, v in eval_feeds[0].items()}
+    empty = verify.empty_inputs(verification.feeds[0]) if verification.feeds else []
+    if empty and o.verify:
+        warnings.append(f"input(s) {', '.join(empty)} hold no values (a zero-size dim): "
+                        "what the model computes from them was checked for its shapes and "
+                        "dtypes only; give --input-shape or --calibration with values to "
+                        "check more")
     lossy = [n for n in names if not registry.get_pass(n).lossless]
     if lossy:
         warnings.append(f"lossy passes requested: {', '.join(lossy)}")
@@ -390,13 +402,25 @@ def _codegen(staged_model: Path, target: Any, result: Any, verification: Verific
         artifact = codegen.generate(staged_model, target, shapes, staged_model.parent,
                                     options, feeds if checkable else (), reference,
                                     task=task_progress)
-    except codegen.CodegenError as exc:
-        warnings.append(f"no TVM artifact: {exc}; the ONNX output is complete (run it with "
-                        "onnxruntime)")
-        return {"status": "failed", "reason": str(exc), "target": target.full_name}
+    except Exception as exc:  # TVM raises many types: the ONNX output stands without it
+        codegen.reraise_interrupt(exc)
+        if isinstance(exc, UserError):
+            raise
+        reason = str(exc) if isinstance(exc, codegen.CodegenError) else \
+            f"TVM failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        if o.require_artifact:
+            raise ArtifactError(f"no TVM artifact for {target.full_name} (--require-artifact): "
+                                f"{reason}") from exc
+        warnings.append(f"no TVM artifact: {reason}; the ONNX output is complete (run it "
+                        "with onnxruntime)")
+        return {"status": "failed", "reason": reason, "target": target.full_name}
     if arch == "x86_64" and not checkable:
         artifact.notes.append("not run here (this CPU lacks the target's instructions, or no "
                               "inputs): the numerics check was skipped")
+    if o.require_artifact and artifact.check and not artifact.check["passed"]:
+        raise ArtifactError(f"the {target.full_name} artifact differs from onnxruntime "
+                            f"(max rel {artifact.check['max_rel']:.3g} > "
+                            f"{artifact.check['tolerance']:g}) and --require-artifact is set")
     warnings.extend(f"codegen: {w}" for w in artifact.warnings)
     return artifact.as_dict()
 

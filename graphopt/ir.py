@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +200,16 @@ def _numpy_dtype(data_type: int) -> np.dtype | None:
         return None
     return dtype if dtype.kind in "biuf" and dtype.itemsize <= 8 and dtype.type.__module__ == \
         "numpy" else None
+
+
+def onnx_dtype(dtype: Any) -> int | None:
+    """A tensor's dtype as an ONNX TensorProto type: onnx-graphsurgeon gives NumPy dtypes, and
+    the ONNX enum itself for types NumPy has none for (bfloat16, float8, int4)."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, int):
+        return dtype
+    return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 
 
 def load(path: str | os.PathLike[str], check: bool = True) -> gs.Graph:

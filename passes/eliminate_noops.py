@@ -20,7 +20,6 @@ import hashlib
 from collections.abc import Sequence
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
@@ -121,7 +120,7 @@ def _cast(m: Match, ctx: PassContext) -> list[gs.Tensor] | None:
     to = m.root.attrs.get("to")
     if x.dtype is None or to is None:
         return None
-    same = np.dtype(x.dtype) == onnx.helper.tensor_dtype_to_np_dtype(int(to))
+    same = ir.onnx_dtype(x.dtype) == int(to)
     return _input(m, ctx) if same else None
 
 

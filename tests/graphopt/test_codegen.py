@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from graphopt import codegen, ir, testing, verify
 from graphopt.cli import app
 from graphopt.compiler import CompileOptions, compile_model
-from graphopt.errors import UserError
+from graphopt.errors import ArtifactError, UserError
 from graphopt import host as x86
 from graphopt.targets import CUDA, X86
 
@@ -266,6 +266,40 @@ def test_unsupported_operator_is_named_and_onnx_still_written(tmp_path: Path) ->
     assert (tmp_path / "out" / "model.opt.onnx").exists()
     assert not (tmp_path / "out" / "model.x86.so").exists()
     assert any("no TVM artifact" in w for w in result.report["warnings"])
+
+
+def test_scalar_inputs_reach_the_artifact_as_scalars(tmp_path: Path) -> None:
+    """Clip with its bounds as 0-d graph inputs (onnx's test_clip): the artifact is built and
+    checked against onnxruntime, not lost to a rank mismatch."""
+    b = testing.ModelBuilder(opset=13)
+    x, lo, hi = b.input("x", [3, 5]), b.input("lo", []), b.input("hi", [])
+    b.output(b.node("Clip", [x, lo, hi], outputs=["y"]), shape=[3, 5])
+    onnx.save(b.build(), tmp_path / "m.onnx")
+    result = compile_model(tmp_path / "m.onnx", tmp_path / "out", CompileOptions(target="x86"))
+    c = result.report["codegen"]
+    assert c["status"] == "built" and c["check"]["passed"], c
+
+
+def test_any_tvm_failure_is_reported_unless_the_artifact_is_required(
+        tmp_path: Path, monkeypatch) -> None:
+    """TVM raises many exception types; none of them costs the user the ONNX output. With
+    --require-artifact the compile fails (exit 1) and publishes nothing."""
+    def broken(*_args, **_kwargs):
+        raise ValueError("Check failed: (ptr->ndim == ndim) is false")
+
+    monkeypatch.setattr(codegen, "generate", broken)
+    result = compile_model(None, tmp_path / "a", CompileOptions(target="x86"), example=True)
+    c = result.report["codegen"]
+    assert c["status"] == "failed" and "ValueError: Check failed" in c["reason"]
+    assert (tmp_path / "a" / "model.opt.onnx").exists()
+    assert any("no TVM artifact: TVM failed" in w for w in result.report["warnings"])
+    with pytest.raises(ArtifactError, match="--require-artifact"):
+        compile_model(None, tmp_path / "b", CompileOptions(target="x86", require_artifact=True),
+                      example=True)
+    assert not (tmp_path / "b" / "model.opt.onnx").exists()
+    run = CliRunner().invoke(app, ["compile", "--example", "-o", str(tmp_path / "c"),
+                                   "--require-artifact"])
+    assert run.exit_code == 1 and "--require-artifact" in run.output
 
 
 def test_no_codegen_and_stale_artifacts(tmp_path: Path) -> None:
