@@ -85,6 +85,65 @@ def op_types(model: ModelLike) -> list[str]:
     return [n.op for n in _as_graph(model).nodes]
 
 
+# ---------------------------------------------------------------------------- another x86 CPU
+# onnxruntime's kernels choose their instructions by the CPU they run on (MLAS's dispatch),
+# so what an int8 model computes on an AVX2 machine cannot be seen on an AVX-512 one. User-mode
+# QEMU emulates the other CPU for one process (Debian's qemu-user: qemu-x86_64 -cpu Haswell
+# is AVX2 + FMA without AVX-512 or VNNI, as the portable x86 target assumes).
+EMULATED_CPUS = {"avx2": "Haswell"}
+_ORT_WORKER = """
+import sys, numpy as np, onnxruntime as ort
+data = np.load(sys.argv[2])
+options = ort.SessionOptions()
+options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+options.intra_op_num_threads = 1
+sess = ort.InferenceSession(sys.argv[3], options, providers=["CPUExecutionProvider"])
+names = [i.name for i in sess.get_inputs()]
+count = int(data["count"])
+out = {f"{i}/{j}": y for i in range(count) for j, y in enumerate(
+    sess.run(None, {n: data[f"{i}/{n}"] for n in names}))}
+np.savez(sys.argv[1], **out)
+"""
+
+
+def emulator() -> str | None:
+    """The user-mode x86-64 QEMU binary, or None where it is not installed."""
+    import shutil
+    return shutil.which("qemu-x86_64")
+
+
+def run_on_cpu(model: ModelLike, feeds: Sequence[Mapping[str, np.ndarray]], cpu: str = "avx2"
+               ) -> list[dict[str, np.ndarray]]:
+    """The model's outputs in onnxruntime (all optimizations, integer kernels included) on an
+    emulated CPU of EMULATED_CPUS: what a user with that CPU gets."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+    qemu = emulator()
+    if qemu is None:
+        raise RuntimeError("qemu-x86_64 not found: install Debian's qemu-user "
+                           "(apt-get install qemu-user)")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save(model if isinstance(model, onnx.ModelProto) else ir.to_onnx(_as_graph(model)),
+                  str(path))
+        arrays = {f"{i}/{k}": v for i, f in enumerate(feeds) for k, v in f.items()}
+        np.savez(Path(tmp) / "feeds.npz", count=len(feeds), **arrays)
+        (Path(tmp) / "worker.py").write_text(_ORT_WORKER)
+        done = subprocess.run([qemu, "-cpu", EMULATED_CPUS[cpu], sys.executable,
+                               str(Path(tmp) / "worker.py"), str(Path(tmp) / "out.npz"),
+                               str(Path(tmp) / "feeds.npz"), str(path)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"onnxruntime on the emulated {cpu} CPU failed: "
+                               f"{done.stderr.strip()[-500:]}")
+        out = np.load(Path(tmp) / "out.npz")
+        names = [o.name for o in _as_graph(model).outputs]
+        return [{name: out[f"{i}/{j}"] for j, name in enumerate(names)}
+                for i in range(len(feeds))]
+
+
 # ------------------------------------------------------------------------------------ builder
 class ModelBuilder:
     """Small ONNX models in a few lines, with seeded weights (deterministic)."""
