@@ -864,7 +864,7 @@ _ALL = [
         "no labels: agreement with fp32; FACE_FEMALE score on the astronaut photograph", _in_nudenet, None,
         _m_nudenet, input_shapes="images: 1x3x320x320 f32"),
     TrainedModel(
-        "magika", "file-type classifier (1-D CNN + attention-free dense, Keras)", "magika==1.0.3",
+        "magika", "file-type classifier (byte embedding + dense + 1-D conv, Keras)", "magika==1.0.3",
         "magika/models/standard_v3_3/model.onnx", "tf2onnx 1.16.1", 15, 784_519, "Apache-2.0",
         "files inside the scikit-image, magika and rapidocr-onnxruntime wheels",
         "top-1 vs the file's true content type (by extension) among 214 labels", _in_magika,
