@@ -471,12 +471,16 @@ def apply_static(graph: gs.Graph, state: StaticState, on: set[str],
 # ----------------------------------------------------------------- the simulation (search)
 class Simulation:
     """One onnxruntime session in which each quantization is switched on by a boolean graph
-    input: tensor T reads Where(gate_T, DQ(Q(T)), T), weight W reads Where(gate_L, DQ(Wq), W),
-    a dynamic layer's output Where(gate_L, quantized path, float path)."""
+    input: tensor T reads If(gate_T: DQ(Q(T)) | T), weight W reads If(gate_L: DQ(Wq) | W), a
+    dynamic layer's output If(gate_L: quantized path | float path). The quantized path lives
+    in the If's then-branch, so only what is switched on is computed: a Where(gate, q, x)
+    computes q either way (MobileNetV2, 52 layers: 77 ms a sample with Where gates, 17 with If
+    gates, 22 for the float model)."""
 
     def __init__(self, graph: gs.Graph) -> None:
         self.graph = graph.copy()
         self.gates: dict[str, str] = {}  # key -> gate tensor name
+        self._model_nodes = {id(n) for n in self.graph.nodes}  # the rest are simulation's
 
     def gate(self, key: str) -> gs.Constant:
         name = ir.fresh_name(self.graph, "gate_" + key)
@@ -486,8 +490,38 @@ class Simulation:
     def switch(self, key: str, original: gs.Tensor, quantized: gs.Tensor,
                readers: Sequence[gs.Node]) -> None:
         out = ir.var(self.graph, original.name + "_switched", np.float32, original.shape)
-        ir.add_node(self.graph, "Where", [self.gate(key), quantized, original], [out])
+        ir.add_node(self.graph, "If", [self.gate(key)], [out],
+                    attrs={"then_branch": self._branch(quantized, "then"),
+                           "else_branch": self._branch(original, "else")})
         _read_from(original, out, only=readers)
+
+    def _branch(self, result: gs.Tensor, hint: str) -> gs.Graph:
+        """A subgraph computing `result` with copies of the simulation's nodes that make it
+        (quantization nodes, a dynamic layer's integer path); the model's tensors and other
+        switches' outputs it reads come from the outer scope."""
+        copies: dict[int, gs.Tensor] = {}
+        nodes: list[gs.Node] = []
+
+        def copy(tensor: gs.Tensor) -> gs.Tensor:
+            maker = ir.producer(tensor)
+            if maker is None or id(maker) in self._model_nodes or maker.op == "If":
+                return tensor
+            if id(tensor) not in copies:
+                inputs = [copy(t) for t in maker.inputs]
+                outputs = [ir.var(self.graph, f"{t.name}_{hint}", t.dtype, t.shape)
+                           for t in maker.outputs]
+                nodes.append(gs.Node(maker.op, ir.fresh_name(self.graph, maker.name or hint),
+                                     dict(maker.attrs), inputs, outputs, domain=maker.domain))
+                copies.update({id(t): c for t, c in zip(maker.outputs, outputs)})
+            return copies[id(tensor)]
+
+        out = copy(result)
+        if out is result:  # a model tensor or a constant: pass it on
+            out = ir.var(self.graph, f"{result.name}_{hint}", result.dtype, result.shape)
+            nodes.append(gs.Node("Identity", ir.fresh_name(self.graph, hint), inputs=[result],
+                                 outputs=[out]))
+        return gs.Graph(nodes=nodes, outputs=[out], name=ir.fresh_name(self.graph, hint),
+                        opset=self.graph.opset)
 
     def probe(self, feeds: Sequence[verify.Feeds], reference,
               labels: verify.Labels | None = None) -> budgets.WeightProbe:
