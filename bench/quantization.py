@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.version_converter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, however run
 from common import (RESULTS, fmt_ratio, latencies, machine_info,  # noqa: E402
@@ -73,8 +74,16 @@ def ort_static(src: Path, dst: Path, samples, method: str) -> float:
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
     pre = dst.with_suffix(".pre.onnx")
+    model = onnx.load(str(src))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 13:  # per-channel DequantizeLinear needs 13; a user would convert first
+        src = dst.with_suffix(".opset13.onnx")
+        onnx.save(onnx.version_converter.convert_version(model, 13), str(src))
     if not pre.exists():
-        quant_pre_process(str(src), str(pre))
+        try:
+            quant_pre_process(str(src), str(pre))
+        except Exception:  # its symbolic shape inference fails on some exports: as ORT's docs
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)  # suggest
     start = time.perf_counter()
     quantize_static(str(pre), str(dst), _Reader(samples), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8,

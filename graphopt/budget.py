@@ -141,6 +141,7 @@ class WeightProbe:
                         node.inputs[i] = variable
             probe.inputs.append(variable)
         self.session = verify.GraphSession(probe)
+        self.runner = verify.BatchedRunner(self.session)
         self.feeds = list(feeds)
         self.reference = list(reference)
         self.labels = labels
@@ -153,9 +154,7 @@ class WeightProbe:
         if unknown:
             raise ValueError(f"not probed: {sorted(unknown)}")
         weights = {**self.originals, **replaced}
-        results = []
-        for feeds in self.feeds[:samples]:
-            results.append(self.session.run(feeds, extra=weights))
+        results = self.runner.run(self.feeds[:samples], extra=weights)
         self.runs += 1
         return results
 

@@ -376,10 +376,10 @@ def run_pipeline(
             cumulative = verify.compare_all(reference[:n], new_outputs, labels)
             verified = _judge(p, error, cumulative, base_ctx.budget,
                               verification.lossless_max_rel, verification.tolerance_basis())
-            if whole:
-                outputs = new_outputs
-            else:
-                partial = True
+            # A subset checked: its samples move on to this stage, so the next pass is
+            # compared with this one there, not with an older stage (errors would add up).
+            outputs = new_outputs + outputs[n:]
+            partial = partial or not whole
         records.append(PassRecord(p.name, p.lossless, ctx.options, seconds, stats, new_stats,
                                   error, cumulative, verified, ctx.notes, dict(ctx.counters),
                                   ctx.warnings, ctx.layers))

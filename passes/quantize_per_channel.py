@@ -41,6 +41,12 @@ from graphopt.passes.weight_layers import excluded
 from graphopt.pipeline import Option, PassContext, graph_pass
 
 MODES = ("static", "dynamic", "weight_only")
+# Per-layer sensitivities cost one model run per sample per layer (twice where bias correction
+# is tried): the number of samples follows the model's run time, so a 736x736 detector does
+# not spend minutes there. The combined model is always judged on every eval sample.
+SENSITIVITY_SECONDS = 15.0
+MIN_SENSITIVITY_SAMPLES, MAX_SENSITIVITY_SAMPLES = 2, 8
+QUICK_SAMPLES = 8  # the fallback's binary search runs on these, then is confirmed on all
 OPTIONS = {
     "mode": Option("static", "static (calibrated activations), dynamic (activations "
                    "quantized at run time: MatMul/Gemm) or weight_only", choices=MODES),
@@ -65,7 +71,9 @@ OPTIONS = {
                       "(added to --exclude)"),
     "budget": Option("", f"accuracy budget, e.g. cosine=0.99 (default: --budget, else "
                      f"{budgets.DEFAULT}); 'none': quantize every eligible layer"),
-    "samples": Option(8, "calibration samples for per-layer sensitivity", minimum=1),
+    "samples": Option(0, "calibration samples for per-layer sensitivity (0: as many as fit "
+                      f"the sensitivity phase into about {SENSITIVITY_SECONDS:.0f} s, "
+                      f"{MIN_SENSITIVITY_SAMPLES} to {MAX_SENSITIVITY_SAMPLES})", minimum=0),
     "eval_samples": Option(64, "calibration samples the combined model is judged on",
                            minimum=1),
     "bias_correction": Option(True, "static: shift biases by the mean output change the "
@@ -705,7 +713,7 @@ def _search(graph: gs.Graph, ctx: PassContext, state: StaticState,
     judged, reference, labels = budgets.judged_on(graph, ctx, budget, judged)
     sim = static_simulation(graph, state)
     probe = sim.probe(judged, reference, labels)
-    samples = ctx.options["samples"]
+    samples = _sensitivity_samples(ctx, probe, len(names) + len(all_fixed))
     advance = ctx.task("quantization sensitivity", len(names) + len(all_fixed))
     sensitivity: dict[str, float] = {}
     bias_fixed: set[str] = set()
@@ -728,8 +736,9 @@ def _search(graph: gs.Graph, ctx: PassContext, state: StaticState,
         ctx.note("budget 'none': every eligible layer quantized")
         return set(names), bias_fixed, info
 
-    def holds(on: set[str]) -> tuple[bool, verify.ErrorStats]:
-        error = probe.error(sim.switches(static_switches(graph, state, on, bias_fixed)))
+    def holds(on: set[str], samples: int | None = None) -> tuple[bool, verify.ErrorStats]:
+        error = probe.error(sim.switches(static_switches(graph, state, on, bias_fixed)),
+                            samples)
         return budget.holds(error), error
 
     on, error, evaluations = _fallback(names, sensitivity, holds)
@@ -760,18 +769,20 @@ def _search(graph: gs.Graph, ctx: PassContext, state: StaticState,
 
 def _fallback(names: list[str], sensitivity: Mapping[str, float], holds
               ) -> tuple[set[str], verify.ErrorStats, int]:
-    """Leave the k most sensitive layers in float, with the smallest k that holds the budget
-    (binary search; sensitivity order makes the error fall as k grows)."""
+    """Leave the k most sensitive layers in float, with the smallest k that holds the budget:
+    a binary search (sensitivity order makes the error fall as k grows) on the first
+    QUICK_SAMPLES samples, then the choice judged on all of them, leaving more layers in
+    float one at a time while it does not hold. `holds(on, samples)` -> (holds, error)."""
     order = sorted(names, key=lambda n: sensitivity[n], reverse=True)
     runs = 0
-    results: dict[int, tuple[bool, verify.ErrorStats]] = {}
+    results: dict[tuple[int, int | None], tuple[bool, verify.ErrorStats]] = {}
 
-    def check(k: int) -> bool:
+    def check(k: int, samples: int | None = QUICK_SAMPLES) -> bool:
         nonlocal runs
-        if k not in results:
-            results[k] = holds(set(order[k:]))  # k = all: the float model, which holds
+        if (k, samples) not in results:
+            results[(k, samples)] = holds(set(order[k:]), samples)  # k = all: float, holds
             runs += 1
-        return results[k][0]
+        return results[(k, samples)][0]
 
     lo, hi = 0, len(order)
     while lo < hi:
@@ -780,8 +791,25 @@ def _fallback(names: list[str], sensitivity: Mapping[str, float], holds
             hi = mid
         else:
             lo = mid + 1
-    check(lo)
-    return set(order[lo:]), results[lo][1], runs
+    while not check(lo, None) and lo < len(order):
+        lo += 1
+    return set(order[lo:]), results[(lo, None)][1], runs
+
+
+def _sensitivity_samples(ctx: PassContext, probe: budgets.WeightProbe, evaluations: int
+                         ) -> int | None:
+    """The `samples` option, or (0) as many as fit SENSITIVITY_SECONDS for `evaluations`
+    sensitivity runs, timed on one run of the probe. With labels: all (task metrics on a few
+    samples are noise)."""
+    chosen = ctx.options["samples"]
+    if chosen or probe.labels is not None:
+        return chosen or None
+    import time
+    start = time.perf_counter()
+    probe.error({}, 1)
+    per_sample = max(time.perf_counter() - start, 1e-6)
+    fit = int(SENSITIVITY_SECONDS / (per_sample * max(evaluations, 1)))
+    return max(MIN_SENSITIVITY_SAMPLES, min(MAX_SENSITIVITY_SAMPLES, fit))
 
 
 def _run_optimized(graph: gs.Graph, feeds: Sequence[verify.Feeds]) -> list[dict]:
@@ -919,7 +947,7 @@ def _layer_search(graph: gs.Graph, ctx: PassContext, layers: list[QuantLayer],
     judged, reference, labels = budgets.judged_on(graph, ctx, budget, judged)
     sim = build(_with_output_identities(graph), set(), simulate=True)
     probe = sim.probe(judged, reference, labels)
-    samples = ctx.options["samples"]
+    samples = _sensitivity_samples(ctx, probe, len(names))
     advance = ctx.task("quantization sensitivity", len(names))
     sensitivity = {}
     for name in names:
@@ -927,8 +955,8 @@ def _layer_search(graph: gs.Graph, ctx: PassContext, layers: list[QuantLayer],
         info[name]["sensitivity"] = budgets.finite(sensitivity[name], budget)
         advance(1)
 
-    def holds(on: set[str]):
-        error = probe.error(sim.switches(["l:" + n for n in on]))
+    def holds(on: set[str], samples: int | None = None):
+        error = probe.error(sim.switches(["l:" + n for n in on]), samples)
         return budget.holds(error), error
 
     on, error, runs = _fallback(names, sensitivity, holds)
