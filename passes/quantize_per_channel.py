@@ -45,7 +45,7 @@ MODES = ("static", "dynamic", "weight_only")
 # is tried): the number of samples follows the model's run time, so a 736x736 detector does
 # not spend minutes there. The combined model is always judged on every eval sample.
 SENSITIVITY_SECONDS = 15.0
-MIN_SENSITIVITY_SAMPLES, MAX_SENSITIVITY_SAMPLES = 2, 8
+MIN_SENSITIVITY_SAMPLES, MAX_SENSITIVITY_SAMPLES = 1, 8
 QUICK_SAMPLES = 8  # the fallback's binary search runs on these, then is confirmed on all
 OPTIONS = {
     "mode": Option("static", "static (calibrated activations), dynamic (activations "
