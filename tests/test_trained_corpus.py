@@ -15,11 +15,12 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
 
-from graphopt import ir, verify
+from graphopt import ir, testing, verify
 from graphopt.compiler import CompileOptions, compile_model
 from graphopt.errors import VerificationError
 from graphopt.pipeline import LOSSLESS_MAX_REL, PassContext, Verification, graph_pass, \
     run_pipeline
+from graphopt.registry import load_registry
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 SAMPLES = 8  # real samples per model: enough to check, cheap enough for every CI run
@@ -35,6 +36,8 @@ def _trained():
 
 trained = _trained()
 NAMES = sorted(trained.MODELS)
+# every distinct default pipeline (x86 and x86:ort: arm's and cuda's are x86's)
+PIPELINES = sorted(testing.distinct_pipelines(load_registry()).values())
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +56,15 @@ def _feeds(graph: gs.Graph, path: Path, n: int = SAMPLES) -> list[verify.Feeds]:
     return [{k: np.asarray(v) for k, v in f.items()} for f in verify.load_feeds(path, graph)[:n]]
 
 
+@pytest.mark.parametrize("target", PIPELINES)
 @pytest.mark.parametrize("name", NAMES)
 def test_default_pipeline_on_real_data_is_verified_and_keeps_the_task(corpus, tmp_path,
-                                                                      name) -> None:
+                                                                      name, target) -> None:
     model, data = corpus(name)
     graph = ir.load(model)
     calibration = _feeds(graph, data["calibration"])
     result = compile_model(model, tmp_path / "out", CompileOptions(
-        target="x86", calibration=calibration, codegen=False))
+        target=target, calibration=calibration, codegen=False))
     report = result.report
     assert {p["verified"] for p in report["passes"]} <= {"passed", "unchanged"}, name
     v = report["verification"]
@@ -112,3 +116,26 @@ def test_a_weight_off_by_1e_3_fails_verification_on_real_data(corpus, name) -> N
     with pytest.raises(VerificationError, match="lossless pass 'nudge_weight' changed"):
         run_pipeline(graph, [_nudge_weight], {"nudge_weight": {}},
                      Verification(feeds, "calibration"), PassContext(input_shapes=shapes))
+
+
+def _deployed(path: Path, feeds: list[verify.Feeds]) -> list[dict[str, np.ndarray]]:
+    """As a user's onnxruntime runs it: all optimizations, int8 on integer kernels."""
+    sess = verify.session(str(path), optimize=True)
+    names = [o.name for o in sess.get_outputs()]
+    return [dict(zip(names, sess.run(None, f))) for f in feeds]
+
+
+@pytest.mark.parametrize("name,mode", [("orinet", "static"), ("magika", "static"),
+                                       ("silero_vad", "static"), ("minilm_l3", "dynamic")])
+def test_int8_holds_its_budget_on_held_out_real_data(corpus, tmp_path, name, mode) -> None:
+    """Calibrated on the calibration split, judged on the held-out one, as deployed."""
+    model, data = corpus(name)
+    result = compile_model(model, tmp_path / "out", CompileOptions(
+        target="x86", quantize=mode, budget="cosine=0.99", calibration=data["calibration"],
+        codegen=False))
+    q = next(p for p in result.report["passes"] if p["name"] == "quantize_per_channel")
+    assert any(str(r.get("decision", "")).startswith("int8") for r in q["layers"])
+    graph = ir.load(model)
+    heldout = _feeds(graph, data["heldout"], 16)
+    error = verify.compare_all(_deployed(model, heldout), _deployed(result.model, heldout))
+    assert error.cosine >= 0.99, error
