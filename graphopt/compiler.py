@@ -217,6 +217,7 @@ def compile_model(
     proto = ir.load_model(model_path, load_external=False)
     graph = ir.import_graph(proto, model_path.parent, release=True)
     shapes = verify.concrete_shapes(graph, given_shapes)
+    skipped = None if o.verify else "--no-verify"
     if o.calibration is not None:
         feeds, source = verify.load_calibration(o.calibration, graph)
         shapes = {k: list(v.shape) for k, v in feeds[0].items()}
@@ -226,7 +227,7 @@ def compile_model(
             source = f"random inputs (seed {o.seed})"
         except verify.Unrunnable as exc:
             feeds, source = [], "none"
-            reason = f"no verification inputs: {exc}"
+            skipped = skipped or f"no verification inputs: {exc}"
     if len(feeds) > VERIFY_SAMPLES:
         # Lossy passes calibrate on every sample; checking each pass on all of them would
         # cost a model run per sample per pass for little extra certainty.
@@ -234,13 +235,8 @@ def compile_model(
     if len(feeds) > LOSSLESS_VERIFY_SAMPLES:
         source += (f"; lossless passes on the first {LOSSLESS_VERIFY_SAMPLES}, the final "
                    "model on all")
-    if not feeds:
-        reason = no_inputs
-    verification = Verification(feeds[:VERIFY_SAMPLES], source, enabled=o.verify and
-                                bool(feeds),
-                                skipped_reason=None if o.verify and feeds else
-                                "--no-verify" if not o.verify else reason,
-                                lossless_override=o.lossless_tolerance,
+    verification = Verification(feeds[:VERIFY_SAMPLES], source, enabled=skipped is None,
+                                skipped_reason=skipped, lossless_override=o.lossless_tolerance,
                                 lossless_samples=LOSSLESS_VERIFY_SAMPLES)
     calibration = feeds if o.calibration is not None else None
     if o.eval is not None:

@@ -128,6 +128,24 @@ def test_zero_size_inputs_are_legal_and_the_report_says_what_was_checked(tmp_pat
     assert out["y"].shape == (0, 4)
 
 
+def test_an_input_type_numpy_lacks_skips_verification_and_says_why(tmp_path) -> None:
+    """bfloat16 inputs are legal; seeded values cannot be made for them in NumPy, so the
+    compile goes on unverified and the report names the input."""
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["y"], to=onnx.TensorProto.FLOAT)], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.BFLOAT16, [2, 3])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])])
+    path = tmp_path / "bf16.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    run = subprocess.run([GRAPHOPT, "compile", path, "-o", tmp_path / "out", "--no-codegen"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    v = report["verification"]
+    assert not v["enabled"] and "input 'x' is BFLOAT16" in v["skipped_reason"]
+    assert any("verification skipped" in w for w in report["warnings"])
+
+
 @pytest.mark.parametrize("args, message", [
     (["--input-shape", "x=2"], "does not fit"),
     (["--runs", "0"], "Invalid value"),
