@@ -27,6 +27,7 @@ so trying a set of layers is one run, not one graph build.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -741,7 +742,7 @@ def _search(graph: gs.Graph, ctx: PassContext, state: StaticState,
                             samples)
         return budget.holds(error), error
 
-    on, error, evaluations = _fallback(names, sensitivity, holds)
+    on, error, evaluations = _fallback(names, sensitivity, holds, ctx)
     # Judge the choice as deployed: the real QDQ model in onnxruntime with its integer kernels.
     while True:
         candidate = graph.copy()
@@ -767,8 +768,8 @@ def _search(graph: gs.Graph, ctx: PassContext, state: StaticState,
     return on, bias_fixed & on, info
 
 
-def _fallback(names: list[str], sensitivity: Mapping[str, float], holds
-              ) -> tuple[set[str], verify.ErrorStats, int]:
+def _fallback(names: list[str], sensitivity: Mapping[str, float], holds,
+              ctx: PassContext | None = None) -> tuple[set[str], verify.ErrorStats, int]:
     """Leave the k most sensitive layers in float, with the smallest k that holds the budget:
     a binary search (sensitivity order makes the error fall as k grows) on the first
     QUICK_SAMPLES samples, then the choice judged on all of them, leaving more layers in
@@ -776,12 +777,15 @@ def _fallback(names: list[str], sensitivity: Mapping[str, float], holds
     order = sorted(names, key=lambda n: sensitivity[n], reverse=True)
     runs = 0
     results: dict[tuple[int, int | None], tuple[bool, verify.ErrorStats]] = {}
+    steps = math.ceil(math.log2(len(order) + 1)) + 1
+    advance = ctx.task("budget search", steps) if ctx is not None else (lambda n: None)
 
     def check(k: int, samples: int | None = QUICK_SAMPLES) -> bool:
         nonlocal runs
         if (k, samples) not in results:
             results[(k, samples)] = holds(set(order[k:]), samples)  # k = all: float, holds
             runs += 1
+            advance(1)
         return results[(k, samples)][0]
 
     lo, hi = 0, len(order)
@@ -959,7 +963,7 @@ def _layer_search(graph: gs.Graph, ctx: PassContext, layers: list[QuantLayer],
         error = probe.error(sim.switches(["l:" + n for n in on]), samples)
         return budget.holds(error), error
 
-    on, error, runs = _fallback(names, sensitivity, holds)
+    on, error, runs = _fallback(names, sensitivity, holds, ctx)
     for name in names:
         if name not in on:
             info[name]["reason"] = ("too sensitive" if sensitivity[name] > budget.allowance

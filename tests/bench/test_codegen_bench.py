@@ -31,3 +31,22 @@ def test_unknown_lowering_is_refused(tmp_path: Path, load_bench) -> None:
     import pytest
     with pytest.raises(SystemExit):
         load_bench("codegen").main(["--quick", "--lowerings", "fast", "--out", str(tmp_path)])
+
+
+def test_a_users_model_file_and_one_without_an_artifact(tmp_path: Path, load_bench) -> None:
+    """--model PATH: any model file; one TVM cannot build is recorded with the reason."""
+    import onnx
+
+    from graphopt import testing
+    onnx.save(testing.example_cnn(), str(tmp_path / "mine.onnx"))
+    onnx.save(testing.custom_domain_op(), str(tmp_path / "custom.onnx"))
+    bench = load_bench("codegen")
+    assert bench.main(["--model", str(tmp_path / "mine.onnx"), "--model",
+                       str(tmp_path / "custom.onnx"), "--trials", "0", "--lowerings",
+                       "graphopt", "--rounds", "2", "--out", str(tmp_path),
+                       "--name", "mine"]) == 0
+    data = json.loads((tmp_path / "mine.json").read_text())
+    mine, custom = data["models"]
+    assert mine["model"] == "mine" and mine["rows"][0]["latency_ms"] > 0
+    assert custom["onnxruntime_ms"] is None and "failed" in custom["rows"][0]
+    assert "not timed" in (tmp_path / "mine.md").read_text()

@@ -61,3 +61,35 @@ def test_python_dash_m_bench_lists_its_commands() -> None:
     bad = subprocess.run([sys.executable, "-m", "bench", "nope"], cwd=BENCH.parent,
                          capture_output=True, text=True)
     assert bad.returncode == 2
+
+
+def test_models_on_a_users_file_with_labelled_data_and_the_peer_quantizer(
+        tmp_path: Path, load_bench) -> None:
+    """--model PATH --calibration --eval: the user's model and data; int8 by graphopt and by
+    onnxruntime's quantizer, judged on the held-out labelled data (top-1)."""
+    import numpy as np
+    import onnx
+
+    from graphopt import testing
+    model = testing.example_cnn()
+    onnx.save(model, str(tmp_path / "mine.onnx"))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 1, 3, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "cal.npz", input=x[:4])
+    scores = [testing.run_model(model, {"input": s})[model.graph.output[0].name] for s in x]
+    np.savez(tmp_path / "eval.npz", input=x[4:],
+             labels=np.stack([s.argmax(-1) for s in scores[4:]]))
+    models = load_bench("models")
+    assert models.main(["--model", str(tmp_path / "mine.onnx"), "--calibration",
+                        str(tmp_path / "cal.npz"), "--eval", str(tmp_path / "eval.npz"),
+                        "--quantize", "static", "--peer-quantizer", "--rounds", "2",
+                        "--no-artifact", "--out", str(tmp_path), "--name", "mine"]) == 0
+    data = json.loads((tmp_path / "mine.json").read_text())
+    (entry,) = data["models"]
+    assert entry["held_out_samples"] == 2 and entry["input"]["task"] == {"top1": 1.0}
+    configs = {c["config"]: c for c in entry["configs"]}
+    assert set(configs) == {"graphopt x86", "graphopt --quantize static cosine>=0.99",
+                            "onnxruntime quantize_static"}
+    for c in configs.values():
+        assert c["latency_ms"] > 0 and c["compile_s"] >= 0 and "top1" in c["task"]
+    assert configs["graphopt --quantize static cosine>=0.99"]["int8_layers"] >= 1
