@@ -237,6 +237,7 @@ def compile_model(
                    "model on all")
     verification = Verification(feeds[:VERIFY_SAMPLES], source, enabled=skipped is None,
                                 skipped_reason=skipped, lossless_override=o.lossless_tolerance,
+                                measure_noise=True,
                                 lossless_samples=LOSSLESS_VERIFY_SAMPLES)
     calibration = feeds if o.calibration is not None else None
     if o.eval is not None:

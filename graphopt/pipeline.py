@@ -278,6 +278,9 @@ class Verification:
     # --lossless-tolerance: the user's tolerance instead of the measured one
     lossless_override: float | None = None
     noise: verify.NoiseFloor | None = None  # the input model's rounding noise, as measured
+    # Measure the noise before any pass (to report it), not only once a lossless pass goes
+    # over the floor (what run_pipeline does on its own: cheaper for many small runs).
+    measure_noise: bool = False
     labels: verify.Labels | None = None  # --eval: the feeds' labels (top-1 accuracy)
     # Lossless passes are checked on the first this many feeds (None: all): with a big --eval
     # set, lossy passes and the final model are judged on all of it, lossless ones need not.
@@ -374,6 +377,8 @@ def run_pipeline(
             labels = verification.labels if whole else None  # accuracy: on all or not at all
             error = verify.compare_all(outputs[:n], new_outputs, labels)
             cumulative = verify.compare_all(reference[:n], new_outputs, labels)
+            if p.lossless:
+                _needs_noise(graph, verification, error, new_outputs)
             verified = _judge(p, error, cumulative, base_ctx.budget,
                               verification.lossless_max_rel, verification.tolerance_basis())
             # A subset checked: its samples move on to this stage, so the next pass is
@@ -396,17 +401,34 @@ def run_pipeline(
 
 def _set_lossless_tolerance(graph: gs.Graph, verification: Verification,
                             outputs: list | None) -> None:
-    """The user's tolerance, or NOISE_MULTIPLE x the model's measured rounding noise on the
-    inputs lossless passes are judged on (at least lossless_tolerance's floor)."""
+    """The user's tolerance, or the floor for the outputs' float type, raised to
+    NOISE_MULTIPLE x the model's measured rounding noise once that is measured: here when
+    `verification.measure_noise` (the compile does, to report it), else by `_needs_noise`
+    when a lossless pass goes over the floor."""
     if verification.lossless_override is not None:
         verification.lossless_max_rel = verification.lossless_override
         return
-    floor = lossless_tolerance(outputs)
-    if outputs is not None:
-        n = verification.lossless_samples or len(outputs)
-        verification.noise = verify.noise_floor(graph, verification.feeds[:n], outputs[:n])
-        floor = max(floor, NOISE_MULTIPLE * verification.noise.max_rel)
-    verification.lossless_max_rel = floor
+    verification.lossless_max_rel = lossless_tolerance(outputs)
+    if outputs is not None and verification.measure_noise:
+        _measure_noise(graph, verification, outputs)
+
+
+def _measure_noise(graph: gs.Graph, verification: Verification, outputs: list) -> None:
+    """The rounding noise of `graph` (whose plain outputs are `outputs`) on the inputs
+    lossless passes are judged on; the tolerance rises to NOISE_MULTIPLE x it."""
+    n = min(verification.lossless_samples or len(outputs), len(outputs))
+    verification.noise = verify.noise_floor(graph, verification.feeds[:n], outputs[:n])
+    verification.lossless_max_rel = max(verification.lossless_max_rel,
+                                        NOISE_MULTIPLE * verification.noise.max_rel)
+
+
+def _needs_noise(graph: gs.Graph, verification: Verification, error: verify.ErrorStats,
+                 outputs: list) -> None:
+    """A lossless pass over the floor before the noise was measured: measure it now, on the
+    model after the pass (the same function, so the same rounding behaviour)."""
+    if verification.noise is None and verification.lossless_override is None and \
+            error.max_rel > verification.lossless_max_rel:
+        _measure_noise(graph, verification, outputs)
 
 
 def _initial_outputs(graph: gs.Graph, verification: Verification) -> list | None:

@@ -297,3 +297,16 @@ def test_lossless_pass_within_the_models_noise_is_accepted_not_a_false_alarm() -
 def test_a_weight_nudged_by_1e_3_is_still_caught(model) -> None:
     with pytest.raises(VerificationError, match="lossless pass 'nudge_weight' changed"):
         _verified_run(model(), [_nudge_weight])
+
+
+def test_noise_is_measured_up_front_when_asked_else_only_when_needed() -> None:
+    """The compile measures it to report it; a bare pipeline run only once a lossless pass
+    goes over the floor (most never do: three fewer onnxruntime sessions per run)."""
+    from graphopt.passes.fold_batchnorm import fold_batchnorm
+    quiet = _verified_run(testing.example_cnn(), [fold_batchnorm])
+    assert quiet.verification.noise is None and quiet.records[0].verified == "passed"
+    asked = _verified_run(testing.example_cnn(), [fold_batchnorm], measure_noise=True)
+    assert asked.verification.noise is not None
+    assert asked.verification.lossless_max_rel == max(1e-5, 4 * asked.verification.noise.max_rel)
+    needed = _verified_run(_cancelling_model(), [fold_batchnorm])
+    assert needed.verification.noise is not None  # fold_batchnorm went over 1e-5
