@@ -43,9 +43,10 @@ from graphopt.pipeline import Option, PassContext, graph_pass
 
 MODES = ("static", "dynamic", "weight_only")
 # Per-layer sensitivities cost one model run per sample per layer (twice where bias correction
-# is tried): the number of samples follows the model's run time, so a 736x736 detector does
-# not spend minutes there. The combined model is always judged on every eval sample.
-SENSITIVITY_SECONDS = 15.0
+# is tried): the number of samples follows the model's size, so a 736x736 detector (3 GMACs a
+# sample, 128 runs) does not spend minutes there. The combined model is always judged on
+# every eval sample. 5e11 multiply-adds: about 15 s on this project's 2-core machines.
+SENSITIVITY_MACS = 5e11
 MIN_SENSITIVITY_SAMPLES, MAX_SENSITIVITY_SAMPLES = 1, 8
 QUICK_SAMPLES = 8  # the fallback's binary search runs on these, then is confirmed on all
 OPTIONS = {
@@ -72,9 +73,10 @@ OPTIONS = {
                       "(added to --exclude)"),
     "budget": Option("", f"accuracy budget, e.g. cosine=0.99 (default: --budget, else "
                      f"{budgets.DEFAULT}); 'none': quantize every eligible layer"),
-    "samples": Option(0, "calibration samples for per-layer sensitivity (0: as many as fit "
-                      f"the sensitivity phase into about {SENSITIVITY_SECONDS:.0f} s, "
-                      f"{MIN_SENSITIVITY_SAMPLES} to {MAX_SENSITIVITY_SAMPLES})", minimum=0),
+    "samples": Option(0, "calibration samples for per-layer sensitivity (0: by the model's "
+                      f"size, {MIN_SENSITIVITY_SAMPLES} to {MAX_SENSITIVITY_SAMPLES}, as many as "
+                      f"keep that phase within {SENSITIVITY_MACS:.0e} multiply-adds)",
+                      minimum=0),
     "eval_samples": Option(64, "calibration samples the combined model is judged on",
                            minimum=1),
     "bias_correction": Option(True, "static: shift biases by the mean output change the "
@@ -743,17 +745,25 @@ def _search(graph: gs.Graph, ctx: PassContext, state: StaticState,
         return budget.holds(error), error
 
     on, error, evaluations = _fallback(names, sensitivity, holds, ctx)
-    # Judge the choice as deployed: the real QDQ model in onnxruntime with its integer kernels.
+    # Judge the choice as deployed too: the real QDQ model in onnxruntime with its integer
+    # kernels. Both must hold: leaving a layer in float for the integer kernels' sake can
+    # break the model as written (on models whose outputs flip, such as a CTC recognizer's
+    # per-step softmax, the error is not monotonic in the layers quantized).
+    simulated_ok = True
     while True:
         candidate = graph.copy()
         apply_static(candidate, state, on, bias_fixed)
         real = verify.compare_all(reference, _run_optimized(ir.cleanup(candidate), judged),
                                   labels)
-        if budget.holds(real) or not on:
+        if (simulated_ok and budget.holds(real)) or not on:
             break
         worst = max(on, key=lambda n: sensitivity[n])
         on = on - {worst}
-        info[worst]["reason"] = "needed to keep the model in budget with integer kernels"
+        info[worst]["reason"] = ("needed to keep the model in budget with integer kernels"
+                                 if not budget.holds(real) else
+                                 "needed to keep the model in budget")
+        simulated_ok, error = holds(on)
+        evaluations += 1
     for name in names:
         if name not in on:
             info[name].setdefault("reason", "too sensitive" if sensitivity[name] >
@@ -762,9 +772,10 @@ def _search(graph: gs.Graph, ctx: PassContext, state: StaticState,
              f"model runs; with onnxruntime's integer kernels {budget.describe(real)}; "
              f"sensitivity = the model's {budgets.DISTANCE[budget.metric]} with that layer "
              "alone quantized (its input, weight, bias and output)")
-    if not budget.holds(real):
+    if not (budget.holds(real) and budget.holds(error)):
         ctx.warn(f"quantize_per_channel: could not stay in budget {budget}: "
-                 f"{budget.describe(real)}")
+                 f"{budget.describe(real)} with integer kernels, "
+                 f"{budget.describe(error)} as written")
     return on, bias_fixed & on, info
 
 
@@ -802,17 +813,20 @@ def _fallback(names: list[str], sensitivity: Mapping[str, float], holds,
 
 def _sensitivity_samples(ctx: PassContext, probe: budgets.WeightProbe, evaluations: int
                          ) -> int | None:
-    """The `samples` option, or (0) as many as fit SENSITIVITY_SECONDS for `evaluations`
-    sensitivity runs, timed on one run of the probe. With labels: all (task metrics on a few
-    samples are noise)."""
+    """The `samples` option, or (0) as many as keep the sensitivity phase within
+    SENSITIVITY_MACS multiply-adds for `evaluations` runs (the model's MACs per sample, so
+    the same model and data always get the same count). With labels: all (task metrics on
+    a few samples are noise)."""
     chosen = ctx.options["samples"]
     if chosen or probe.labels is not None:
         return chosen or None
-    import time
-    start = time.perf_counter()
-    probe.error({}, 1)
-    per_sample = max(time.perf_counter() - start, 1e-6)
-    fit = int(SENSITIVITY_SECONDS / (per_sample * max(evaluations, 1)))
+    from graphopt import analysis
+    feeds = probe.feeds[0] if probe.feeds else {}
+    macs = analysis.graph_stats(probe.graph, {k: list(np.shape(v)) for k, v in feeds.items()}
+                                ).macs
+    if not macs:
+        return MAX_SENSITIVITY_SAMPLES
+    fit = int(SENSITIVITY_MACS / (macs * max(evaluations, 1)))
     return max(MIN_SENSITIVITY_SAMPLES, min(MAX_SENSITIVITY_SAMPLES, fit))
 
 
