@@ -140,7 +140,6 @@ class WeightProbe:
                     if t is tensor:
                         node.inputs[i] = variable
             probe.inputs.append(variable)
-        self.graph = graph  # the model probed (its weights as they are)
         self.session = verify.GraphSession(probe)
         self.runner = verify.BatchedRunner(self.session)
         self.feeds = list(feeds)

@@ -716,7 +716,7 @@ def _search(graph: gs.Graph, ctx: PassContext, state: StaticState,
     judged, reference, labels = budgets.judged_on(graph, ctx, budget, judged)
     sim = static_simulation(graph, state)
     probe = sim.probe(judged, reference, labels)
-    samples = _sensitivity_samples(ctx, probe, len(names) + len(all_fixed))
+    samples = _sensitivity_samples(ctx, graph, probe, len(names) + len(all_fixed))
     advance = ctx.task("quantization sensitivity", len(names) + len(all_fixed))
     sensitivity: dict[str, float] = {}
     bias_fixed: set[str] = set()
@@ -811,8 +811,8 @@ def _fallback(names: list[str], sensitivity: Mapping[str, float], holds,
     return set(order[lo:]), results[(lo, None)][1], runs
 
 
-def _sensitivity_samples(ctx: PassContext, probe: budgets.WeightProbe, evaluations: int
-                         ) -> int | None:
+def _sensitivity_samples(ctx: PassContext, graph: gs.Graph, probe: budgets.WeightProbe,
+                         evaluations: int) -> int | None:
     """The `samples` option, or (0) as many as keep the sensitivity phase within
     SENSITIVITY_MACS multiply-adds for `evaluations` runs (the model's MACs per sample, so
     the same model and data always get the same count). With labels: all (task metrics on
@@ -822,8 +822,9 @@ def _sensitivity_samples(ctx: PassContext, probe: budgets.WeightProbe, evaluatio
         return chosen or None
     from graphopt import analysis
     feeds = probe.feeds[0] if probe.feeds else {}
-    macs = analysis.graph_stats(probe.graph, {k: list(np.shape(v)) for k, v in feeds.items()}
-                                ).macs
+    # the model's own MACs (the simulation's layers read switched weights, which it does
+    # not count)
+    macs = analysis.graph_stats(graph, {k: list(np.shape(v)) for k, v in feeds.items()}).macs
     if not macs:
         return MAX_SENSITIVITY_SAMPLES
     fit = int(SENSITIVITY_MACS / (macs * max(evaluations, 1)))
@@ -965,7 +966,7 @@ def _layer_search(graph: gs.Graph, ctx: PassContext, layers: list[QuantLayer],
     judged, reference, labels = budgets.judged_on(graph, ctx, budget, judged)
     sim = build(_with_output_identities(graph), set(), simulate=True)
     probe = sim.probe(judged, reference, labels)
-    samples = _sensitivity_samples(ctx, probe, len(names))
+    samples = _sensitivity_samples(ctx, graph, probe, len(names))
     advance = ctx.task("quantization sensitivity", len(names))
     sensitivity = {}
     for name in names:
