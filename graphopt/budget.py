@@ -141,7 +141,6 @@ class WeightProbe:
                         node.inputs[i] = variable
             probe.inputs.append(variable)
         self.session = verify.GraphSession(probe)
-        self.runner = verify.BatchedRunner(self.session)
         self.feeds = list(feeds)
         self.reference = list(reference)
         self.labels = labels
@@ -154,7 +153,7 @@ class WeightProbe:
         if unknown:
             raise ValueError(f"not probed: {sorted(unknown)}")
         weights = {**self.originals, **replaced}
-        results = self.runner.run(self.feeds[:samples], extra=weights)
+        results = [self.session.run(feeds, extra=weights) for feeds in self.feeds[:samples]]
         self.runs += 1
         return results
 
