@@ -38,12 +38,7 @@ def build(name: str, input_shapes: list[str] | None = None
     corpus model `trained:NAME` (bench/trained.py, at the shapes of its data)."""
     from graphopt import testing, zoo
     if name.startswith("trained:"):
-        import importlib.util
-        spec = importlib.util.spec_from_file_location(
-            "bench_trained", Path(__file__).resolve().parent / "trained.py")
-        trained = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = trained
-        spec.loader.exec_module(trained)
+        import trained  # bench/trained.py (bench/ is on sys.path)
         short = name.split(":", 1)[1]
         sample = trained.samples(short, "heldout")[0]
         return onnx.load(str(trained.fetch(short))), [

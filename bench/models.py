@@ -24,7 +24,6 @@ default output (untuned; --no-artifact leaves it out). Output: bench/results/mod
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import inspect
 import json
 import os
@@ -61,15 +60,6 @@ class Case:
     # outputs (per sample: the graph's outputs in order) -> {metric: value}
     metric: Callable[[list[list[np.ndarray]]], dict[str, float]] | None = None
     meta: dict = field(default_factory=dict)
-
-
-def _load_trained():
-    spec = importlib.util.spec_from_file_location("bench_trained",
-                                                  Path(__file__).resolve().parent / "trained.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def zoo_case(name: str, quick: bool, tmp: Path) -> Case:
@@ -122,7 +112,7 @@ def file_case(path: Path, calibration: Path | None, evaluation: Path | None,
 
 
 def trained_case(name: str) -> Case:
-    trained = _load_trained()
+    import trained
     model, data = trained.prepared(name)
     m = trained.MODELS[name]
     held_out = trained.samples(name, "heldout")[:HELD_OUT]
@@ -391,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     trained = args.trained.split(",") if args.trained and args.trained != "all" else []
     if args.trained == "all":
-        trained = sorted(_load_trained().MODELS)
+        import trained as corpus
+        trained = sorted(corpus.MODELS)
     zoo_names = args.models.split(",") if args.models else (
         [] if args.model or trained else list(DEFAULT_MODELS))
     entries = []

@@ -102,9 +102,11 @@ def _nudge_weight(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
     raise AssertionError("no layer weight")
 
 
-# ppocr_cls outputs near-saturated softmax probabilities: its first Conv off by 1e-3 moves
-# them by 1.5e-6, below what any float32 tolerance can tell from rounding.
-NUDGE_VISIBLE = [n for n in NAMES if n != "ppocr_cls"]
+# Classifiers whose outputs are near-saturated probabilities hide a first layer off by 1e-3:
+# ppocr_cls's move by 1.5e-6, below what any float32 tolerance can tell from rounding, and
+# magika's by 1.6e-5, so close to the 1e-5 floor that whether it is caught would depend on
+# the CPU's rounding noise (measured on an AVX-512 Xeon; CI may have an AVX2 CPU).
+NUDGE_VISIBLE = [n for n in NAMES if n not in ("ppocr_cls", "magika")]
 
 
 @pytest.mark.parametrize("name", NUDGE_VISIBLE)
