@@ -26,6 +26,7 @@ intermediate tensor of every sample).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -80,10 +81,16 @@ def ort_static(src: Path, dst: Path, samples, method: str) -> float:
         src = dst.with_suffix(".opset13.onnx")
         onnx.save(onnx.version_converter.convert_version(model, 13), str(src))
     if not pre.exists():
-        try:
-            quant_pre_process(str(src), str(pre))
-        except Exception:  # its symbolic shape inference fails on some exports: as ORT's docs
-            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)  # suggest
+        # Where its symbolic shape inference fails, onnxruntime saves the half-inferred model
+        # (sym_shape_infer_temp.onnx and uuid-named .data files) into the working directory:
+        # run it from a scratch one, or those files land in the user's tree.
+        with tempfile.TemporaryDirectory(prefix="ort-pre-") as scratch, \
+                contextlib.chdir(scratch):
+            try:
+                quant_pre_process(str(src.resolve()), str(pre.resolve()))
+            except Exception:  # as onnxruntime's docs suggest for exports it cannot infer
+                quant_pre_process(str(src.resolve()), str(pre.resolve()),
+                                  skip_symbolic_shape=True)
     start = time.perf_counter()
     quantize_static(str(pre), str(dst), _Reader(samples), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8,
