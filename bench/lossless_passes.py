@@ -3,12 +3,18 @@
     pip install -r bench/requirements.txt        # the peers; never graphopt dependencies
     python bench/lossless_passes.py              # full run, results in bench/results/
     python bench/lossless_passes.py --quick      # small shapes, a few seconds
+    python bench/lossless_passes.py --models '' --trained open_nsfw_keras,open_nsfw
+                                                 # trained corpus models on their real data
 
-For each model of graphopt.zoo (realistic shapes, exporter-style graphs) it records:
+For each model of graphopt.zoo (realistic shapes, exporter-style graphs, random weights and
+inputs) and each trained corpus model named with --trained (bench/trained.py: its real
+held-out inputs) it records:
 - node count (Constant nodes not counted) after graphopt's portable x86 pipeline and each
   portable peer; after graphopt's x86:ort pipeline and ORT's offline EXTENDED level (both emit
   onnxruntime-only fused ops);
 - the max relative output error of every result against the input model;
+- Transpose and Mul nodes left (layout shuffles and unfolded per-channel scales of NHWC
+  exports);
 - BatchNormalization nodes left;
 - onnxruntime latency, all sessions interleaved round by round in one process: input and
   graphopt output at ORT_ENABLE_ALL and at ORT_DISABLE_ALL, and the input at ORT_ENABLE_BASIC.
@@ -43,6 +49,10 @@ from common import (LEVELS, RESULTS, fmt_ratio, latencies,  # noqa: E402
 
 def node_count(model: onnx.ModelProto) -> int:
     return sum(1 for n in model.graph.node if n.op_type != "Constant")
+
+
+def op_count(model: onnx.ModelProto, op: str) -> int:
+    return sum(1 for n in model.graph.node if n.op_type == op)
 
 
 def batchnorms(model: onnx.ModelProto) -> int:
@@ -89,7 +99,8 @@ def max_rel_error(reference: Path, candidate: Path, feeds: dict[str, np.ndarray]
     return max(verify.compare(a, b).max_rel for a, b in zip(ref, new))
 
 
-def bench_model(name: str, quick: bool, rounds: int, threads: int, tmp: Path) -> dict:
+def zoo_source(name: str, quick: bool, tmp: Path) -> tuple[Path, dict, dict]:
+    """A graphopt.zoo model (random weights), its random inputs and the shapes they have."""
     build = zoo.ZOO[name]
     kwargs = {}
     if quick:
@@ -101,9 +112,24 @@ def bench_model(name: str, quick: bool, rounds: int, threads: int, tmp: Path) ->
     onnx.save(model, str(src))
     graph = ir.import_graph(model)
     shapes = zoo.BENCH_SHAPES.get(name, {}) if not quick else {}
-    feeds = verify.random_feeds(graph, verify.concrete_shapes(graph, shapes), seed=1)
+    return src, verify.random_feeds(graph, verify.concrete_shapes(graph, shapes), seed=1), shapes
+
+
+def trained_source(name: str) -> tuple[Path, dict, dict]:
+    """A trained corpus model, its first real held-out sample and that sample's shapes."""
+    import trained
+    feeds = trained.samples(name, "heldout")[0]
+    return trained.fetch(name), feeds, {k: list(v.shape) for k, v in feeds.items()}
+
+
+def bench_model(name: str, source: tuple[Path, dict, dict], rounds: int, threads: int,
+                tmp: Path) -> dict:
+    src, feeds, shapes = source
+    model = onnx.load(str(src))
     row: dict = {"model": name, "input_nodes": node_count(model), "nodes": {}, "seconds": {},
-                 "max_rel": {}, "batchnorm_left": {}, "failures": {}}
+                 "max_rel": {}, "batchnorm_left": {}, "failures": {},
+                 "transposes": {"input": op_count(model, "Transpose")},
+                 "muls": {"input": op_count(model, "Mul")}}
     shape_args = tuple(f"{k}={'x'.join(map(str, v))}" for k, v in shapes.items())
 
     def record(tool: str, out: Path, seconds: float) -> None:
@@ -117,6 +143,8 @@ def bench_model(name: str, quick: bool, rounds: int, threads: int, tmp: Path) ->
             return
         row["nodes"][tool] = node_count(result)
         row["batchnorm_left"][tool] = batchnorms(result)
+        row["transposes"][tool] = op_count(result, "Transpose")
+        row["muls"][tool] = op_count(result, "Mul")
 
     outputs = {}
     for tool, target in (("graphopt", "x86"), ("graphopt x86:ort", "x86:ort")):
@@ -178,6 +206,16 @@ def to_markdown(data: dict) -> str:
     for r in data["models"]:
         cells = [f"{r['max_rel'][t]:.1e}" if t in r["max_rel"] else "-" for t in tools]
         lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+    lines += ["", "## Transpose / Mul nodes left", "",
+              "Layout shuffles and per-channel scales that were not folded into a layer "
+              "(NHWC exports); rows recorded before this table existed have none.", "",
+              "| model | input | " + " | ".join(tools) + " |", "|---|---:|" + "---:|" * len(tools)]
+    for r in data["models"]:
+        if "transposes" not in r:
+            continue
+        cells = [f"{r['transposes'].get(t, '-')} / {r['muls'].get(t, '-')}" for t in tools]
+        lines.append(f"| {r['model']} | {r['transposes']['input']} / {r['muls']['input']} | "
+                     + " | ".join(cells) + " |")
     failed = [(r["model"], t, why) for r in data["models"] for t, why in r["failures"].items()]
     if failed:
         lines += ["", "## Tool failures", "", "| model | tool | what happened |", "|---|---|---|"]
@@ -202,21 +240,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small shapes (a smoke run)")
     parser.add_argument("--rounds", type=int, default=60, help="interleaved timing rounds")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
-    parser.add_argument("--models", default=",".join(zoo.ZOO), help="comma-separated")
+    parser.add_argument("--models", default=",".join(zoo.ZOO), help="graphopt.zoo models, "
+                        "comma-separated ('' for none)")
+    parser.add_argument("--trained", default="", help="trained corpus models (bench/trained.py), "
+                        "comma-separated, run on their real held-out data")
+    parser.add_argument("--name", default=None, help="results file stem (default "
+                        "lossless_passes, lossless_passes_quick with --quick)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args(argv)
     console = Console()
     rows = []
     with tempfile.TemporaryDirectory(prefix="graphopt-bench-") as tmp:
-        for name in args.models.split(","):
+        sources = [(n, lambda n=n: zoo_source(n, args.quick, Path(tmp)))
+                   for n in args.models.split(",") if n]
+        sources += [(n, lambda n=n: trained_source(n)) for n in args.trained.split(",") if n]
+        for name, source in sources:
             with console.status(f"benchmarking {name}"):
-                rows.append(bench_model(name, args.quick, args.rounds, args.threads, Path(tmp)))
+                rows.append(bench_model(name, source(), args.rounds, args.threads, Path(tmp)))
             console.print(f"{name}: nodes {rows[-1]['nodes']}, ratio@ALL "
                           f"{fmt_ratio(rows[-1]['ratio_all'])}")
     data = {"benchmark": "lossless_passes", "quick": args.quick, "rounds": args.rounds,
             "machine": machine_info(args.threads), "models": rows}
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "lossless_passes_quick" if args.quick else "lossless_passes"
+    stem = args.name or ("lossless_passes_quick" if args.quick else "lossless_passes")
     (args.out / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")
     (args.out / f"{stem}.md").write_text(to_markdown(data))
     table = Table(title="nodes after each tool")

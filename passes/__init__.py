@@ -14,13 +14,14 @@ from graphopt.passes.fuse_hard_activations import fuse_hard_activations
 from graphopt.passes.fuse_layer_norm import fuse_layer_norm
 from graphopt.passes.fuse_pad_into_conv import fuse_pad_into_conv
 from graphopt.passes.fuse_transpose import fuse_transpose
+from graphopt.passes.propagate_transposes import propagate_transposes
 from graphopt.passes.prune_channels import prune_channels
 from graphopt.passes.quantize_per_channel import quantize_per_channel
 from graphopt.passes.sparsify_block import sparsify_block
 from graphopt.passes.sparsify_n_m import sparsify_n_m
 
 PASSES = [
-    fold_constants, eliminate_noops, fuse_transpose, fuse_pad_into_conv, fold_batchnorm,
+    fold_constants, eliminate_noops, propagate_transposes, fuse_transpose, fuse_pad_into_conv, fold_batchnorm,
     fuse_layer_norm, fuse_gelu, fuse_hard_activations, fuse_consecutive_elementwise,
     fuse_bias_and_scale, fuse_activation, convert_opset, factorize_lowrank,
     sparsify_n_m, sparsify_block, prune_channels, quantize_per_channel, cleanup,

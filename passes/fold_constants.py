@@ -51,6 +51,23 @@ def _explicit_shape_slices(graph: gs.Graph) -> None:
                 ir.const(g, np.array([0], np.int64), "shape_axis")], outputs=[out]))
 
 
+MAX_FOLD_ROUNDS = 4
+
+
+def _fold_once(graph: gs.Graph, ctx: PassContext, fold) -> gs.Graph:
+    if ctx.options["fold_shapes"] and ir.shapes_consistent(graph):
+        # graphsurgeon's shape folding can compute wrong shapes (seen on onnx's expanded
+        # Attention): fold on a copy and keep it only if strict shape inference still holds.
+        trial = graph.copy()
+        _explicit_shape_slices(trial)
+        trial = fold(trial, shapes=True)
+        if ir.shapes_consistent(trial):
+            return trial
+        ctx.note("shape folding skipped: it gave inconsistent shapes on this model; "
+                 "constants were folded without it")
+    return fold(graph, shapes=False)
+
+
 @graph_pass(
     "fold_constants",
     lossless=True,
@@ -90,19 +107,15 @@ def fold_constants(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         )
         return ir.cleanup(g)
 
-    folded = None
-    if ctx.options["fold_shapes"] and ir.shapes_consistent(graph):
-        # graphsurgeon's shape folding can compute wrong shapes (seen on onnx's expanded
-        # Attention): fold on a copy and keep it only if strict shape inference still holds.
-        trial = graph.copy()
-        _explicit_shape_slices(trial)
-        trial = fold(trial, shapes=True)
-        if ir.shapes_consistent(trial):
-            folded = trial
-        else:
-            ctx.note("shape folding skipped: it gave inconsistent shapes on this model; "
-                     "constants were folded without it")
-    graph = folded if folded is not None else fold(graph, shapes=False)
+    # A fold can make shapes static that were not (a Pad whose amounts were computed from
+    # constants: the shapes after it are known only once the amounts are), and then shape
+    # arithmetic on them folds too: infer again and fold again while that removes nodes.
+    for _ in range(MAX_FOLD_ROUNDS):
+        count = sum(len(g.nodes) for g in ir.walk_graphs(graph))
+        graph = _fold_once(graph, ctx, fold)
+        if sum(len(g.nodes) for g in ir.walk_graphs(graph)) == count:
+            break
+        ir.infer_shapes(graph)
     folded = before - sum(len(g.nodes) for g in ir.walk_graphs(graph))
     if folded > 0:
         ctx.count("nodes folded", folded)

@@ -5,10 +5,14 @@
                                               ==>  AveragePool(x, pads, count_include_pad=1)
     Pad(x >= 0, zeros) -> MaxPool                        ==>  MaxPool(x, pads)
     Pad(x, -inf) -> MaxPool                              ==>  MaxPool(x, pads)
+    Pad(x, mode=edge) -> MaxPool (dilations 1, ceil_mode 0)  ==>  MaxPool(x, pads)
 
 Exact because the Conv's own padding is zeros too; an average that counts the padding is the
 same average; a max over windows that keep at least one real element (pad < kernel) ignores
-padding that can never win. `x >= 0`: x comes from Relu, or Clip with min >= 0.
+padding that can never win. `x >= 0`: x comes from Relu, or Clip with min >= 0. An edge pad
+repeats the real element next to it, and every window holding a copy holds the original too
+(windows are contiguous and reach a real element): TF's "same" max pooling, as converters
+write it.
 """
 
 from __future__ import annotations
@@ -36,10 +40,14 @@ def spatial_pads(pads: np.ndarray, axes: np.ndarray | None, rank: int) -> list[i
     return begin[2:] + end[2:]
 
 
-def _pad_info(m: Match, ctx: PassContext) -> tuple[list[int], float] | None:
+def _pad_info(m: Match, ctx: PassContext, modes: tuple[str, ...] = ("constant",)
+              ) -> tuple[list[int], float | str] | None:
+    """The spatial pads and the pad value ("edge" for an edge pad)."""
     pad = m.node("pad")
-    if pad.attrs.get("mode", "constant") != "constant":
-        ctx.skip(pad, "not a constant pad")
+    mode = pad.attrs.get("mode", "constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode not in modes:
+        ctx.skip(pad, f"a {mode} pad")
         return None
     if "pads" in pad.attrs:  # opset < 11
         pads, value, axes = np.array(pad.attrs["pads"]), float(pad.attrs.get("value", 0.0)), None
@@ -61,7 +69,7 @@ def _pad_info(m: Match, ctx: PassContext) -> tuple[list[int], float] | None:
     if spatial is None:
         ctx.skip(pad, "pads batch/channel axes or is negative")
         return None
-    return spatial, value
+    return spatial, "edge" if mode == "edge" else value
 
 
 def _own_pads(node: gs.Node, n: int) -> list[int] | None:
@@ -105,7 +113,7 @@ def _non_negative(x: gs.Tensor) -> bool:
 
 
 def _into_pool(m: Match, ctx: PassContext) -> list[gs.Tensor] | None:
-    info = _pad_info(m, ctx)
+    info = _pad_info(m, ctx, ("constant", "edge") if m.root.op == "MaxPool" else ("constant",))
     if info is None:
         return None
     spatial, value = info
@@ -127,7 +135,12 @@ def _into_pool(m: Match, ctx: PassContext) -> list[gs.Tensor] | None:
         return _replace(m, spatial, own, {"count_include_pad": 1})
     if len(pool.outputs) > 1 and pool.outputs[1].outputs:
         return None  # MaxPool indices would change
-    if not (value == -np.inf or (value == 0.0 and _non_negative(m["x"]))):
+    if value == "edge":
+        if any(int(d) != 1 for d in pool.attrs.get("dilations", [])) or int(
+                pool.attrs.get("ceil_mode", 0)):
+            ctx.skip(pool, "an edge pad into a dilated or ceil_mode pool")
+            return None
+    elif not (value == -np.inf or (value == 0.0 and _non_negative(m["x"]))):
         ctx.skip(pool, "pad value could win the max")
         return None
     return _replace(m, spatial, own, {})

@@ -8,6 +8,7 @@
 LOSSLESS = (
     "fold_constants",
     "eliminate_noops",
+    "propagate_transposes",
     "fuse_transpose",
     "fuse_pad_into_conv",
     "fold_batchnorm",
