@@ -36,6 +36,9 @@ LOSSLESS_MAX_REL = 1e-5
 # arithmetic lands within about 1x of it (fold_batchnorm on PP-OCRv4: 0.5x); a real bug, such
 # as one weight scaled by 1 + 1e-3, lands far above (tests/graphopt/test_pipeline.py).
 NOISE_MULTIPLE = 4
+# Noise this large (relative to the outputs' range) means the verification inputs say little:
+# outputs near zero or saturated (a detector's map on random inputs). The compile warns.
+UNINFORMATIVE_NOISE = 0.01
 # For outputs in a coarser float type (float16, bfloat16) "lossless" means within a few units
 # of that type's rounding: constant folding computes in the same type, but operation order
 # may differ by an ulp, which 1e-5 cannot tell from a bug.
@@ -420,6 +423,11 @@ def _measure_noise(graph: gs.Graph, verification: Verification, outputs: list) -
     verification.noise = verify.noise_floor(graph, verification.feeds[:n], outputs[:n])
     verification.lossless_max_rel = max(verification.lossless_max_rel,
                                         NOISE_MULTIPLE * verification.noise.max_rel)
+    if verification.noise.max_rel >= UNINFORMATIVE_NOISE:
+        verification.warnings.append(
+            f"on these inputs the model's own rounding noise is {verification.noise.max_rel:.2g}"
+            " of its outputs' range (outputs near zero or saturated?), so verification can "
+            "tell little: give --calibration with real inputs")
 
 
 def _needs_noise(graph: gs.Graph, verification: Verification, error: verify.ErrorStats,

@@ -3,7 +3,8 @@
 Metrics between a reference output `a` and a new output `b` (float64, NaNs at the same places
 ignored):
     max_abs = max |a - b|
-    max_rel = max |a - b| / max |a|      (relative to the output's range: stable near zeros)
+    max_rel = max |a - b| / max |a|      (relative to the output's range: stable near zeros;
+                                          an all-zero `a` is measured by max |b|: 1, not inf)
     cosine  = <a, b> / (|a| |b|)         (1.0 when both are all zeros)
 Integer and boolean outputs must match exactly; any difference counts as max_rel = inf.
 
@@ -479,6 +480,10 @@ def compare(reference, actual) -> ErrorStats:
         max_abs = float(diff.max())
         finite = np.isfinite(a)
         scale = float(np.abs(a[finite]).max()) if finite.any() else 0.0
+        if scale == 0 and np.isfinite(b).any():
+            # a reference of exact zeros (a saturated sigmoid) against 6e-8: an error of one
+            # range of the outputs, which rounding noise can match, not an infinite one
+            scale = float(np.abs(b[np.isfinite(b)]).max())
         max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
         na, nb = np.linalg.norm(a[finite]), np.linalg.norm(b[finite])
         if na == 0 and nb == 0:

@@ -215,3 +215,12 @@ def test_load_calibration_from_lists(tmp_path: Path) -> None:
     (tmp_path / "empty.txt").write_text("# nothing\n")
     with pytest.raises(UserError, match="names no data files"):
         verify.load_calibration(tmp_path / "empty.txt", graph)
+
+
+def test_an_all_zero_reference_gives_a_relative_error_of_one_range_not_infinity() -> None:
+    """A saturated output (a detector's probability map on random inputs) is exact zeros; a
+    rewrite that leaves 6e-8 there differs by one range of the outputs, which the model's own
+    rounding noise can match (the tolerance then says so), not by infinity."""
+    tiny = verify.compare(np.zeros(4, np.float32), np.array([0, 6e-8, 0, 0], np.float32))
+    assert tiny.max_rel == 1.0 and tiny.max_abs == pytest.approx(6e-8)
+    assert verify.compare(np.zeros(3), np.ones(3)).max_rel == 1.0  # far above any floor
