@@ -82,7 +82,8 @@ def bench_model(name: str, configs: list[tuple[str, int]], rounds: int, tmp: Pat
                 input_shapes: list[str] | None = None) -> dict:
     import tvm
 
-    from graphopt import codegen, ir, verify
+    from graphopt import ir, verify
+    from graphopt.kernels.tvm import codegen
     from graphopt.compiler import CompileOptions, compile_model
     model, shapes = build(name, input_shapes)
     name = Path(name).stem if Path(name).is_file() else name.replace(":", "_")

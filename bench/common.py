@@ -118,7 +118,7 @@ def tvm_runner(artifact: Path, input_names: list[str]):
     once per distinct feeds object, like onnxruntime's own input binding)."""
     import tvm
 
-    from graphopt import codegen
+    from graphopt.kernels.tvm import codegen
     vm = codegen.load(artifact)
     cache: dict[int, list] = {}
 

@@ -84,7 +84,7 @@ class TvmKernels:
         """(implementation -> call, what building them cost)."""
         import tvm
 
-        from graphopt import codegen
+        from graphopt.kernels.tvm import codegen
         from graphopt.registry import load_registry
         target = load_registry().get_target("x86")
         start = time.perf_counter()
@@ -95,8 +95,8 @@ class TvmKernels:
         out = {"tvm default": self._runner(codegen.build(mod, target), args)}
         meta = {"tvm_build_s": round(time.perf_counter() - start, 2)}
         if self.trials > 0:
-            from graphopt import tuning
-            from graphopt.codegen import CodegenOptions
+            from graphopt.kernels.tvm import tuning
+            from graphopt.kernels.tvm.codegen import CodegenOptions
             start = time.perf_counter()
             database, _ = tuning.tune(mod, target, CodegenOptions(
                 tune=self.trials, cache_dir=self.cache))
@@ -118,7 +118,7 @@ NO_TVM = TvmKernels(0, None)
 
 def dense_problems(shapes, rng, tvm_kernels: TvmKernels = NO_TVM) -> list[Problem]:
     from graphopt.kernels import numba_kernels, ref
-    from graphopt.kernels import tvm_kernels as tvm_kernels_tir
+    from graphopt.kernels.tvm import kernels as tvm_kernels_tir
     out = []
     tile = tvm_kernels_tir.MicroKernel.for_cpu(*tvm_kernels_tir.host_cpu())
     for m, k, n in shapes:
@@ -147,7 +147,8 @@ def _bsr_weights(bsr) -> list[np.ndarray]:
 
 def bsr_problems(shapes, levels, block, rng) -> list[Problem]:
     from graphopt import sparsity
-    from graphopt.kernels import formats, numba_kernels, ref, tvm_kernels
+    from graphopt.kernels import formats, numba_kernels, ref
+    from graphopt.kernels.tvm import kernels as tvm_kernels
     out = []
     cols = tvm_kernels.bsr_tile_columns(block[0], *tvm_kernels.host_cpu())
     lanes = tvm_kernels.host_cpu()[0] // 32
@@ -199,7 +200,8 @@ def _on_tensors(fn, arrays, out_shape, transposed: bool = False) -> Callable[[],
 
 def nm_problems(shapes, rng) -> list[Problem]:
     from graphopt import sparsity
-    from graphopt.kernels import formats, numba_kernels, ref, tvm_kernels
+    from graphopt.kernels import formats, numba_kernels, ref
+    from graphopt.kernels.tvm import kernels as tvm_kernels
     out = []
     for m, k, n in shapes:
         x = rng.standard_normal((m, k), dtype=np.float32)
@@ -449,7 +451,7 @@ def to_markdown(data: dict) -> str:
              "both in this run. TVM rows: the op as a one-node ONNX model built by graphopt's "
              "codegen with TVM's own lowering, untuned ('tvm default', TVM's default CPU "
              "pipeline: no schedules) and tuned by MetaSchedule from an empty database (trials "
-             "per problem as named). graphopt's own TIR kernels (graphopt.kernels.tvm_kernels, "
+             "per problem as named). graphopt's own TIR kernels (graphopt.kernels.tvm.kernels, "
              "built for this CPU, called on TVM tensors made once, as an artifact calls them): "
              "dense 'tvm (TIR packed)', the packed register-tiled kernel "
              "graphopt's lowering puts in CPU artifacts; BSR 'tvm (TIR)', the register-tiled "

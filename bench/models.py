@@ -154,7 +154,8 @@ def _task(case: Case, outputs: list[dict[str, np.ndarray]], order: list[str]) ->
 def bench_model(case: Case, add: list[str], budgets: list[float], rounds: int, threads: int,
                 tmp: Path, artifact: bool = True, quantize: Sequence[str] = (),
                 quantize_budget: float = 0.99, peer_quantizer: bool = False) -> dict:
-    from graphopt import codegen, ir, verify
+    from graphopt import ir, verify
+    from graphopt.kernels.tvm import codegen
     from graphopt.compiler import CompileOptions, compile_model
     from graphopt.report import model_files_bytes
     name, src = case.name, case.path

@@ -66,7 +66,8 @@ def profile(model, shapes: list[str], runs: int, cache_dir: Path | None,
     import tvm
     from tvm import relax
 
-    from graphopt import codegen, verify
+    from graphopt import verify
+    from graphopt.kernels.tvm import codegen
     from graphopt.registry import load_registry
     target = load_registry().get_target(target_name)
     parsed = {k: list(v) for k, v in verify.parse_input_shapes(shapes).items()}

@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from graphopt import ir, sparse_run, sparsity, testing, verify
+from graphopt import ir, sparsity, testing, verify
+from graphopt.kernels import sparse_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, however run
 from common import (RESULTS, fmt_ratio, latencies, machine_info,  # noqa: E402
@@ -65,7 +66,7 @@ def _artifact(path: Path, out: Path, feeds: dict[str, np.ndarray], cache: Path,
               target: str) -> dict | None:
     """graphopt compile for an x86 target (default pipeline and lowering) and a runner of
     its artifact, with how many FFN layers went through the BSR kernel."""
-    from graphopt import codegen
+    from graphopt.kernels.tvm import codegen
     from graphopt.compiler import CompileOptions, compile_model
     shape = "x".join(str(d) for d in feeds["x"].shape)
     result = compile_model(path, out, CompileOptions(

@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, Any, Optional
 
 import numpy as np
@@ -360,13 +361,15 @@ def run(
                                 f"{how} (without --no-codegen) first")
         graph = ir.load(path)
         feeds = verify.load_feeds(input, graph)[0]
+        # The artifacts `run` knows are the built-in lowering's (ARTIFACT_ENGINES).
+        lowering = load_registry().lowering("tvm")
         artifact, device = None, "cpu"
         passed_over = []  # auto: say why an artifact is not used rather than fail
         for kind, (name, on, _) in ARTIFACT_ENGINES.items():
             candidate = model / name
             if engine not in ("auto", kind) or not model.is_dir() or not candidate.exists():
                 continue
-            problem = _artifact_problem(model, candidate, feeds, on)
+            problem = _artifact_problem(lowering, model, candidate, feeds, on)
             if problem and engine != "auto":
                 raise UserError(problem)
             if not problem:
@@ -377,10 +380,11 @@ def run(
             runs = artifact.name if artifact else f"{path.name} in onnxruntime"
             console.print(f"[yellow]note:[/] running {runs}: {escape('; '.join(passed_over))}")
         if artifact is not None:
-            outputs = _run_artifact(artifact, graph, feeds, device)
+            outputs = _run_artifact(lowering, artifact, graph, feeds, device)
         else:
             try:
-                outputs = _run_onnxruntime(graph, feeds, sparse_kernels, tuning_cache)
+                outputs = _run_onnxruntime(lowering, graph, feeds, sparse_kernels,
+                                           tuning_cache)
             except verify.Unrunnable as exc:
                 raise UserError(f"onnxruntime cannot run '{path}' on '{input}': {exc}") \
                     from exc
@@ -403,60 +407,42 @@ def run(
         console.print(f"wrote {output}")
 
 
-def _run_onnxruntime(graph: gs.Graph, feeds: dict[str, np.ndarray], sparse_kernels: bool,
-                     cache: Path | None) -> dict[str, np.ndarray]:
+def _run_onnxruntime(lowering: ModuleType, graph: gs.Graph, feeds: dict[str, np.ndarray],
+                     sparse_kernels: bool, cache: Path | None) -> dict[str, np.ndarray]:
     """The model in onnxruntime; block-sparse and N:M-sparse MatMuls through graphopt's
-    kernels where that measured faster for their shape (graphopt.sparse_run)."""
-    from graphopt import sparse_run
-    layers = sparse_run.find_layers(graph, {k: list(v.shape) for k, v in feeds.items()}) \
+    kernels where that measured faster for their shape."""
+    layers = lowering.sparse_layers(graph, {k: list(v.shape) for k, v in feeds.items()}) \
         if sparse_kernels else []
     if not layers:
         return verify.run_graph(graph, [feeds])[0]
     with Progress(transient=True, console=console) as bars:
         task = bars.add_task("timing sparse kernels vs onnxruntime", total=len(layers))
-        decisions = sparse_run.decide(graph, layers, cache,
-                                      lambda n: bars.advance(task, n))
-    runner = sparse_run.SparseRunner(graph, decisions)
+        runner, decisions = lowering.sparse_runner(graph, layers, cache,
+                                                   lambda n: bars.advance(task, n))
     for line in report.sparse_lines({"sparse_run": [d.as_dict() for d in decisions]}):
         console.print(escape(line), highlight=False)
     return runner.run(feeds)
 
 
-def _artifact_problem(out_dir: Path, artifact: Path, feeds: dict[str, np.ndarray],
-                      device: str = "cpu") -> str | None:
+def _artifact_problem(lowering: ModuleType, out_dir: Path, artifact: Path,
+                      feeds: dict[str, np.ndarray], device: str = "cpu") -> str | None:
     """Why the compiled module cannot run these inputs here (its shapes are fixed at compile
     time; an x86 one may use instructions this CPU lacks; a CUDA one needs a GPU and a CUDA
     compiler for TVM to finish it when it loads), or None."""
-    from graphopt import codegen
-    from graphopt.host import host_can_run
-    built = {}
-    try:
-        built = json.loads((out_dir / "report.json").read_text()).get("codegen", {})
-    except (OSError, ValueError):
-        pass
+    built = lowering.read_manifest(artifact)
     want = built.get("input_shapes", {})
     for name, array in feeds.items():
         if name in want and list(array.shape) != want[name]:
             return (f"input '{name}' has shape {list(array.shape)} but {artifact.name} was "
                     f"built for {want[name]}: recompile with --input-shape "
                     f"{name}={'x'.join(map(str, array.shape))}, or use --engine onnxruntime")
-    if device == "cuda":
-        if codegen.gpu_arch() is None:
-            return (f"{artifact.name} needs an NVIDIA GPU and this machine has none (or TVM's "
-                    "CUDA runtime cannot reach its driver): run it on a machine with one, or "
-                    "use --engine onnxruntime")
-        return codegen.cuda_jit_problem()
-    if built.get("tvm_target") and not host_can_run(built["tvm_target"]):
-        return (f"{artifact.name} was built for {built['tvm_target']}, which this CPU cannot "
-                "run: use --engine onnxruntime or recompile for x86")
-    return None
+    return lowering.run_problem(built, artifact, device)
 
 
-def _run_artifact(artifact: Path, graph: Any, feeds: dict[str, np.ndarray],
-                  device: str = "cpu") -> dict[str, np.ndarray]:
-    from graphopt import codegen
-    vm = codegen.load(artifact, device)
-    return codegen.run(vm, feeds, [t.name for t in graph.inputs if not isinstance(t, gs.Constant)],
+def _run_artifact(lowering: ModuleType, artifact: Path, graph: Any,
+                  feeds: dict[str, np.ndarray], device: str = "cpu") -> dict[str, np.ndarray]:
+    vm = lowering.load(artifact, device)
+    return lowering.run(vm, feeds, [t.name for t in graph.inputs if not isinstance(t, gs.Constant)],
                        [t.name for t in graph.outputs], device)
 
 
@@ -470,12 +456,12 @@ def list_targets(
     with _errors():
         registry = load_registry(plugin or [])
         table = report.terminal_table(console, (
-            "target", "TVM target", "vector bits", "sparsity", "int8 activations", "kernels",
+            "target", "TVM target", "vector bits", "sparsity", "int8 activations", "lowering",
             "runs here"), "targets")
         for t in registry.targets.values():
             table.add_row(t.name, _tvm_text(t.tvm), str(t.vector_bits),
-                          ", ".join(t.sparsity) or "-", t.activation_dtype,
-                          " > ".join(t.kernel_search), "yes" if t.runs_on_host else "no")
+                          ", ".join(t.sparsity) or "-", t.activation_dtype, t.lowering,
+                          "yes" if t.runs_on_host else "no")
         console.print(table)
         for t in registry.targets.values():
             for name in t.variants:

@@ -15,6 +15,7 @@ import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from graphopt import ir, report, testing, verify
@@ -194,7 +195,8 @@ def compile_model(
         raise UserError("give either a MODEL path or --example (not both, not neither)")
     registry = load_registry(o.plugins)
     target = registry.get_target(o.target)
-    _check_codegen_options(o, target)
+    lowering = registry.lowering(target.lowering)
+    _check_codegen_options(o, target, lowering)
     config, add = _with_quantize(read_config(o.config), o.add, o.quantize)
     names, pass_options, warnings = plan_pipeline(registry, target.pipeline, list(o.passes),
                                                   list(o.skip), config, o.config, add)
@@ -291,10 +293,11 @@ def compile_model(
         staging = Path(tmp)
         staged_model = ir.save(result.graph, staging / OUTPUT_MODEL, like=proto,
                                external_data=external)
-        artifact = _codegen(staged_model, target, result, verification, o, task_progress,
-                            warnings) if o.codegen else {"status": "off (--no-codegen)"}
-        sparse = _sparse_runner(result.graph, feeds[0], o) if o.measure else None
-        latency = report.measure_latency(
+        artifact = _codegen(lowering, staged_model, target, result, verification, o,
+                            task_progress, warnings) if o.codegen else \
+            {"status": "off (--no-codegen)"}
+        sparse = _sparse_runner(lowering, result.graph, feeds[0], o) if o.measure else None
+        latency = verify.measure_latency(
             str(model_path), str(staged_model), feeds[0], runs=o.runs, step=measure_step,
             sparse=sparse[0].run if sparse and sparse[0].kernel_layers else None) \
             if o.measure else None
@@ -312,41 +315,33 @@ def compile_model(
             data["sparse_run"] = [d.as_dict() for d in sparse[1]]
         data["output"]["path"] = str(out_dir / OUTPUT_MODEL)
         report.write_reports(staging, data)
-        _publish(staging, out_dir)
+        _publish(staging, out_dir, lowering.ARTIFACT_FILES)
     return CompileResult(data, out_dir / OUTPUT_MODEL, out_dir / "report.json",
                          out_dir / "report.md")
 
 
-def _sparse_runner(graph, feeds: verify.Feeds, o: CompileOptions):
+def _sparse_runner(lowering: ModuleType, graph, feeds: verify.Feeds, o: CompileOptions):
     """(runner, decisions) for --measure when the output has block- or N:M-sparse MatMuls:
-    each run through graphopt's kernel where it measured faster (graphopt.sparse_run); or
-    None."""
-    from graphopt import sparse_run
-    layers = sparse_run.find_layers(graph, {k: list(v.shape) for k, v in feeds.items()})
-    if not layers:
-        return None
-    decisions = sparse_run.decide(graph, layers, o.tuning_cache)
-    return sparse_run.SparseRunner(graph, decisions), decisions
+    each run through graphopt's kernel where it measured faster; or None."""
+    layers = lowering.sparse_layers(graph, {k: list(v.shape) for k, v in feeds.items()})
+    return lowering.sparse_runner(graph, layers, o.tuning_cache) if layers else None
 
 
-ARTIFACT_FILES = ("model.x86.so", "model.arm.so", "model.arm.tar", "model.cuda.so",
-                  "model.cuda.cu", "model.cuda.ptx", "model.cuda.fatbin")
-OUTPUT_FILES = ARTIFACT_FILES + (OUTPUT_MODEL + ".data", OUTPUT_MODEL, "report.json",
-                                 "report.md")
+MODEL_FILES = (OUTPUT_MODEL + ".data", OUTPUT_MODEL, "report.json", "report.md")
 
 
-def _publish(staging: Path, out_dir: Path) -> None:
+def _publish(staging: Path, out_dir: Path, artifact_files: Sequence[str]) -> None:
     """Move staged outputs into place (artifacts and data before the model and report that
     point at them); stale files of an earlier compile go, so nothing of an older result
     remains."""
-    for name in OUTPUT_FILES:
+    for name in (*artifact_files, *MODEL_FILES):
         if (staging / name).exists():
             os.replace(staging / name, out_dir / name)
         elif name != OUTPUT_MODEL:
             (out_dir / name).unlink(missing_ok=True)
 
 
-def _check_codegen_options(o: CompileOptions, target: Any) -> None:
+def _check_codegen_options(o: CompileOptions, target: Any, lowering: ModuleType) -> None:
     """Bad tuning options fail before any work is done."""
     if o.tune < 0:
         raise UserError(f"--tune {o.tune}: give a number of trials >= 0")
@@ -362,26 +357,21 @@ def _check_codegen_options(o: CompileOptions, target: Any) -> None:
     if (o.rpc or o.device_key) and not o.tune:
         raise UserError("--rpc/--device-key tune on remote devices: add --tune N")
     if o.rpc:
-        from graphopt.tuning import parse_rpc
-        parse_rpc(o.rpc)
+        lowering.parse_rpc(o.rpc)
         if not o.device_key:
             raise UserError("--rpc needs --device-key KEY: the key your devices' RPC servers "
                             "registered with the tracker")
     if o.tune and not o.rpc:
-        from graphopt.host import host_can_run
-        if not (target.runs_on_host and host_can_run(dict(target.tvm))):
-            raise UserError(f"--tune for {target.full_name}: its code cannot run on this "
-                            "machine, so candidates must be measured on the device: add "
-                            "--rpc HOST:PORT --device-key KEY")
+        problem = lowering.tune_problem(target)
+        if problem:
+            raise UserError(problem)
 
 
-def _codegen(staged_model: Path, target: Any, result: Any, verification: Verification,
-             o: CompileOptions, task_progress: TaskProgress | None,
-             warnings: list[str]) -> dict[str, Any]:
-    """The target's TVM artifact next to the staged model; failures are reported, never
-    fatal: the ONNX output stands on its own."""
-    from graphopt import codegen
-    from graphopt.host import host_can_run
+def _codegen(lowering: ModuleType, staged_model: Path, target: Any, result: Any,
+             verification: Verification, o: CompileOptions,
+             task_progress: TaskProgress | None, warnings: list[str]) -> dict[str, Any]:
+    """The target's artifact next to the staged model; failures are reported, never fatal:
+    the ONNX output stands on its own."""
     if ir.is_large(result.graph):
         reason = ("the model has over 1.8 GB of weights and TVM's importer would hold another "
                   "copy of them: deploy model.opt.onnx with onnxruntime")
@@ -390,28 +380,25 @@ def _codegen(staged_model: Path, target: Any, result: Any, verification: Verific
     feeds = verification.feeds[:2]
     shapes = {k: list(v.shape) for k, v in feeds[0].items()} if feeds else \
         verify.concrete_shapes(result.graph, {})
-    arch = codegen.architecture(target)
-    checkable = bool(feeds) and (
-        (target.runs_on_host and arch == "x86_64" and host_can_run(dict(target.tvm)))
-        or (arch == "cuda" and codegen.gpu_arch() is not None  # a GPU machine: run it there
-            and codegen.cuda_jit_problem() is None))
+    device = lowering.check_device(target)  # where this machine can run it, if anywhere
+    checkable = bool(feeds) and device is not None
     reference = None
     if checkable:
         try:
             reference = verify.run_graph(result.graph, feeds)
         except verify.Unrunnable:
             checkable = False
-    options = codegen.CodegenOptions(tune=o.tune, rpc=o.rpc, device_key=o.device_key,
-                                     cache_dir=o.tuning_cache, lowering=o.lowering)
+    options = {"tune": o.tune, "rpc": o.rpc, "device_key": o.device_key,
+               "cache_dir": o.tuning_cache, "lowering": o.lowering}
     try:
-        artifact = codegen.generate(staged_model, target, shapes, staged_model.parent,
+        artifact = lowering.generate(staged_model, target, shapes, staged_model.parent,
                                     options, feeds if checkable else (), reference,
                                     task=task_progress)
     except Exception as exc:  # TVM raises many types: the ONNX output stands without it
-        codegen.reraise_interrupt(exc)
+        lowering.reraise_interrupt(exc)
         if isinstance(exc, UserError):
             raise
-        reason = str(exc) if isinstance(exc, codegen.CodegenError) else \
+        reason = str(exc) if isinstance(exc, lowering.CodegenError) else \
             f"TVM failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         if o.require_artifact:
             raise ArtifactError(f"no TVM artifact for {target.full_name} (--require-artifact): "
@@ -419,9 +406,6 @@ def _codegen(staged_model: Path, target: Any, result: Any, verification: Verific
         warnings.append(f"no TVM artifact: {reason}; the ONNX output is complete (run it "
                         "with onnxruntime)")
         return {"status": "failed", "reason": reason, "target": target.full_name}
-    if arch == "x86_64" and not checkable:
-        artifact.notes.append("not run here (this CPU lacks the target's instructions, or no "
-                              "inputs): the numerics check was skipped")
     if o.require_artifact and artifact.check and not artifact.check["passed"]:
         raise ArtifactError(f"the {target.full_name} artifact differs from onnxruntime "
                             f"(max rel {artifact.check['max_rel']:.3g} > "

@@ -7,6 +7,9 @@ A plugin is a module (or an entry point in the `graphopt.passes` group) that exp
 objects: an entry point may name a Pass, a list of Passes, or a module; a module contributes
 its `PASSES` list if it has one, else every module-level Pass. Targets come the same way
 through the `graphopt.targets` group (a Target, or a module with a `TARGETS` dict).
+Lowerings (what builds a target's artifact, named by `Target.lowering`) are modules found by
+name: the built-in "tvm" (graphopt.kernels.tvm.lowering), or an entry point in the
+`graphopt.lowerings` group; they are imported only when a compile or a run needs them.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ PASS_GROUP = "graphopt.passes"
 TARGET_GROUP = "graphopt.targets"
 BUILTIN_PASSES = "graphopt.passes"
 BUILTIN_TARGETS = "graphopt.targets"
+LOWERING_GROUP = "graphopt.lowerings"
+BUILTIN_LOWERINGS = {"tvm": "graphopt.kernels.tvm.lowering"}
 
 
 @dataclass
@@ -64,6 +69,15 @@ class Registry:
 
     def resolve(self, names: Iterable[str]) -> list[Pass]:
         return [self.get_pass(n) for n in names]
+
+    def lowering(self, name: str) -> ModuleType:
+        """The lowering module called `name` (imported now: it may load a compiler stack)."""
+        modules = dict(BUILTIN_LOWERINGS)
+        modules.update({ep.name: ep.value for ep in entry_points(group=LOWERING_GROUP)})
+        if name not in modules:
+            raise UserError(f"unknown lowering '{name}'{_did_you_mean(name, modules)} "
+                            f"(known: {', '.join(sorted(modules))})")
+        return importlib.import_module(modules[name])
 
 
 def _did_you_mean(name: str, known: Iterable[str]) -> str:

@@ -15,10 +15,8 @@ import datetime as dt
 import hashlib
 import json
 import os
-import statistics
 import tempfile
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from graphopt import __version__, verify
+from graphopt import __version__
 from graphopt.analysis import GraphStats
 from graphopt.pipeline import PipelineResult
 
@@ -434,48 +432,6 @@ def print_report(report: Mapping[str, Any], console: Console) -> None:
         console.print(escape(line), highlight=False)
     for w in report["warnings"]:
         console.print(f"[yellow]warning:[/] {escape(w)}")
-
-
-# ----------------------------------------------------------------------------------- latency
-def measure_latency(
-    src_in: str | bytes, src_out: str | bytes, feeds: verify.Feeds, runs: int = 50,
-    warmup: int = 5, threads: int = 0, step: Callable[[], None] | None = None,
-    sparse: Callable[[verify.Feeds], Any] | None = None,
-) -> dict[str, Any]:
-    """Median onnxruntime latency of both models (and with `sparse`, the output run with its
-    sparse layers through graphopt's kernels): short blocks of runs of each in turn, so drift
-    hits all alike; the first run of a block is not counted. Idle onnxruntime threads do not
-    spin here: a session's spinning threads take the cores from whatever runs next in the
-    process (measured: a 6 ms model ran in 11-14 ms alternating with another session that
-    spins, 6 ms alone either way)."""
-    sessions = [verify.session(src_in, optimize=True, threads=threads, spin=False),
-                verify.session(src_out, optimize=True, threads=threads, spin=False)]
-    calls = [lambda s=s: s.run(None, feeds) for s in sessions]
-    if sparse is not None:
-        calls.append(lambda: sparse(feeds))
-    for call in calls:
-        for _ in range(warmup):
-            call()
-    times: list[list[float]] = [[] for _ in calls]
-    per_block = 5
-    for _ in range(-(-runs // per_block)):
-        for k, call in enumerate(calls):
-            call()  # after another model's run: not counted
-            for _ in range(per_block):
-                start = time.perf_counter()
-                call()
-                times[k].append(time.perf_counter() - start)
-        if step is not None:
-            step()
-    med_in, med_out = (statistics.median(t) * 1e3 for t in times[:2])
-    result = {"runs": runs, "warmup": warmup, "threads": threads, "input_ms": med_in,
-              "output_ms": med_out, "speedup": med_in / med_out if med_out else None,
-              "input_p90_ms": float(np.percentile(times[0], 90) * 1e3),
-              "output_p90_ms": float(np.percentile(times[1], 90) * 1e3)}
-    if sparse is not None:
-        med = statistics.median(times[2]) * 1e3
-        result.update(output_sparse_ms=med, speedup_sparse=med_in / med if med else None)
-    return result
 
 
 def stats_table(stats: GraphStats) -> list[tuple[str, str]]:

@@ -36,8 +36,8 @@ class Target:
     # onnxruntime fused activations for this target's runtime (com.microsoft FusedConv/
     # FusedGemm); empty means portable standard ops only.
     fused_activations: tuple[str, ...] = ()
-    kernel_search: tuple[str, ...] = ("ref",)  # kernel backends, in lookup order
     runs_on_host: bool = False  # can code for it run on the machine that builds it?
+    lowering: str = "tvm"  # what builds its artifact: a name the registry resolves
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     variant: str | None = None
 

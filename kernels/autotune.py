@@ -13,19 +13,18 @@ or written only costs the timing again.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import platform
-import tempfile
 import time
 import timeit
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from graphopt.kernels import numba_kernels
+from graphopt.kernels.cache import cache_root, read_cache, write_cache
 from graphopt.kernels.formats import BSR, NMCompressed
 
 CACHE_NAME = "kernel_tuning.json"
@@ -111,26 +110,4 @@ def time_ms(call: Callable[[], Any]) -> float:
 
 
 def _cache_path(cache_dir: Path | None) -> Path:
-    root = cache_dir or Path(os.environ.get("GRAPHOPT_CACHE") or
-                             Path.home() / ".cache" / "graphopt")
-    return Path(root) / CACHE_NAME
-
-
-def read_cache(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def write_cache(path: Path, cache: Mapping[str, Any]) -> None:
-    """Atomically: a reader never sees half a file; a failure only costs the timing again."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(dict(cache), f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    return cache_root(cache_dir) / CACHE_NAME

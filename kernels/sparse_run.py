@@ -30,11 +30,10 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt import ir, sparsity, tuning, verify
+from graphopt import ir, sparsity, verify
+from graphopt.kernels import choice
 
 MIN_ZEROS = 0.5  # below this many zeros a sparse kernel cannot win: not even timed
-MARGIN = 1.05  # the kernel must be this much faster than the dense MatMul to be used
-CACHE_NAME = "sparse_run.json"
 
 
 @dataclass(frozen=True)
@@ -49,12 +48,12 @@ class SparseLayer:
     nm: tuple[int, int] | None = None  # (N, M): N:M-sparse along k, run by the N:M kernel
 
     @property
-    def key(self) -> str:
-        from graphopt.kernels.autotune import target
+    def shape(self) -> str:
+        """The problem, as the kernel-choice cache keys it (nothing of the weight's values)."""
         if self.nm:
-            return f"nm:{self.k}x{self.n}:{self.nm[0]}:{self.nm[1]}:{self.rows}:{target()}"
-        return (f"bsr2:{self.k}x{self.n}:{self.block[0]}x{self.block[1]}:"
-                f"{round(self.zeros, 2):.2f}:{self.rows}:{target()}")
+            return f"{self.k}x{self.n}:{self.nm[0]}:{self.nm[1]}:{self.rows}"
+        return (f"{self.k}x{self.n}:{self.block[0]}x{self.block[1]}:"
+                f"{round(self.zeros, 2):.2f}:{self.rows}")
 
     @property
     def kernel(self) -> str:
@@ -74,7 +73,7 @@ class Decision:
 
     @property
     def use(self) -> bool:
-        return self.sparse_ms * MARGIN < self.dense_ms
+        return choice.faster(self.sparse_ms, self.dense_ms)
 
     def as_dict(self) -> dict:
         return {"layer": self.layer.node, "weight": f"{self.layer.k}x{self.layer.n}",
@@ -122,23 +121,22 @@ def find_layers(graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]]
 def decide(graph: gs.Graph, layers: Sequence[SparseLayer], cache_dir: Path | None = None,
            advance: Callable[[int], None] | None = None) -> list[Decision]:
     """Tune the kernel for each layer (kernels.autotune) and time it against onnxruntime's
-    dense MatMul; both cached."""
-    from graphopt.kernels import autotune
-    root = tuning.cache_root(cache_dir)
-    path = root / CACHE_NAME
-    cache = autotune.read_cache(path)
+    dense MatMul, through the one kernel-choice mechanism (kernels.choice: its margin and
+    its cache)."""
+    from graphopt.kernels.autotune import target
+    root = choice.cache_root(cache_dir)
     weights = {t.name: t for t in graph.tensors().values() if isinstance(t, gs.Constant)}
     decisions = []
     for layer in layers:
-        entry = cache.get(layer.key)
-        if not isinstance(entry, dict):
+        def measure(layer: SparseLayer = layer) -> dict[str, Any]:
             w = np.asarray(weights[layer.weight].values, dtype=np.float32)
-            entry = cache[layer.key] = _time(layer, w, root)
-        decisions.append(Decision(layer, entry["sparse_ms"], entry["dense_ms"],
-                                  entry["config"]))
+            return _time(layer, w, root)
+        c = choice.measured("run_nm" if layer.nm else "run_bsr", "onnxruntime dense",
+                            target(), layer.shape, measure, root)
+        decisions.append(Decision(layer, c.kernel_ms, c.alternative_ms,
+                                  c.details.get("config", {})))
         if advance is not None:
             advance(1)
-    autotune.write_cache(path, cache)
     return decisions
 
 
@@ -166,7 +164,7 @@ class SparseRunner:
             w = np.asarray(node.inputs[1].values, np.float32)
             decision = chosen[node.name]
             if decision.layer.nm:
-                from graphopt.kernels import tvm_kernels
+                from graphopt.kernels.tvm import kernels as tvm_kernels
                 matmul = tvm_kernels.host_nm_select(formats.to_nm(w, *decision.layer.nm),
                                                     decision.config.get("cols"))
                 self.steps.append(("nm", (node.inputs[0].name, node.outputs[0].name, matmul)))
@@ -240,14 +238,15 @@ def _time(layer: SparseLayer, w: np.ndarray, cache_dir: Path) -> dict[str, Any]:
         timer = timeit.Timer(call)
         number, _ = timer.autorange()
         times.append(min(timer.repeat(3, number)) / number * 1e3)
-    return {"sparse_ms": times[0], "dense_ms": times[1], "config": config}
+    return {"kernel_ms": times[0], "alternative_ms": times[1], "config": config}
 
 
 def _bsr_kernel(bsr: Any, config: Mapping[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
     """x (rows, k) -> x @ W for a BSR weight: the TIR kernel built for this CPU where the
     decision's config says engine "tvm" (with its tile width), else the Numba kernel with
     the config's tuned settings."""
-    from graphopt.kernels import numba_kernels, tvm_kernels
+    from graphopt.kernels import numba_kernels
+    from graphopt.kernels.tvm import kernels as tvm_kernels
     if config.get("engine") == "tvm":
         return tvm_kernels.host_bsr_tiled(bsr, int(config["cols"]))
     settings = {k: v for k, v in config.items() if k != "engine"}
@@ -260,7 +259,8 @@ def _fastest_bsr(bsr: Any, x: np.ndarray, cache_dir: Path
     and the tiled TIR kernel built for this CPU at each of its tile widths (what a compiled
     artifact runs; its x and y transposes counted). The TIR kernel needs whole blocks
     (n % bh == k % bw == 0); on the Xeon it is x2-4 faster than the Numba one at 128 rows."""
-    from graphopt.kernels import autotune, tvm_kernels
+    from graphopt.kernels import autotune
+    from graphopt.kernels.tvm import kernels as tvm_kernels
     config = {"engine": "numba", **autotune.best("bsr", x.shape[0], bsr, cache_dir)}
     runs = {"numba": (_bsr_kernel(bsr, config), config)}
     (n, k), (bh, bw) = bsr.shape, bsr.block
@@ -276,7 +276,8 @@ def _tuned_nm(nm: Any, x: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray
                                                dict[str, Any]]:
     """The select N:M kernel for this CPU at its faster tile width (two or four vectors of
     output columns, as compiled artifacts tune it) for these activations."""
-    from graphopt.kernels import autotune, tvm_kernels
+    from graphopt.kernels import autotune
+    from graphopt.kernels.tvm import kernels as tvm_kernels
     lanes = max(1, tvm_kernels.host_cpu()[0] // 32)
     runs = {cols: tvm_kernels.host_nm_select(nm, cols) for cols in (2 * lanes, 4 * lanes)}
     times = {cols: autotune.time_ms(lambda f=f: f(x)) for cols, f in runs.items()}

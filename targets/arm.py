@@ -14,7 +14,6 @@ ARM = Target(
     quant=("int8",),
     activation_dtype="int8",  # sdot/smmla take signed int8
     fused_activations=("Relu", "Clip", "Sigmoid", "LeakyRelu", "HardSigmoid"),
-    kernel_search=("tvm", "ref"),
     runs_on_host=False,
     variants={
         "ort": {"pipeline": ONNXRUNTIME},  # onnxruntime deployments: fused kernels

@@ -13,7 +13,6 @@ CUDA = Target(
     quant=("int8",),
     activation_dtype="int8",
     fused_activations=("Relu",),  # onnxruntime CUDA's FusedConv supports Relu
-    kernel_search=("tvm", "ref"),
     runs_on_host=False,
     variants={
         "ort": {"pipeline": ONNXRUNTIME},  # onnxruntime deployments: fused kernels

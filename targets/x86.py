@@ -1,7 +1,7 @@
 """x86-64 CPUs. The default assumes AVX2+FMA (x86-64-v3); variants name a CPU, and `host`
 is this machine's CPU as detected from its feature flags (AVX2, AVX-512, VNNI)."""
 
-from graphopt.host import cpu_flags, host_overrides
+from graphopt.targets.host import cpu_flags, host_overrides
 from graphopt.target import Target
 from graphopt.targets.pipelines import LOSSLESS, ONNXRUNTIME
 
@@ -18,7 +18,6 @@ X86 = Target(
     activation_dtype="uint8",  # u8s8 is the fast path without VNNI
     int8_pair_saturation=True,  # AVX2 vpmaddubsw: 7-bit weights (graphopt.target)
     fused_activations=("Relu", "Clip", "Sigmoid", "LeakyRelu", "HardSigmoid"),
-    kernel_search=("numba", "tvm", "ref"),
     runs_on_host=True,
     variants={
         "ort": {"pipeline": ONNXRUNTIME},  # onnxruntime deployments: fused kernels

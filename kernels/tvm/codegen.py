@@ -21,6 +21,7 @@ TVM is imported lazily: a compile without code generation never loads it.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import subprocess
 import tempfile
@@ -33,11 +34,14 @@ from typing import Any
 import numpy as np
 import onnx
 
-from graphopt import physical_cores, relax_kernels, verify
+from graphopt import verify
 from graphopt.errors import UserError
+from graphopt.kernels.tvm import relax_kernels
+from graphopt.kernels.tvm.arches import ARCHES, ARTIFACT_SCHEMA, architecture
+from graphopt.kernels.tvm.errors import CodegenError, reraise_interrupt
+from graphopt.kernels.tvm.target import tvm_target, tvm_target_dict
 
 CHECK_TOLERANCE = 1e-4  # compiled x86 module vs onnxruntime: max error relative to range
-CROSS_LINKERS = {"aarch64": "aarch64-linux-gnu-gcc"}
 UNTUNED_CPU = ("untuned TVM CPU code (--lowering tvm) is naive loops, typically 10-200x "
                "slower than onnxruntime: use the default lowering, tune with --tune N, or "
                "deploy model.opt.onnx with onnxruntime")
@@ -46,10 +50,6 @@ UNTUNED_GRAPHOPT = ("no tuning: graphopt's packed dense kernel for constant-weig
                     "graphopt's default schedules for the rest (CNNs stay slower than "
                     "onnxruntime: ResNet-18 about 1.5x, MobileNetV2 about 1.8x slower here; "
                     "--tune N tunes what is not a graphopt kernel)")
-
-
-class CodegenError(Exception):
-    """Code generation failed for this model; the ONNX output is still valid."""
 
 
 @dataclass
@@ -69,6 +69,7 @@ class Artifact:
     warnings: list[str] = field(default_factory=list)
     kernels: dict[str, Any] | None = None  # graphopt's kernels in the module (CPU)
     schedules: str | None = None  # where the CPU schedules came from
+    manifest: str | None = None  # model.<arch>.json: what it was built for
 
     def as_dict(self) -> dict[str, Any]:
         return {"status": "built", "target": self.target, "tvm_target": self.tvm_target,
@@ -76,51 +77,25 @@ class Artifact:
                 "input_shapes": self.input_shapes, "seconds": round(self.seconds, 2),
                 "tuning": self.tuning, "check": self.check, "notes": self.notes,
                 "warnings": self.warnings, "kernels": self.kernels,
-                "schedules": self.schedules}
+                "schedules": self.schedules, "manifest": self.manifest}
 
 
 # ------------------------------------------------------------------------------- targets
-def tvm_target_dict(target: Any, tuning: bool = False) -> dict[str, Any]:
-    """The TVM target dict of a graphopt target; CPU targets tuned here get the host's
-    core count (MetaSchedule needs it)."""
-    spec = dict(target.tvm)
-    if spec.get("kind") == "llvm" and tuning and "num-cores" not in spec:
-        spec["num-cores"] = physical_cores()
-    return spec
-
-
-def tvm_target(target: Any, tuning: bool = False):
-    import tvm
-    spec = tvm_target_dict(target, tuning)
-    if spec.get("kind") == "cuda":
-        return tvm.target.Target(spec, host={"kind": "llvm"})
-    return tvm.target.Target(spec)
-
-
 def wider_host_note(target: Any, flags: set[str] | None = None) -> str | None:
     """A note when this machine's x86 CPU has wider vectors than the x86 target builds for
     (the portable `x86` on an AVX-512 CPU): onnxruntime picks this CPU's kernels at run
     time, the artifact cannot, so it runs slower here than a `x86:host` build would."""
-    from graphopt.host import cpu_flags, host_overrides
+    from graphopt.targets.host import cpu_flags, host_overrides
     host = host_overrides(cpu_flags() if flags is None else flags)
     if "host" not in target.variants or host["vector_bits"] <= target.vector_bits:
         return None
     return (f"this CPU has {host['vector_bits']}-bit vectors ({host['tvm']['mcpu']}), the "
             f"{target.full_name} artifact uses {target.vector_bits}-bit ones so it runs on "
             f"any {target.name} CPU: `--target {target.name}:host` builds for this one "
-            "(onnxruntime uses its widest vectors; see README, sparse layers at run time)")
+            "(onnxruntime uses its widest vectors; see kernels/README.md, sparse layers at run "
+            "time)")
 
 
-def architecture(target: Any) -> str:
-    """x86_64, aarch64 or cuda: what the artifact's machine code is for."""
-    spec = target.tvm
-    if spec.get("kind") == "cuda":
-        return "cuda"
-    triple = spec.get("mtriple", "")
-    return triple.split("-")[0] if triple else "x86_64"
-
-
-# ------------------------------------------------------------------------------ frontend
 def unsupported_ops(model: onnx.ModelProto) -> list[str]:
     """Operators of the main graph that TVM's ONNX frontend has no converter for, each with
     the nodes that use it: 'FusedConv (Conv_1, Conv_4)'."""
@@ -152,15 +127,6 @@ def import_model(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]):
     except Exception as exc:  # the frontend raises many types; name the model's problem
         reraise_interrupt(exc)
         raise CodegenError(f"TVM's ONNX frontend failed: {_one_line(exc)}") from exc
-
-
-def reraise_interrupt(exc: BaseException) -> None:
-    """Ctrl-C inside TVM (during a C++ call, or in a Python callback TVM called) can come
-    back as a TVM error carrying the KeyboardInterrupt; catching "any error" must not
-    swallow it."""
-    text = f"{type(exc).__name__} {exc}"
-    if isinstance(exc, KeyboardInterrupt) or "KeyboardInterrupt" in text:
-        raise KeyboardInterrupt from exc
 
 
 def _one_line(exc: BaseException) -> str:
@@ -200,7 +166,7 @@ def build(mod, target: Any, database=None, default_schedules: bool = False):
     tgt = tvm_target(target, tuning=database is not None)
     try:
         if default_schedules:
-            from graphopt import cpu_schedules
+            from graphopt.kernels.tvm import cpu_schedules
             with tvm.transform.PassContext(opt_level=3):
                 return tvm.compile(mod, target=tgt, relax_pipeline=cpu_schedules.pipeline(
                     target, tgt, database))
@@ -262,25 +228,22 @@ def captured_cuda_source() -> Iterator[list[str]]:
 
 def export(executable, target: Any, out_dir: Path, stem: str = "model") -> tuple[str, list[str],
                                                                                   str | None]:
-    """Write the artifact; returns (kind, file names, link command or None)."""
+    """Write a CPU artifact; returns (kind, file names, link command or None)."""
     arch = architecture(target)
-    if arch == "x86_64":
-        name = f"{stem}.x86.so"
+    name = f"{stem}.{arch.label}.so"
+    if arch.cross_linker is None:
         executable.export_library(str(out_dir / name))
         return "shared_library", [name], None
-    if arch == "aarch64":
-        linker = shutil.which(CROSS_LINKERS["aarch64"])
-        if linker is not None:
-            from tvm.support import cc
-            name = f"{stem}.arm.so"
-            executable.export_library(str(out_dir / name), fcompile=cc.cross_compiler(linker))
-            return "shared_library", [name], None
-        name = f"{stem}.arm.tar"
-        executable.export_library(str(out_dir / name))
-        link = (f"mkdir -p objs && tar -xf {name} -C objs && "
-                f"g++ -shared -fPIC -o {stem}.arm.so objs/*.o")
-        return "object_archive", [name], link
-    raise CodegenError(f"no exporter for {arch}")
+    linker = shutil.which(arch.cross_linker)
+    if linker is not None:
+        from tvm.support import cc
+        executable.export_library(str(out_dir / name), fcompile=cc.cross_compiler(linker))
+        return "shared_library", [name], None
+    archive = f"{stem}.{arch.label}.tar"
+    executable.export_library(str(out_dir / archive))
+    link = (f"mkdir -p objs && tar -xf {archive} -C objs && "
+            f"g++ -shared -fPIC -o {name} objs/*.o")
+    return "object_archive", [archive], link
 
 
 def nvcc_compile(source: str, arch: str, out_dir: Path, stem: str, ptx: bool = True
@@ -311,7 +274,7 @@ def nvcc_compile(source: str, arch: str, out_dir: Path, stem: str, ptx: bool = T
 # -------------------------------------------------------------------------------- running
 def gpu_arch() -> str | None:
     """The compute capability of this machine's first NVIDIA GPU as 'sm_XY', or None."""
-    from graphopt.kernels.tvm_kernels import gpu_target
+    from graphopt.kernels.tvm.kernels import gpu_target
     gpu = gpu_target()
     return None if gpu is None else gpu["arch"]
 
@@ -464,12 +427,12 @@ def generate(model_path: Path, target: Any, shapes: Mapping[str, Sequence[int]],
                                      "with TVM's own lowering instead")
     database = None
     if options.tune > 0:
-        from graphopt import tuning
+        from graphopt.kernels.tvm import tuning
         database, artifact.tuning = tuning.tune(mod, target, options, task=task)
     elif options.rpc:
         raise UserError("--rpc needs --tune N (tuning and measurement run on the device)")
     arch = architecture(target)
-    if arch == "cuda":
+    if arch.gpu:
         with captured_cuda_source() as sources:
             executable = build(mod, target, database)
         name = "model.cuda.so"
@@ -492,7 +455,7 @@ def generate(model_path: Path, target: Any, shapes: Mapping[str, Sequence[int]],
     else:
         executable = build(mod, target, database, default_schedules=graphopt_cpu)
         if graphopt_cpu and database is not None and target.runs_on_host and \
-                arch == "x86_64" and feeds and \
+                arch.check_device == "cpu" and feeds and \
                 any(c["kernel"] == "tuning" for c in artifact.kernels.get("convs", [])):
             executable, artifact.kernels = keep_faster_conv_lowering(
                 executable, imported, target, options, database, artifact.kernels,
@@ -501,11 +464,12 @@ def generate(model_path: Path, target: Any, shapes: Mapping[str, Sequence[int]],
                                                                       out_dir)
         if artifact.kind == "object_archive":
             artifact.notes.append(
-                f"no {CROSS_LINKERS['aarch64']} here: {artifact.files[0]} holds AArch64 "
+                f"no {arch.cross_linker} here: {artifact.files[0]} holds {arch.name} "
                 "object files, to link on the device (command above)")
-        if arch == "x86_64" and (note := wider_host_note(target)):
+        note = wider_host_note(target) if arch.check_device == "cpu" else None
+        if note:
             artifact.notes.append(note)
-    if arch != "cuda":
+    if not arch.gpu:
         rest = "graphopt's default schedules (DLight rules + fallback)" if graphopt_cpu \
             else "unscheduled loops"
         artifact.schedules = rest if database is None else \
@@ -514,7 +478,10 @@ def generate(model_path: Path, target: Any, shapes: Mapping[str, Sequence[int]],
             artifact.notes.append(UNTUNED_GRAPHOPT)
         elif database is None:
             artifact.warnings.append(UNTUNED_CPU)
-    device = "cuda" if arch == "cuda" else "cpu" if arch == "x86_64" else None
+    device = arch.check_device
+    if device == "cpu" and not (feeds and reference is not None):
+        artifact.notes.append("not run here (this CPU lacks the target's instructions, or no "
+                              "inputs): the numerics check was skipped")
     if device and feeds and reference is not None:  # given only where this machine runs it
         vm = load(out_dir / artifact.files[0], device)
         artifact.check = check(vm, model, list(feeds), list(reference), device)
@@ -524,4 +491,28 @@ def generate(model_path: Path, target: Any, shapes: Mapping[str, Sequence[int]],
                 f"onnxruntime: max rel error {artifact.check['max_rel']:.3g} > "
                 f"{CHECK_TOLERANCE:g}")
     artifact.seconds = time.perf_counter() - start
+    write_manifest(artifact, arch, out_dir)
     return artifact
+
+
+def write_manifest(artifact: Artifact, arch: Any, out_dir: Path) -> None:
+    """model.<label>.json next to the artifact: what it was built for (arches.ARTIFACT_SCHEMA)."""
+    manifest = {"schema": ARTIFACT_SCHEMA, "target": artifact.target,
+                "tvm_target": artifact.tvm_target, "kind": artifact.kind,
+                "files": artifact.files, "link_command": artifact.link_command,
+                "input_shapes": artifact.input_shapes}
+    (out_dir / arch.manifest).write_text(json.dumps(manifest, indent=2) + "\n")
+    artifact.manifest = arch.manifest
+
+
+def read_manifest(artifact_path: Path) -> dict[str, Any]:
+    """What the artifact at this path was built for ({} where no manifest says)."""
+    label = artifact_path.name.split(".")[1] if artifact_path.name.count(".") >= 2 else ""
+    arch = next((a for a in ARCHES.values() if a.label == label), None)
+    if arch is None:
+        return {}
+    try:
+        data = json.loads((artifact_path.parent / arch.manifest).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) and data.get("schema") == ARTIFACT_SCHEMA else {}

@@ -281,7 +281,7 @@ def guarded(rule):
             try:
                 return rule.apply(func, target, tunable)
             except Exception as exc:  # TVM and DLight raise many types; try the next rule
-                from graphopt.codegen import reraise_interrupt
+                from graphopt.kernels.tvm.errors import reraise_interrupt
                 reraise_interrupt(exc)
                 return None
 
@@ -294,7 +294,7 @@ def default_schedule(target: Any):
     (a function no rule can schedule stays as it is)."""
     from tvm.s_tir import dlight as dl
 
-    from graphopt.kernels.tvm_kernels import MicroKernel
+    from graphopt.kernels.tvm.kernels import MicroKernel
     lanes = max(1, min(MAX_VECTOR_LANES, target.vector_bits // 32))
     tile = MicroKernel.for_cpu(target.vector_bits, target.vector_registers)
     rules = (dl.cpu.GEMV(), fallback_rule(lanes, matmul_only=True, tile=tile),

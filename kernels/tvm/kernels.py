@@ -5,8 +5,9 @@ Each computes what its NumPy reference in ref.py computes, from the same formats
 (formats.BSR, formats.NMCompressed). Shapes are fixed per build (TIR buffers are static);
 `host_*` functions build for this machine once per shape and run. The CPU schedules: threads
 over output rows of blocks (BSR) or activation rows, the innermost loop vectorized along the
-activation rows (BSR, on x^T) or the output columns, LANES at a time. The CUDA ones: a thread block per
-block row (BSR) or activation row, threads along the contiguous axis.
+activation rows (BSR, on x^T) or the output columns, LANES at a time. The CUDA ones: a
+thread block per block row (BSR) or activation row, threads along the contiguous axis.
+Convolutions are in conv.py, register tiles in tiles.py.
 
 They are correct everywhere and compile for every target, but untuned: on this x86 CPU the
 Numba kernels are faster (see bench/results/kernels_sparse.md); tunables are the next step.
@@ -18,18 +19,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from graphopt.kernels.formats import BSR, NMCompressed
+from graphopt.kernels.tvm.conv import ConvGeometry, conv_gemm_func, im2col_func, pack_conv_weight
+from graphopt.kernels.tvm.target import to_tvm
+from graphopt.kernels.tvm.tiles import LANES, MicroKernel
 
 CUDA_THREADS = 64  # threads per CUDA thread block
-# CPU vector lanes per innermost loop: the contiguous axis is cut into chunks of this many
-# lanes plus a scalar tail. (Vectorizing the whole axis at once hands LLVM one vector of
-# thousands of lanes; it then takes many minutes to compile a 3072-column kernel.)
-LANES = 8
 
 
 def bsr_func(m: int, k_pad: int, rows: int, bh: int, bw: int, nnz: int, gpu: bool = False,
@@ -254,22 +253,6 @@ def dense_func(m: int, k: int, n: int, gpu: bool = False, lanes: int = LANES):
                 for j in range(full, n):
                     y[i, j] = y[i, j] + x[i, p] * w[p, j]
     return dense_cpu
-
-
-@dataclass(frozen=True)
-class MicroKernel:
-    """The register tile of the packed dense kernel: `rows` x `cols` accumulators held in
-    vector registers while the reduction runs; `cols` is a multiple of the vector lanes."""
-    rows: int
-    cols: int
-
-    @classmethod
-    def for_cpu(cls, vector_bits: int, vector_registers: int) -> MicroKernel:
-        lanes = max(1, vector_bits // 32)
-        vectors = 2 if lanes >= 8 else 4  # vectors per tile row (16+ columns)
-        # accumulators + the weight vectors of one step + a broadcast register
-        rows = max(1, min(8, (vector_registers - vectors - 2) // vectors))
-        return cls(rows, vectors * lanes)
 
 
 def pack_dense_weight(w: np.ndarray, cols: int) -> np.ndarray:
@@ -544,251 +527,11 @@ def bsr_tiled_func(n: int, k: int, bh: int, bw: int, nnz: int, cols: int, lanes:
     return bsr_tiled
 
 
-@dataclass(frozen=True)
-class ConvGeometry:
-    """A 2-D NCHW convolution (groups = 1) seen as a GEMM: y[b] (K, P) = W (K, Q) @ cols[b]
-    (Q, P), Q = C*R*S reduction entries ((c, r, s), s fastest), P = OH*OW output positions.
-    pads are (top, left, bottom, right) as ONNX and Relax give them."""
-    channels: int
-    height: int
-    width: int
-    out_channels: int
-    kernel: tuple[int, int]
-    stride: tuple[int, int] = (1, 1)
-    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
-    dilation: tuple[int, int] = (1, 1)
-
-    @property
-    def out_height(self) -> int:
-        return (self.height + self.pads[0] + self.pads[2]
-                - self.dilation[0] * (self.kernel[0] - 1) - 1) // self.stride[0] + 1
-
-    @property
-    def out_width(self) -> int:
-        return (self.width + self.pads[1] + self.pads[3]
-                - self.dilation[1] * (self.kernel[1] - 1) - 1) // self.stride[1] + 1
-
-    @property
-    def reduction(self) -> int:
-        return self.channels * self.kernel[0] * self.kernel[1]
-
-    @property
-    def positions(self) -> int:
-        return self.out_height * self.out_width
-
-    @property
-    def pointwise(self) -> bool:
-        """cols is the input itself, viewed as (C, H*W): 1x1, stride 1, no padding."""
-        return self.kernel == (1, 1) and self.stride == (1, 1) and not any(self.pads)
-
-
-def pack_conv_weight(w: np.ndarray, rows: int) -> np.ndarray:
-    """(K, C, R, S) -> (panels, Q, rows): output channels in panels of the tile's rows, each
-    panel contiguous along the reduction; the last panel zero-padded."""
-    k = w.shape[0]
-    flat = w.reshape(k, -1)
-    panels = -(-k // rows)
-    padded = np.zeros((panels * rows, flat.shape[1]), np.float32)
-    padded[:k] = flat
-    return np.ascontiguousarray(padded.reshape(panels, rows, -1).transpose(0, 2, 1))
-
-
-def im2col_func(g: ConvGeometry):
-    """cols (b, Q, P) from x (b, C, H, W), b symbolic, zeros where the window leaves the
-    input. Threads over (image, channel); per (r, s, output row) the in-bounds output columns
-    are one run copied with the input's stride (contiguous for stride 1), the rest zeroed.
-    The body sits in a root block: Relax's RewriteDataflowReshape asks every one-input
-    PrimFunc whether it is a reshape and asserts on a function without one."""
-    from tvm.script import tirx as T
-    c_in, h, w = g.channels, g.height, g.width
-    (kr, ks), (sh, sw), (dh, dw) = g.kernel, g.stride, g.dilation
-    top, left = g.pads[0], g.pads[1]
-    oh_n, ow_n, q, p = g.out_height, g.out_width, g.reduction, g.positions
-
-    @T.prim_func(s_tir=True)
-    def im2col(x_handle: T.handle, cols_handle: T.handle):
-        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
-        b = T.int64()
-        x = T.match_buffer(x_handle, (b, c_in, h, w), "float32")
-        cols = T.match_buffer(cols_handle, (b, q, p), "float32")
-        with T.sblock("root"):  # (see the docstring)
-            for bc in T.parallel(b * c_in):
-                for r in range(kr):
-                    for s in range(ks):
-                        # output columns whose input column lies inside: [lo, hi)
-                        lo = T.min(T.max((left - s * dw + sw - 1) // sw, 0), ow_n)
-                        hi = T.max(T.min((w - 1 + left - s * dw) // sw + 1, ow_n), lo)
-                        for oh in range(oh_n):
-                            ih = oh * sh - top + r * dh
-                            row = ((bc % c_in) * kr + r) * ks + s
-                            if ih >= 0 and ih < h:
-                                for ow in range(lo):
-                                    cols[bc // c_in, row, oh * ow_n + ow] = T.float32(0)
-                                for ow in range(lo, hi):
-                                    cols[bc // c_in, row, oh * ow_n + ow] = x[
-                                        bc // c_in, bc % c_in, ih, ow * sw - left + s * dw]
-                                for ow in range(hi, ow_n):
-                                    cols[bc // c_in, row, oh * ow_n + ow] = T.float32(0)
-                            else:
-                                for ow in range(ow_n):
-                                    cols[bc // c_in, row, oh * ow_n + ow] = T.float32(0)
-    return im2col
-
-
-def depthwise_func(g: ConvGeometry):
-    """y (b, C, OH, OW) = depthwise conv2d of x (b, C, H, W) with w (C, R, S) (groups = C,
-    one output channel per input channel), b symbolic. Threads over (image, channel); each
-    copies its input plane once into a zero-bordered buffer (then no tap needs a bounds
-    check), and per output row sums the R x S taps, unrolled, into a row accumulator: for
-    stride 1 every tap is a contiguous run that LLVM vectorizes (55-80 GFLOP/s on
-    MobileNet's 3x3 layers here, against 13-28 GFLOP/s bounds-checking each tap); stride 2
-    layers are bound by reading the input (about 25 GFLOP/s)."""
-    from tvm.script import tirx as T
-    c_in, h, w = g.channels, g.height, g.width
-    (kr, ks), (sh, sw), (dh, dw) = g.kernel, g.stride, g.dilation
-    top, left, bottom, right = g.pads
-    oh_n, ow_n = g.out_height, g.out_width
-    ph, pw = h + top + bottom, w + left + right
-
-    @T.prim_func
-    def depthwise(x_handle: T.handle, wt: T.Buffer((c_in, kr, ks), "float32"),
-                  y_handle: T.handle):
-        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
-        b = T.int64()
-        x = T.match_buffer(x_handle, (b, c_in, h, w), "float32")
-        y = T.match_buffer(y_handle, (b, c_in, oh_n, ow_n), "float32")
-        for bc in T.parallel(b * c_in):
-            padded = T.decl_buffer((ph, pw), "float32", scope="global")
-            acc = T.decl_buffer((ow_n,), "float32", scope="local")
-            for i in range(top):
-                for j in range(pw):
-                    padded[i, j] = T.float32(0)
-            for i in range(h):
-                for j in range(left):
-                    padded[i + top, j] = T.float32(0)
-                for j in range(w):
-                    padded[i + top, j + left] = x[bc // c_in, bc % c_in, i, j]
-                for j in range(right):
-                    padded[i + top, j + left + w] = T.float32(0)
-            for i in range(bottom):
-                for j in range(pw):
-                    padded[i + top + h, j] = T.float32(0)
-            for oh in range(oh_n):
-                for o in range(ow_n):
-                    acc[o] = T.float32(0)
-                for r in T.unroll(kr):
-                    for s in T.unroll(ks):
-                        for o in range(ow_n):
-                            acc[o] = acc[o] + wt[bc % c_in, r, s] * padded[
-                                oh * sh + r * dh, o * sw + s * dw]
-                for o in range(ow_n):
-                    y[bc // c_in, bc % c_in, oh, o] = acc[o]
-    return depthwise
-
-
-CONV_CHUNK = 256  # reduction entries per pass: a block of cols (chunk x tile) stays in L1
-CONV_PANELS = 8  # channel panels per task: they take turns over the same chunk of cols
-
-
-def conv_gemm_func(out_channels: int, q: int, p: int, tile: MicroKernel,
-                   chunk: int = CONV_CHUNK, group: int = CONV_PANELS):
-    """y (b, K, P) = W (K, Q) @ cols (b, Q, P) for W packed by pack_conv_weight, b symbolic.
-    The register tile is tile.rows output channels x tile.cols positions. Threads over
-    (image, position block, group of `group` channel panels); the reduction runs in chunks
-    of `chunk` entries, every panel of the group passing over a chunk of the position block
-    while it is in L1 (Q reaches 4608 in a ResNet: a whole block would not stay in cache);
-    the group's partial sums wait on the stack between chunks. Leftover positions (P not a
-    multiple of the tile: 49 in a 7x7 layer) as one more, zero-padded block, whole vectors
-    wide."""
-    from tvm.script import tirx as T
-    mr, nr = tile.rows, tile.cols
-    panels = -(-out_channels // mr)
-    blocks = p // nr
-    groups = -(-panels // group)
-    chunks = -(-q // chunk)
-    per_image = max(blocks * groups, 1)  # (the divisor; no full blocks: the loop is empty)
-    tail_tasks = groups if p % nr else 0
-    # the leftover block's width: whole vectors of LANES where the tile is made of them (one
-    # leftover position of a 7x7 layer is then computed 8-, not 16-wide)
-    tw = min(nr, -(-(p % nr) // LANES) * LANES) if nr % LANES == 0 and p % nr else nr
-
-    @T.prim_func
-    def conv_gemm(cols_handle: T.handle, wp: T.Buffer((panels, q, mr), "float32"),
-                  y_handle: T.handle):
-        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
-        b = T.int64()
-        cols = T.match_buffer(cols_handle, (b, q, p), "float32")
-        y = T.match_buffer(y_handle, (b, out_channels, p), "float32")
-        for t in T.parallel(b * (blocks * groups)):
-            img = t // per_image
-            pb = t // groups % max(blocks, 1)
-            kg = t % groups
-            sums = T.decl_buffer((group, mr, nr), "float32", scope="local")
-            for g in range(group):
-                for i in T.unroll(mr):
-                    for c in T.vectorized(nr):
-                        sums[g, i, c] = T.float32(0)
-            for qc in range(chunks):
-                for g in range(T.min(group, panels - kg * group)):
-                    acc = T.decl_buffer((mr, nr), "float32", scope="local")
-                    for i in T.unroll(mr):
-                        for c in T.vectorized(nr):
-                            acc[i, c] = sums[g, i, c]
-                    for e in range(qc * chunk, T.min(q, qc * chunk + chunk)):
-                        for i in T.unroll(mr):
-                            for c in T.vectorized(nr):
-                                acc[i, c] = acc[i, c] + wp[kg * group + g, e, i] * cols[
-                                    img, e, pb * nr + c]
-                    for i in T.unroll(mr):
-                        for c in T.vectorized(nr):
-                            sums[g, i, c] = acc[i, c]
-            for g in range(T.min(group, panels - kg * group)):
-                for i in range(mr):
-                    if (kg * group + g) * mr + i < out_channels:
-                        for c in T.vectorized(nr):
-                            y[img, (kg * group + g) * mr + i, pb * nr + c] = sums[g, i, c]
-        for t in T.parallel(b * tail_tasks):
-            # the leftover positions: their columns copied per chunk into a zero-padded
-            # tile-wide buffer, then the same register tiles as above
-            sums = T.decl_buffer((group, mr, tw), "float32", scope="local")
-            part = T.decl_buffer((chunk, tw), "float32", scope="local")
-            for g in range(group):
-                for i in T.unroll(mr):
-                    for c in T.vectorized(tw):
-                        sums[g, i, c] = T.float32(0)
-            for qc in range(chunks):
-                for e in range(T.min(chunk, q - qc * chunk)):
-                    for c in range(tw):
-                        part[e, c] = T.if_then_else(blocks * nr + c < p, cols[
-                            t // groups, qc * chunk + e, blocks * nr + c], T.float32(0))
-                for g in range(T.min(group, panels - t % groups * group)):
-                    acc = T.decl_buffer((mr, tw), "float32", scope="local")
-                    for i in T.unroll(mr):
-                        for c in T.vectorized(tw):
-                            acc[i, c] = sums[g, i, c]
-                    for e in range(T.min(chunk, q - qc * chunk)):
-                        for i in T.unroll(mr):
-                            for c in T.vectorized(tw):
-                                acc[i, c] = acc[i, c] + wp[t % groups * group + g,
-                                                           qc * chunk + e, i] * part[e, c]
-                    for i in T.unroll(mr):
-                        for c in T.vectorized(tw):
-                            sums[g, i, c] = acc[i, c]
-            for g in range(T.min(group, panels - t % groups * group)):
-                for i in range(mr):
-                    if (t % groups * group + g) * mr + i < out_channels:
-                        for c in range(p - blocks * nr):
-                            y[t // groups, (t % groups * group + g) * mr + i,
-                              blocks * nr + c] = sums[g, i, c]
-    return conv_gemm
-
 
 def build(func, target: dict[str, Any]):
     """Compile a kernel for a TVM target dict (CUDA: with an llvm host)."""
     import tvm
-    tgt = tvm.target.Target(target, host={"kind": "llvm"}) if target["kind"] == "cuda" \
-        else tvm.target.Target(target)
-    return tvm.compile(tvm.IRModule({"main": func}), target=tgt)
+    return tvm.compile(tvm.IRModule({"main": func}), target=to_tvm(target))
 
 
 # ------------------------------------------------------------------------- on this machine

@@ -4,24 +4,25 @@ TVM's default CPU pipeline has no schedule for a dense layer (a naive loop nest,
 slower than onnxruntime), and MetaSchedule needs many trials to find a good one. A MatMul
 with a constant weight is a GEMM we know how to do: `use_graphopt_kernels` rewrites every
 `R.matmul(x, W)` whose W is a 2-D float32 constant into a call of graphopt's packed dense
-kernel (kernels/tvm_kernels.dense_packed_func: a register tile sized from the target's
+kernel (kernels/tvm/kernels.dense_packed_func: a register tile sized from the target's
 vector width and register count, the weight packed into column panels at compile time).
 x may have any rank and symbolic leading dimensions (dynamic batch): it is viewed as
 (rows, K) for the call and reshaped back.
 
 A block-sparse weight (graphopt's block sparsity, found from its zeros as `graphopt
 inspect` finds it) may instead go through the register-tiled BSR kernel
-(tvm_kernels.bsr_tiled_func, on x^T: y^T = BSR(W^T) x^T, the weight stored as its nonzero
-blocks). Which one is decided per layer: where this machine can run the target's code, both
-kernels are built for the target and timed at the layer's shape (cached per kernel, target
-and shape in CACHE/kernel_tuning.json) and BSR is used when it is at least 5% faster; for a
+(kernels.bsr_tiled_func, on x^T: y^T = BSR(W^T) x^T, the weight stored as its nonzero
+blocks). Which one is decided per layer by the one kernel-choice mechanism (kernels.choice):
+where this machine can run the target's code, both kernels are built for the target and
+timed at the layer's shape (cached per kernel, target and shape) and BSR is used where it is
+at least choice.MARGIN faster; for a
 target we cannot run here (arm), BSR is used when the target lists block sparsity as paying
 off and the weight is at least RULE_MIN_SPARSITY block-sparse. The report says which and why.
 
 A conv2d with a constant float32 weight (NCHW/OIHW, groups = 1, any stride, padding and
-dilation, static spatial size, symbolic batch) becomes im2col (tvm_kernels.im2col_func; a
+dilation, static spatial size, symbolic batch) becomes im2col (kernels.im2col_func; a
 pointwise 1x1 convolution without stride or padding skips it: its input already is the
-matrix) and the conv GEMM (tvm_kernels.conv_gemm_func: y (K, P) = W (K, C*R*S) @ cols, the
+matrix) and the conv GEMM (kernels.conv_gemm_func: y (K, P) = W (K, C*R*S) @ cols, the
 weight packed in panels of output channels, the same register tile), so the output comes out
 NCHW with no transpose. Grouped and depthwise convolutions keep the default schedules.
 
@@ -40,30 +41,26 @@ from typing import Any
 import numpy as np
 
 from graphopt import sparsity
-from graphopt.kernels import autotune, formats
-from graphopt.kernels.tvm_kernels import (
-    ConvGeometry,
-    MicroKernel,
+from graphopt.kernels import autotune, choice, formats
+from graphopt.kernels.tvm.conv import (ConvGeometry, conv_gemm_func, depthwise_func,
+                                      im2col_func, pack_conv_weight)
+from graphopt.kernels.tvm.kernels import (
     bsr_tile_columns,
     bsr_tile_widths,
     bsr_tiled_func,
-    conv_gemm_func,
     dense_int8_weight_func,
     dense_packed_func,
-    depthwise_func,
-    im2col_func,
     nm_select_columns,
     nm_select_func,
     pack_column_scales,
-    pack_conv_weight,
     pack_dense_weight,
     pack_nm_weight,
 )
+from graphopt.kernels.tvm.tiles import MicroKernel
 
 OPAQUE = 8  # relax OpPatternKind.kOpaque: never fused with its neighbours
 MIN_ZEROS = 0.5  # below this block sparsity the BSR kernel is not considered
 RULE_MIN_SPARSITY = 0.8  # unmeasurable targets: BSR from here (x86: x1.3-3 at 75-90%)
-MARGIN = 0.95  # a sparse kernel must measure at least 5% faster than the dense kernel
 # When tuning, a convolution with fewer multiply-adds is left to MetaSchedule: at that size
 # the two kernel calls of im2col + GEMM (each a parallel launch) cost more than the work, and
 # a tuned conv fused with its bias and activation wins (bundled example CNN, 200 trials:
@@ -109,7 +106,7 @@ def _constant_weight(expr) -> np.ndarray | None:
 
 def measurable(target: Any) -> bool:
     """Whether code for this target runs on this machine (so kernels can be timed)."""
-    from graphopt.host import host_can_run
+    from graphopt.targets.host import host_can_run
     return bool(target.runs_on_host and host_can_run(dict(target.tvm)))
 
 
@@ -117,7 +114,7 @@ def time_kernels(w: np.ndarray, bsr: formats.BSR, rows: int, target: Any) -> dic
     """Both kernels built for the target and timed here at this shape (ms)."""
     import tvm
 
-    from graphopt.kernels.tvm_kernels import build
+    from graphopt.kernels.tvm.kernels import build
     k, n = w.shape
     spec = dict(target.tvm)
     x = np.random.default_rng(0).standard_normal((rows, k)).astype(np.float32)
@@ -139,7 +136,7 @@ def _time_dense(w: np.ndarray, x: np.ndarray, target: Any, copies: int = 1) -> f
     of `copies` copies of the weight (see weight_copies)."""
     import tvm
 
-    from graphopt.kernels.tvm_kernels import build
+    from graphopt.kernels.tvm.kernels import build
     k, n = w.shape
     tile = micro_kernel(target)
     dense = build(dense_packed_func(k, n, tile), dict(target.tvm))["main"]
@@ -180,13 +177,19 @@ def choose_kernel(w: np.ndarray, rows: int | None, target: Any, cache_dir: Path 
     return _choose_nm(w, rows, target, cache_dir, measure)
 
 
-def _measured(key: str, cache_dir: Path | None, time) -> dict[str, float]:
-    path = autotune._cache_path(cache_dir)
-    cache = autotune.read_cache(path)
-    if key not in cache:
-        cache[key] = time()
-        autotune.write_cache(path, cache)
-    return cache[key]
+def _measured(kernel: str, ms_key: str, target: Any, shape: str, cache_dir: Path | None,
+              time) -> dict[str, Any]:
+    """The kernel against the packed dense kernel for the target at this shape, through the
+    one kernel-choice mechanism (kernels.choice: its margin and cache); `time()` returns
+    {ms_key: kernel ms, "dense_ms": ..., **details}. Returns the timings as the report
+    shows them, and "faster"."""
+    def measure() -> dict[str, Any]:
+        t = dict(time())
+        return {"kernel_ms": t.pop(ms_key), "alternative_ms": t.pop("dense_ms"), **t}
+
+    c = choice.measured(kernel, "dense", f"{target.full_name}:{sorted(target.tvm.items())}",
+                        shape, measure, cache_dir)
+    return {ms_key: c.kernel_ms, "dense_ms": c.alternative_ms, **c.details, "faster": c.use}
 
 
 def time_nm_kernels(w: np.ndarray, nm: formats.NMCompressed, rows: int,
@@ -194,7 +197,7 @@ def time_nm_kernels(w: np.ndarray, nm: formats.NMCompressed, rows: int,
     """The packed dense and the select N:M kernel built for the target, timed here (ms)."""
     import tvm
 
-    from graphopt.kernels.tvm_kernels import build
+    from graphopt.kernels.tvm.kernels import build
     k, n = w.shape
     spec = dict(target.tvm)
     x = np.random.default_rng(0).standard_normal((rows, k)).astype(np.float32)
@@ -227,10 +230,9 @@ def _choose_nm(w: np.ndarray, rows: int | None, target: Any, cache_dir: Path | N
                              "(used only where measured faster)"}
     nm = formats.to_nm(w, keep, group)
     k, n = w.shape
-    t = _measured(f"tvm_nm_vs_dense2:{target.full_name}:{sorted(target.tvm.items())}:{rows}:"
-                  f"{k}x{n}:{keep}:{group}", cache_dir,
+    t = _measured("tvm_nm", "sparse_ms", target, f"{rows}:{k}x{n}:{keep}:{group}", cache_dir,
                   lambda: time_nm_kernels(w, nm, rows, target))
-    faster = t["sparse_ms"] < MARGIN * t["dense_ms"]
+    faster = t.pop("faster")
     return (nm if faster else None), {
         **info, **t, "kernel": "nm" if faster else "dense",
         "why": f"measured here: {keep}:{group} {t['sparse_ms']:.3f} ms{_width(t)} vs dense "
@@ -250,10 +252,10 @@ def _choose_block(w: np.ndarray, rows: int | None, target: Any, cache_dir: Path 
         return None, {**info, "kernel": "dense", "why": "shape not a multiple of the block"}
     bsr = formats.to_bsr(w, block)
     if measure and rows is not None and rows > 0 and measurable(target):
-        t = _measured(f"tvm_bsr_vs_dense4:{target.full_name}:{sorted(target.tvm.items())}:"
+        t = _measured("tvm_bsr", "sparse_ms", target,
                       f"{rows}:{k}x{n}:block{block[0]}x{block[1]}:{bsr.density:.2f}",
                       cache_dir, lambda: time_kernels(w, bsr, rows, target))
-        faster = t["sparse_ms"] < MARGIN * t["dense_ms"]
+        faster = t.pop("faster")
         return (bsr if faster else None), {
             **info, **t, "kernel": "bsr" if faster else "dense",
             "why": f"measured here: BSR {t['sparse_ms']:.3f} ms{_width(t)} vs dense "
@@ -314,7 +316,7 @@ def time_int8_kernels(q: np.ndarray, scale: np.ndarray, rows: int, target: Any,
     stay in cache between runs (each weight is read from memory, once per run)."""
     import tvm
 
-    from graphopt.kernels.tvm_kernels import build
+    from graphopt.kernels.tvm.kernels import build
     k, n = q.shape
     tile = micro_kernel(target)
     x = np.random.default_rng(0).standard_normal((rows, k)).astype(np.float32)
@@ -349,10 +351,9 @@ def choose_int8(q: np.ndarray, scale: np.ndarray, rows: int | None, target: Any,
     info: dict[str, Any] = {"quantized": "int8"}
     if measure and rows is not None and rows > 0 and measurable(target):
         copies = weight_copies(4 * k * n, model_bytes)
-        t = _measured(f"tvm_int8w_vs_dense2:{target.full_name}:{sorted(target.tvm.items())}:"
-                      f"{rows}:{k}x{n}:copies{copies}", cache_dir,
-                      lambda: time_int8_kernels(q, scale, rows, target, copies))
-        faster = t["int8_ms"] < MARGIN * t["dense_ms"]
+        t = _measured("tvm_int8_weight", "int8_ms", target, f"{rows}:{k}x{n}:copies{copies}",
+                      cache_dir, lambda: time_int8_kernels(q, scale, rows, target, copies))
+        faster = t.pop("faster")
         cold = f", each read from memory ({copies} copies cycled)" if copies > 1 else ""
         return faster, {**info, **t, "kernel": "int8" if faster else "dense",
                         "weight_copies": copies,

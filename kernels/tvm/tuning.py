@@ -30,18 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from graphopt.errors import UserError
+from graphopt.kernels.cache import cache_root
 
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
 TRIALS_PER_ITER = 16
 POPULATION = 256  # evolutionary search population (TVM's default 512 is slow on few cores)
-
-
-def cache_root(given: Path | None = None) -> Path:
-    if given is not None:
-        return Path(given)
-    env = os.environ.get("GRAPHOPT_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "graphopt"
 
 
 def target_key(tvm_target: Any) -> str:
@@ -205,7 +199,7 @@ def tune(mod, target: Any, options: Any, task: Callable | None = None) -> tuple[
     """Tune `mod` for `target` with options.tune trials; returns (database, summary)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from graphopt.codegen import tvm_target, tvm_target_dict
+    from graphopt.kernels.tvm.target import tvm_target, tvm_target_dict
     tgt = tvm_target(target, tuning=True)
     spec = tvm_target_dict(target, tuning=True)
     db_dir = database_dir(cache_root(options.cache_dir), spec)

@@ -1,4 +1,4 @@
-"""graphopt.sparse_run: which layers qualify, the cut model's numerics against onnxruntime,
+"""graphopt.kernels.sparse_run: which layers qualify, the cut model's numerics against onnxruntime,
 the cached decisions, and `graphopt run` / `compile --measure` using them."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import numpy as np
 import onnx
 import pytest
 
-from graphopt import ir, sparse_run, sparsity, testing, verify
+from graphopt import ir, sparsity, testing, verify
+from graphopt.kernels import choice, sparse_run
 
 RNG = np.random.default_rng(0)
 
@@ -48,7 +49,7 @@ def _forced(layers, config=None) -> list[sparse_run.Decision]:
 
 
 def _one_vector() -> int:
-    from graphopt.kernels import tvm_kernels
+    from graphopt.kernels.tvm import kernels as tvm_kernels
     return tvm_kernels.bsr_tile_widths(4, *tvm_kernels.host_cpu())[0]
 
 
@@ -97,8 +98,9 @@ def test_decisions_are_timed_once_and_cached(tmp_path: Path, monkeypatch) -> Non
     assert all(d.config["engine"] == "numba" and "threads" in d.config or
                d.config["engine"] == "tvm" and d.config["cols"] % _one_vector() == 0
                for d in decisions)
-    cached = json.loads((tmp_path / sparse_run.CACHE_NAME).read_text())
-    assert set(cached) == {layer.key for layer in layers}
+    cached = json.loads((tmp_path / choice.CACHE_NAME).read_text())
+    assert cached["schema"] == choice.SCHEMA
+    assert {key.split("|")[2] for key in cached["choices"]} == {layer.shape for layer in layers}
     monkeypatch.setattr(sparse_run, "_time", lambda *a: pytest.fail("timed again"))
     again = sparse_run.decide(graph, layers, tmp_path)
     assert [(d.sparse_ms, d.dense_ms) for d in again] == \
@@ -109,7 +111,7 @@ def _take_the_kernel(monkeypatch) -> None:
     """Whatever this machine's timing says, take the kernel: these tests are about numerics
     and reports."""
     monkeypatch.setattr(sparse_run, "_time", lambda layer, w, root: {
-        "sparse_ms": 0.001, "dense_ms": 1.0, "config": {}})
+        "kernel_ms": 0.001, "alternative_ms": 1.0, "config": {}})
 
 
 def _cli_run(cli, tmp_path: Path, model: onnx.ModelProto, x: np.ndarray, monkeypatch):
@@ -173,7 +175,7 @@ def test_n_m_layers_run_through_the_select_kernel(keep, group, batch) -> None:
     graph = ir.import_graph(_n_m_model(keep, group))
     (layer,) = sparse_run.find_layers(graph, {"x": [batch, 96]})
     assert (layer.node, layer.nm, layer.rows) == ("pruned", (keep, group), batch)
-    assert layer.kernel == "graphopt N:M" and layer.key.startswith("nm:96x40:")
+    assert layer.kernel == "graphopt N:M" and layer.shape.startswith("96x40:")
     runner = sparse_run.SparseRunner(graph, _forced([layer]))
     assert [kind for kind, _ in runner.steps] == ["nm", "ort"]
     feeds = {"x": RNG.standard_normal((batch, 96)).astype(np.float32)}
@@ -191,8 +193,9 @@ def test_n_m_decision_is_timed_with_a_tuned_width_and_cached(tmp_path: Path) -> 
     row = decision.as_dict()
     assert row["pattern"] == "n:m" and row["n_m"] == "2:4"
     assert row["kernel"] == ("graphopt N:M" if decision.use else "onnxruntime dense")
-    cached = json.loads((tmp_path / sparse_run.CACHE_NAME).read_text())
-    assert cached[layers[0].key]["config"] == decision.config
+    cached = json.loads((tmp_path / choice.CACHE_NAME).read_text())["choices"]
+    (entry,) = [v for k, v in cached.items() if k.endswith("|" + layers[0].shape)]
+    assert entry["config"] == decision.config
 
 
 def test_cli_run_reports_n_m_layers(cli, tmp_path: Path, monkeypatch) -> None:

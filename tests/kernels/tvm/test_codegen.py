@@ -5,6 +5,7 @@ reported by name, `graphopt run` on the artifact, `graphopt targets`."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import tarfile
 from pathlib import Path
@@ -14,11 +15,13 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
-from graphopt import codegen, ir, testing, verify
+from graphopt import ir, testing, verify
+from graphopt.kernels import choice
+from graphopt.kernels.tvm import codegen
 from graphopt.cli import app
 from graphopt.compiler import CompileOptions, compile_model
 from graphopt.errors import ArtifactError, UserError
-from graphopt import host as x86
+from graphopt.targets import host as x86
 from graphopt.targets import CUDA, X86
 
 EM_AARCH64 = 183
@@ -41,6 +44,11 @@ def test_x86_artifact_matches_onnxruntime(tmp_path: Path) -> None:
     assert c["status"] == "built" and c["kind"] == "shared_library"
     so = tmp_path / "model.x86.so"
     assert c["files"] == ["model.x86.so"] and _elf_machine(so.read_bytes()) == EM_X86_64
+    # next to it, what it was built for: whoever runs it needs no report
+    manifest = json.loads((tmp_path / c["manifest"]).read_text())
+    assert manifest["schema"] == "graphopt.artifact/1" and manifest["files"] == c["files"]
+    assert manifest["input_shapes"] == {"input": [1, 3, 32, 32]}
+    assert manifest["tvm_target"] == dict(X86.tvm)
     assert c["check"]["passed"] and c["check"]["max_rel"] <= 1e-4
     # default lowering: the classifier's Gemm through graphopt's packed dense kernel, the
     # four convolutions through im2col + its conv GEMM (the 1x1 one without im2col), the
@@ -52,7 +60,7 @@ def test_x86_artifact_matches_onnxruntime(tmp_path: Path) -> None:
     assert "graphopt's default schedules" in c["schedules"]
     assert not any("untuned" in w for w in result.report["warnings"])
     # independently: load the module and compare with onnxruntime on fresh inputs
-    from graphopt import codegen
+    from graphopt.kernels.tvm import codegen
     vm = codegen.load(so)
     model = onnx.load(result.model)
     for seed in (2, 3):
@@ -382,13 +390,13 @@ def test_block_sparse_layers_are_decided_and_reported(tmp_path: Path) -> None:
     (layer,) = c["kernels"]["layers"]
     assert layer["block"] == [4, 4] and "measured here" in layer["why"]
     assert c["check"]["passed"]
-    assert (tmp_path / "cache" / "kernel_tuning.json").exists()
+    assert (tmp_path / "cache" / choice.CACHE_NAME).exists()
     text = "\n".join(report.codegen_lines(c))
     assert "64x96 weight, 4x4 blocks 90% sparse" in text
 
 
 def test_a_failing_graphopt_lowering_falls_back_to_tvms(tmp_path: Path, monkeypatch) -> None:
-    from graphopt import relax_kernels
+    from graphopt.kernels.tvm import relax_kernels
 
     def broken(*_args, **_kwargs):
         raise RuntimeError("kernel rewrite broke\nnote: run with TVM_BACKTRACE=1")

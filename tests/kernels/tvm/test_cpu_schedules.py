@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 from graphopt.targets import ARM, X86
 
-from graphopt import codegen, cpu_schedules, testing, verify, zoo
+from graphopt import testing, verify, zoo
+from graphopt.kernels.tvm import codegen
+from graphopt.kernels.tvm import cpu_schedules
+from graphopt.kernels.tvm.target import tvm_target
 
 RNG = np.random.default_rng(0)
 
@@ -32,7 +35,7 @@ def _legalized(mod, target):
     """The module as the pipeline has it when default_schedule runs."""
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
-    tgt = codegen.tvm_target(target)
+    tgt = tvm_target(target)
     with tgt:
         return tvm.transform.Sequential(cpu.library_dispatch_passes(tgt)
                                         + cpu.legalize_passes(tgt))(mod), tgt

@@ -11,8 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from graphopt import codegen, sparsity
-from graphopt.kernels import formats, ref, tvm_kernels
+from graphopt import sparsity
+from graphopt.kernels.tvm import codegen
+from graphopt.kernels import formats, ref
+from graphopt.kernels.tvm import conv
+from graphopt.kernels.tvm import kernels as tvm_kernels
 
 RNG = np.random.default_rng(1)
 EM_AARCH64 = 183
@@ -109,14 +112,14 @@ def test_packed_dense_runs_any_row_count_from_one_build() -> None:
 
 CONVS = [  # (batch, geometry): padding on one side only, strides, dilations, a window
     # wider than the input, 1x1 with and without stride, an empty batch
-    (1, tvm_kernels.ConvGeometry(3, 9, 11, 5, (3, 3), (1, 1), (1, 1, 1, 1))),
-    (2, tvm_kernels.ConvGeometry(4, 10, 7, 13, (3, 2), (2, 1), (0, 2, 1, 0), (1, 2))),
-    (1, tvm_kernels.ConvGeometry(5, 8, 8, 7, (1, 1), (2, 2))),
-    (3, tvm_kernels.ConvGeometry(6, 5, 4, 9, (1, 1))),
-    (1, tvm_kernels.ConvGeometry(2, 3, 3, 6, (5, 5), (1, 1), (2, 2, 2, 2))),
-    (1, tvm_kernels.ConvGeometry(1, 4, 4, 1, (7, 7), (3, 3), (3, 3, 3, 3))),
-    (1, tvm_kernels.ConvGeometry(3, 20, 21, 17, (3, 3), (2, 2), (1, 0, 1, 1), (2, 1))),
-    (0, tvm_kernels.ConvGeometry(3, 6, 6, 4, (3, 3), (1, 1), (1, 1, 1, 1))),
+    (1, conv.ConvGeometry(3, 9, 11, 5, (3, 3), (1, 1), (1, 1, 1, 1))),
+    (2, conv.ConvGeometry(4, 10, 7, 13, (3, 2), (2, 1), (0, 2, 1, 0), (1, 2))),
+    (1, conv.ConvGeometry(5, 8, 8, 7, (1, 1), (2, 2))),
+    (3, conv.ConvGeometry(6, 5, 4, 9, (1, 1))),
+    (1, conv.ConvGeometry(2, 3, 3, 6, (5, 5), (1, 1), (2, 2, 2, 2))),
+    (1, conv.ConvGeometry(1, 4, 4, 1, (7, 7), (3, 3), (3, 3, 3, 3))),
+    (1, conv.ConvGeometry(3, 20, 21, 17, (3, 3), (2, 2), (1, 0, 1, 1), (2, 1))),
+    (0, conv.ConvGeometry(3, 6, 6, 4, (3, 3), (1, 1), (1, 1, 1, 1))),
 ]
 
 
@@ -151,11 +154,11 @@ def test_depthwise_matches_reference(batch, g) -> None:
     """Each channel convolved with its own filter: the geometries above with as many output
     channels as input channels."""
     import tvm
-    g = tvm_kernels.ConvGeometry(g.channels, g.height, g.width, g.channels, g.kernel, g.stride,
+    g = conv.ConvGeometry(g.channels, g.height, g.width, g.channels, g.kernel, g.stride,
                                  g.pads, g.dilation)
     x = RNG.standard_normal((batch, g.channels, g.height, g.width)).astype(np.float32)
     w = RNG.standard_normal((g.channels, *g.kernel)).astype(np.float32)
-    fn = tvm_kernels.build(tvm_kernels.depthwise_func(g), tvm_kernels.host_target())["main"]
+    fn = tvm_kernels.build(conv.depthwise_func(g), tvm_kernels.host_target())["main"]
     out = tvm.runtime.tensor(np.full((batch, g.channels, g.out_height, g.out_width), np.nan,
                                      np.float32))
     fn(tvm.runtime.tensor(x), tvm.runtime.tensor(w), out)
@@ -185,7 +188,7 @@ def test_conv_gemm_in_reduction_chunks_and_panel_groups(chunk, group) -> None:
 
 def test_conv_geometry_matches_the_numpy_reference_convolution() -> None:
     """ref.im2col + a matmul is ref.conv2d (square stride and padding)."""
-    g = tvm_kernels.ConvGeometry(3, 9, 9, 4, (3, 3), (2, 2), (1, 1, 1, 1))
+    g = conv.ConvGeometry(3, 9, 9, 4, (3, 3), (2, 2), (1, 1, 1, 1))
     x = RNG.standard_normal((2, 3, 9, 9)).astype(np.float32)
     w = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
     np.testing.assert_allclose(_conv_reference(x, w, g), ref.conv2d(x, w, 2, 1),
@@ -269,7 +272,7 @@ CPU_KERNELS = {**KERNELS, "dense_packed": lambda gpu: tvm_kernels.dense_packed_f
     "nm_select": lambda gpu: tvm_kernels.nm_select_func(48, 2, 4, 64),
     "int8_weight": lambda gpu: tvm_kernels.dense_int8_weight_func(
         64, 48, tvm_kernels.MicroKernel.for_cpu(128, 32)),
-    "depthwise": lambda gpu: tvm_kernels.depthwise_func(tvm_kernels.ConvGeometry(
+    "depthwise": lambda gpu: conv.depthwise_func(conv.ConvGeometry(
         4, 10, 7, 4, (3, 3), (2, 1), (0, 2, 1, 0), (1, 2))),
     "conv_gemm": lambda gpu: tvm_kernels.conv_gemm_func(13, 24, 35, tvm_kernels.MicroKernel(6, 16))}
 

@@ -11,8 +11,11 @@ import onnx
 import pytest
 from graphopt.targets import ARM, CUDA, X86
 
-from graphopt import codegen, relax_kernels, testing, verify
-from graphopt.kernels import tvm_kernels
+from graphopt import testing, verify
+from graphopt.kernels.tvm import codegen
+from graphopt.kernels.tvm import relax_kernels
+from graphopt.kernels import choice
+from graphopt.kernels.tvm import kernels as tvm_kernels
 
 RNG = np.random.default_rng(0)
 
@@ -166,14 +169,14 @@ def test_bsr_choice_is_measured_here_and_cached(tmp_path, monkeypatch) -> None:
     (layer,) = use.layers
     assert "measured here" in layer["why"]
     assert layer["sparse_ms"] > 0 and layer["dense_ms"] > 0
-    assert layer["kernel"] == ("bsr" if layer["sparse_ms"] < 0.95 * layer["dense_ms"]
+    assert layer["kernel"] == ("bsr" if choice.faster(layer["sparse_ms"], layer["dense_ms"])
                                else "dense")
     # the tile width is tuned: every width tried, the fastest kept
     widths = tvm_kernels.bsr_tile_widths(4, X86.vector_bits, X86.vector_registers)
     assert sorted(map(int, layer["tried"])) == list(widths)
     assert layer["sparse_ms"] == min(layer["tried"].values())
     assert layer["tried"][str(layer["cols"])] == layer["sparse_ms"]
-    assert (tmp_path / "kernel_tuning.json").exists()
+    assert (tmp_path / choice.CACHE_NAME).exists()
 
     def no_timing(*_args, **_kwargs):
         raise AssertionError("timed again despite the cache")
@@ -335,7 +338,7 @@ def test_n_m_choice_is_measured_and_never_guessed(tmp_path) -> None:
     _, use = relax_kernels.use_graphopt_kernels(mod, X86, cache_dir=tmp_path)
     (layer,) = use.layers
     assert layer["sparse_ms"] > 0 and layer["dense_ms"] > 0
-    assert layer["kernel"] == ("nm" if layer["sparse_ms"] < 0.95 * layer["dense_ms"]
+    assert layer["kernel"] == ("nm" if choice.faster(layer["sparse_ms"], layer["dense_ms"])
                                else "dense")
     assert layer["tried"][str(layer["cols"])] == min(layer["tried"].values())
     # arm cannot be timed here and a dynamic row count cannot be timed: dense, said why
@@ -434,7 +437,7 @@ def test_int8_choice_is_measured_here_and_cached(tmp_path, monkeypatch) -> None:
     _, use = relax_kernels.use_graphopt_kernels(mod, X86, cache_dir=tmp_path)
     (layer,) = use.layers
     assert "measured here" in layer["why"] and layer["int8_ms"] > 0 and layer["dense_ms"] > 0
-    assert layer["kernel"] == ("int8" if layer["int8_ms"] < 0.95 * layer["dense_ms"]
+    assert layer["kernel"] == ("int8" if choice.faster(layer["int8_ms"], layer["dense_ms"])
                                else "dense")
     monkeypatch.setattr(relax_kernels, "time_int8_kernels",
                         lambda *a: pytest.fail("timed again: the cache was not used"))

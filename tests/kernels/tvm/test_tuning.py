@@ -14,7 +14,8 @@ from pathlib import Path
 import onnx
 import pytest
 
-from graphopt import testing, tuning
+from graphopt import testing
+from graphopt.kernels.tvm import tuning
 from graphopt.compiler import CompileOptions, compile_model
 
 TRIALS = 8
