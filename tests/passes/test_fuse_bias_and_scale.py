@@ -94,3 +94,42 @@ def test_layer_with_other_readers_is_kept() -> None:
     b.output(b.node("Relu", [h]), shape=None)
     graph = testing.run_pass(fuse_bias_and_scale, b.build(check=False))
     assert sorted(testing.op_types(graph)) == ["Add", "Conv", "Relu"]
+
+
+def _input_affine_then_conv(op: str, const: np.ndarray, pad: int, group: int = 1,
+                            bias: bool = True):
+    b = testing.ModelBuilder(seed=5)
+    x = b.input("x", ["n", 4, 6, 6])
+    h = b.node(op, [x, b.weight(const.astype(np.float32))])
+    b.output(b.node("Relu", [b.conv(h, 4, 8, group=group, pad=pad, bias=bias)],
+                    outputs=["y"]), shape=None)
+    return b.build(check=False)
+
+
+PER_INPUT_CHANNEL = np.array([0.5, -2.0, 1.5, 3.0]).reshape(1, 4, 1, 1)
+
+
+@pytest.mark.parametrize("group", [1, 2, 4])
+@pytest.mark.parametrize("pad", [0, 1])
+def test_a_scale_before_a_conv_folds_into_its_weight_whatever_the_padding(pad, group) -> None:
+    model = _input_affine_then_conv("Mul", PER_INPUT_CHANNEL, pad, group, bias=group != 2)
+    graph = testing.run_pass(fuse_bias_and_scale, model)
+    assert testing.op_types(graph) == ["Conv", "Relu"]
+    testing.assert_same_outputs(model, graph, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op", ["Add", "Sub"])
+def test_a_shift_before_a_conv_folds_into_its_bias_only_without_padding(op) -> None:
+    unpadded = _input_affine_then_conv(op, PER_INPUT_CHANNEL.reshape(4, 1, 1), pad=0)
+    graph = testing.run_pass(fuse_bias_and_scale, unpadded)
+    assert testing.op_types(graph) == ["Conv", "Relu"]
+    testing.assert_same_outputs(unpadded, graph, rtol=1e-5, atol=1e-5)
+    padded = _input_affine_then_conv(op, PER_INPUT_CHANNEL, pad=1)  # the pad would be -c
+    assert testing.op_types(testing.run_pass(fuse_bias_and_scale, padded)) == \
+        [op, "Conv", "Relu"]
+
+
+def test_a_constant_along_the_width_is_not_per_input_channel() -> None:
+    model = _input_affine_then_conv("Mul", np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]), pad=0)
+    graph = testing.run_pass(fuse_bias_and_scale, model)
+    assert testing.op_types(graph) == ["Mul", "Conv", "Relu"]
