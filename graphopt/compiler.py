@@ -12,7 +12,7 @@ import fcntl
 import os
 import tempfile
 import tomllib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -218,6 +218,38 @@ def compile_model(
     # structure and model-level fields, so a big model is held once.
     proto = ir.load_model(model_path, load_external=False)
     graph = ir.import_graph(proto, model_path.parent, release=True)
+    verification, feeds, calibration, shapes = _verification(graph, o, given_shapes)
+    lossy = [n for n in names if not registry.get_pass(n).lossless]
+    warnings += _data_warnings(verification, o, lossy, calibration)
+    base = PassContext(target=target, input_shapes=shapes,
+                       calibration=calibration,
+                       budget=accuracy_budget, progress=task_progress,
+                       exclude=tuple(o.exclude))
+    # Hand the graph over: a pass may return a new graph object, and a reference kept here
+    # would keep every weight it replaced alive until the end (2x the weights at peak).
+    handed: list = [graph]
+    del graph
+    result = run_pipeline(handed.pop(), registry.resolve(names), pass_options, verification,
+                          base, like=proto, progress=progress)
+    if not verification.enabled and verification.skipped_reason != "--no-verify":
+        warnings.append(f"verification skipped: {verification.skipped_reason}")
+    warnings += verification.warnings
+    warnings += [w for r in result.records for w in r.warnings]
+    if accuracy_budget is not None and result.final_error is not None and \
+            not accuracy_budget.holds(result.final_error):
+        warnings.append(f"the output breaks the accuracy budget: "
+                        f"{accuracy_budget.describe(result.final_error)}")
+    data = _write_outputs(result, proto, model_path, out_dir, target, lowering, verification,
+                          feeds, o, lossy, warnings, task_progress, measure_step, command)
+    return CompileResult(data, out_dir / OUTPUT_MODEL, out_dir / "report.json",
+                         out_dir / "report.md")
+
+
+def _verification(graph: Any, o: CompileOptions, given_shapes: Mapping[str, Sequence[int]]
+                  ) -> tuple[Verification, list[verify.Feeds], list[verify.Feeds] | None,
+                             dict[str, list]]:
+    """What passes are checked on (calibration data, --eval, else seeded random inputs) and
+    what lossy passes calibrate on; with the input shapes those fix."""
     shapes = verify.concrete_shapes(graph, given_shapes)
     skipped = None if o.verify else "--no-verify"
     if o.calibration is not None:
@@ -252,13 +284,20 @@ def compile_model(
         if calibration is None:
             calibration = eval_feeds
             shapes = {k: list(v.shape) for k, v in eval_feeds[0].items()}
+    return verification, feeds, calibration, shapes
+
+
+def _data_warnings(verification: Verification, o: CompileOptions, lossy: list[str],
+                   calibration: list[verify.Feeds] | None) -> list[str]:
+    """What the data the compile was given cannot tell (empty inputs, lossy passes without
+    calibration data)."""
+    warnings = []
     empty = verify.empty_inputs(verification.feeds[0]) if verification.feeds else []
     if empty and o.verify:
         warnings.append(f"input(s) {', '.join(empty)} hold no values (a zero-size dim): "
                         "what the model computes from them was checked for its shapes and "
                         "dtypes only; give --input-shape or --calibration with values to "
                         "check more")
-    lossy = [n for n in names if not registry.get_pass(n).lossless]
     if lossy:
         warnings.append(f"lossy passes requested: {', '.join(lossy)}")
     if lossy and o.calibration is None and o.eval is not None:
@@ -267,24 +306,17 @@ def compile_model(
     elif lossy and calibration is None:
         warnings.append("no --calibration data: lossy passes measured their error on random "
                         "inputs, which say little about accuracy on real data")
-    base = PassContext(target=target, input_shapes=shapes,
-                       calibration=calibration,
-                       budget=accuracy_budget, progress=task_progress,
-                       exclude=tuple(o.exclude))
-    # Hand the graph over: a pass may return a new graph object, and a reference kept here
-    # would keep every weight it replaced alive until the end (2x the weights at peak).
-    handed: list = [graph]
-    del graph
-    result = run_pipeline(handed.pop(), registry.resolve(names), pass_options, verification,
-                          base, like=proto, progress=progress)
-    if not verification.enabled and verification.skipped_reason != "--no-verify":
-        warnings.append(f"verification skipped: {verification.skipped_reason}")
-    warnings += verification.warnings
-    warnings += [w for r in result.records for w in r.warnings]
-    if accuracy_budget is not None and result.final_error is not None and \
-            not accuracy_budget.holds(result.final_error):
-        warnings.append(f"the output breaks the accuracy budget: "
-                        f"{accuracy_budget.describe(result.final_error)}")
+    return warnings
+
+
+def _write_outputs(result: Any, proto: Any, model_path: Path, out_dir: Path, target: Any,
+                   lowering: ModuleType, verification: Verification,
+                   feeds: list[verify.Feeds], o: CompileOptions, lossy: list[str],
+                   warnings: list[str], task_progress: TaskProgress | None,
+                   measure_step: Callable[[], None] | None, command: Sequence[str]
+                   ) -> dict[str, Any]:
+    """The output model, the artifact and the reports, staged and published together;
+    returns the report."""
     # An input with external data gives an output with external data (and so do big ones).
     external = ir.uses_external_data(proto) or ir.is_large(result.graph)
     # Everything is made in a staging folder inside OUT, then published together under a
@@ -316,8 +348,7 @@ def compile_model(
         data["output"]["path"] = str(out_dir / OUTPUT_MODEL)
         report.write_reports(staging, data)
         _publish(staging, out_dir, lowering.ARTIFACT_FILES)
-    return CompileResult(data, out_dir / OUTPUT_MODEL, out_dir / "report.json",
-                         out_dir / "report.md")
+    return data
 
 
 def _sparse_runner(lowering: ModuleType, graph, feeds: verify.Feeds, o: CompileOptions):
