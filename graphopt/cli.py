@@ -369,7 +369,7 @@ def run(
             candidate = model / name
             if engine not in ("auto", kind) or not model.is_dir() or not candidate.exists():
                 continue
-            problem = _artifact_problem(lowering, model, candidate, feeds, on)
+            problem = _artifact_problem(lowering, candidate, feeds, on)
             if problem and engine != "auto":
                 raise UserError(problem)
             if not problem:
@@ -424,8 +424,8 @@ def _run_onnxruntime(lowering: ModuleType, graph: gs.Graph, feeds: dict[str, np.
     return runner.run(feeds)
 
 
-def _artifact_problem(lowering: ModuleType, out_dir: Path, artifact: Path,
-                      feeds: dict[str, np.ndarray], device: str = "cpu") -> str | None:
+def _artifact_problem(lowering: ModuleType, artifact: Path, feeds: dict[str, np.ndarray],
+                      device: str = "cpu") -> str | None:
     """Why the compiled module cannot run these inputs here (its shapes are fixed at compile
     time; an x86 one may use instructions this CPU lacks; a CUDA one needs a GPU and a CUDA
     compiler for TVM to finish it when it loads), or None."""

@@ -14,13 +14,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
+from graphopt.passes.layout import compose as compose_perms
 from graphopt.pattern import Match, P, pattern_pass
 from graphopt.pipeline import PassContext
-
-
-def compose_perms(first: list[int], second: list[int]) -> list[int]:
-    """Transpose(Transpose(x, first), second) == Transpose(x, compose_perms(first, second))."""
-    return [first[i] for i in second]
 
 
 def normalized_axes(axes, rank: int | None) -> list[int] | None:

@@ -282,29 +282,42 @@ def compose_readers(graph: gs.Graph, t: gs.Node) -> bool:
     return changed
 
 
+def sink_plan(graph: gs.Graph, t: gs.Node, opset: int, ctx: PassContext
+              ) -> tuple[int, dict[int, Relayout]] | None:
+    """What moving Transpose t below all its readers would take, without moving it: the
+    Transposes it adds (negative: removes) and each reader's re-layout; None where a reader
+    cannot be re-laid."""
+    perm, b = _perm(t), t.outputs[0]
+    readers = ir.consumers(b)
+    if perm is None or not readers or ir.is_graph_output(graph, b):
+        return None
+    plans: dict[int, Relayout] = {}
+    for reader in readers:
+        if not _in_graph(graph, reader):
+            return None
+        relayout = plan(reader, perm, opset)
+        if isinstance(relayout, str):
+            ctx.skip(t, f"read by {reader.op} '{reader.name}': {relayout}")
+            return None
+        if any(x is b for i, x in enumerate(reader.inputs) if i not in relayout.data):
+            return None  # read as a parameter (a shape, an index)
+        plans[id(reader)] = relayout
+    total = -1 + sum(cost(r, perm, plans[id(r)], b, graph, plans) for r in readers)  # t goes
+    return total, plans
+
+
 def sink(graph: gs.Graph, t: gs.Node, opset: int, ctx: PassContext, allowed: int = 0
          ) -> bool:
     """Move Transpose t below all its readers when that adds no more than `allowed`
     Transposes (0: none)."""
-    perm, b = _perm(t), t.outputs[0]
-    readers = ir.consumers(b)
-    if perm is None or not readers or ir.is_graph_output(graph, b):
+    planned = sink_plan(graph, t, opset, ctx)
+    if planned is None:
         return False
-    plans: dict[int, Relayout] = {}
-    for reader in readers:
-        if not _in_graph(graph, reader):
-            return False
-        relayout = plan(reader, perm, opset)
-        if isinstance(relayout, str):
-            ctx.skip(t, f"read by {reader.op} '{reader.name}': {relayout}")
-            return False
-        if any(x is b for i, x in enumerate(reader.inputs) if i not in relayout.data):
-            return False  # read as a parameter (a shape, an index)
-        plans[id(reader)] = relayout
-    total = -1 + sum(cost(r, perm, plans[id(r)], b, graph, plans) for r in readers)  # t goes
+    total, plans = planned
     if total > allowed:
         ctx.skip(t, f"moving it below its readers would add {total} Transpose(s)")
         return False
+    perm, readers = _perm(t), ir.consumers(t.outputs[0])
     # a reader reading another reader's output goes after it (it then reads the output's
     # un-transposed form)
     pending = list(readers)
@@ -385,6 +398,9 @@ def speculate(graph: gs.Graph, opset: int, rounds: int, allowed: int = 2) -> gs.
         for index, node in enumerate(graph.nodes):
             if node.op != "Transpose" or not node.inputs or not node.outputs[0].outputs:
                 continue
+            planned = sink_plan(graph, node, opset, scratch)
+            if planned is None or not 0 < planned[0] <= allowed:
+                continue  # cannot move, or settle already took it, or too dear to try
             trial = graph.copy()
             if not sink(trial, trial.nodes[index], opset, scratch, allowed):
                 continue
