@@ -16,7 +16,9 @@ of candidates, cheapest first, each replacing some weights with approximated arr
    t; a binary search over t finds the largest one whose *combined* model stays in budget
    (layers whose every candidate is over t fall back to the original weights);
 3. a greedy pass then tries to move single layers one candidate cheaper while the budget holds.
-Combined models are always judged on all calibration samples, so the result holds on them.
+The binary search may judge its trials on a few samples (`quick_samples`: quantization, whose
+combined models are many); the model it settles on, and every later one, is judged on all of
+them, so the result holds on them.
 
 Every evaluation runs one onnxruntime session, built once, in which the weights in play are
 graph inputs (WeightProbe): trying a candidate is one run with other arrays, no graph rebuild.
@@ -178,7 +180,8 @@ class WeightProbe:
 class Candidate:
     label: str  # what it is, e.g. "channel rank 32"
     cost: float  # what the search minimizes (MACs, bytes); lower is better
-    make: Callable[[], dict[str, np.ndarray]]  # the replaced weights, made when scored
+    # the replaced weights, made when scored (None where the search is given `combine`)
+    make: Callable[[], dict[str, np.ndarray]] | None = None
 
 
 @dataclass
@@ -207,63 +210,114 @@ class SearchResult:
     evaluations: int
     trace: list[tuple[float, float]] = field(default_factory=list)  # (cost, distance) tried
 
+    def chosen(self) -> dict[str, int]:
+        """The layers given a candidate: name -> candidate index."""
+        return {n: d.choice for n, d in self.decisions.items() if d.choice is not None}
+
 
 Advance = Callable[[int], None]
+Choice = Mapping[str, "int | None"]  # layer name -> candidate index, None = original weights
+# What a choice replaces: the union of its candidates' `make()` by default; a pass whose
+# candidates interact (quantization: which activations are quantized depends on which of
+# their readers are) gives its own.
+Combine = Callable[[Choice], dict[str, np.ndarray]]
+
+
+def union_of_candidates(layers: Sequence[Layer]) -> Combine:
+    def combine(choice: Choice) -> dict[str, np.ndarray]:
+        replaced: dict[str, np.ndarray] = {}
+        for layer in layers:
+            index = choice.get(layer.name)
+            if index is not None:
+                replaced.update(layer.candidates[index].make())
+        return replaced
+    return combine
+
+
+def sensitivities(layers: Sequence[Layer], probe: WeightProbe, budget: Budget,
+                  progress: Callable[[str, int], Advance] | None = None,
+                  samples: int | None = None, combine: Combine | None = None
+                  ) -> dict[str, list[float]]:
+    """Step 1: the budget distance of every (layer, candidate) alone, on the first `samples`
+    feeds (all by default)."""
+    combine = combine or union_of_candidates(layers)
+    total = sum(len(layer.candidates) for layer in layers)
+    advance = progress("sensitivity", total) if progress is not None else (lambda n: None)
+    scores: dict[str, list[float]] = {}
+    for layer in layers:
+        row = []
+        for i in range(len(layer.candidates)):
+            row.append(budget.distance(probe.error(combine({layer.name: i}), samples)))
+            advance(1)
+        scores[layer.name] = row
+        log.debug("sensitivity %s: %s", layer.name, row)
+    return scores
 
 
 def search(layers: Sequence[Layer], probe: WeightProbe, budget: Budget,
            progress: Callable[[str, int], Advance] | None = None,
-           sensitivity_samples: int | None = None) -> SearchResult:
+           sensitivity_samples: int | None = None, *, combine: Combine | None = None,
+           quick_samples: int | None = None, refine: bool = True,
+           alone_over_budget: bool = False,
+           sensitivity: Mapping[str, Sequence[float]] | None = None) -> SearchResult:
     """Choose a candidate (or none) per layer: cheapest total cost within the budget.
     Sensitivities may use the first `sensitivity_samples` feeds only (there are many of
-    them); every combined model is judged on all of the probe's feeds."""
-    total = sum(len(layer.candidates) for layer in layers)
-    advance = progress("sensitivity", total) if progress is not None else (lambda n: None)
-    sensitivity: dict[str, list[float]] = {}
-    for layer in layers:
-        scores = []
-        for candidate in layer.candidates:
-            scores.append(budget.distance(probe.error(candidate.make(), sensitivity_samples)))
-            advance(1)
-        sensitivity[layer.name] = scores
-        log.debug("sensitivity %s: %s", layer.name, scores)
-
+    them), or come measured (`sensitivity`); the threshold's binary search may run on the
+    first `quick_samples` feeds, and its result is then confirmed on all of them (a lower
+    threshold while it does not hold); `refine=False` skips the greedy step;
+    `alone_over_budget` lets the threshold rise past the budget's allowance (candidates
+    over budget alone, whose errors may cancel in combination: quantization judged on
+    top-1 accuracy). Every model the result rests on is judged on all of the probe's
+    feeds."""
+    combine = combine or union_of_candidates(layers)
+    if sensitivity is None:
+        sensitivity = sensitivities(layers, probe, budget, progress, sensitivity_samples,
+                                    combine)
     trace: list[tuple[float, float]] = []
     evaluated: dict[tuple, tuple[bool, verify.ErrorStats]] = {}
 
-    def cost_of(choice: Mapping[str, int | None]) -> float:
+    def cost_of(choice: Choice) -> float:
         return sum(layer.cost if choice[layer.name] is None
                    else layer.candidates[choice[layer.name]].cost for layer in layers)
 
-    def evaluate(choice: Mapping[str, int | None]) -> tuple[bool, verify.ErrorStats]:
-        key = tuple(choice[layer.name] for layer in layers)
+    def evaluate(choice: Choice, samples: int | None = None
+                 ) -> tuple[bool, verify.ErrorStats]:
+        key = (tuple(choice[layer.name] for layer in layers), samples)
         if key not in evaluated:
-            replaced: dict[str, np.ndarray] = {}
-            for layer in layers:
-                if choice[layer.name] is not None:
-                    replaced.update(layer.candidates[choice[layer.name]].make())
-            error = probe.error(replaced) if replaced else probe.exact()
+            replaced = combine(choice)
+            error = probe.error(replaced, samples) if replaced else probe.exact()
             evaluated[key] = (budget.holds(error), error)
-            trace.append((cost_of(choice), budget.distance(error)))
+            if samples is None:
+                trace.append((cost_of(choice), budget.distance(error)))
         return evaluated[key]
 
     def at_threshold(t: float) -> dict[str, int | None]:
         choice: dict[str, int | None] = {}
         for layer in layers:
-            fits = [i for i, s in enumerate(sensitivity[layer.name]) if s <= t]
-            choice[layer.name] = fits[0] if fits else None  # cheapest that fits
+            scores = sensitivity[layer.name]
+            fits = [i for i, s in enumerate(scores) if s <= t]
+            # the cheapest that fits; of equally cheap ones, the most accurate
+            choice[layer.name] = min(fits, key=lambda i: (layer.candidates[i].cost,
+                                                          scores[i])) if fits else None
         return choice
 
     thresholds = sorted({s for scores in sensitivity.values() for s in scores
-                         if s <= budget.allowance})
+                         if s <= budget.allowance or alone_over_budget})
+    steps = math.ceil(math.log2(len(thresholds) + 1)) + 1
+    advance = progress("budget search", steps) if progress is not None else (lambda n: None)
     # Binary search for the largest threshold whose combined model holds (-1: none).
     lo, hi = -1, len(thresholds) - 1
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if evaluate(at_threshold(thresholds[mid]))[0]:
+        if evaluate(at_threshold(thresholds[mid]), quick_samples)[0]:
             lo = mid
         else:
             hi = mid - 1
+        advance(1)
+    if quick_samples is not None:  # confirmed on every sample
+        while lo >= 0 and not evaluate(at_threshold(thresholds[lo]))[0]:
+            lo -= 1
+    advance(1)
     choice = at_threshold(thresholds[lo]) if lo >= 0 else {l.name: None for l in layers}
 
     # Greedy: one step cheaper per layer, biggest saving first, while the budget holds.
@@ -273,7 +327,7 @@ def search(layers: Sequence[Layer], probe: WeightProbe, budget: Budget,
         nxt = _cheaper(layer, current, sensitivity[layer.name], budget)
         return 0.0 if nxt is None else now - layer.candidates[nxt].cost
 
-    for layer in sorted(layers, key=step_saving, reverse=True):
+    for layer in sorted(layers, key=step_saving, reverse=True) if refine else ():
         while True:
             nxt = _cheaper(layer, choice[layer.name], sensitivity[layer.name], budget)
             if nxt is None:
@@ -286,7 +340,7 @@ def search(layers: Sequence[Layer], probe: WeightProbe, budget: Budget,
     holds, error = evaluate(choice)
     decisions = {}
     for layer in layers:
-        scores = sensitivity[layer.name]
+        scores = list(sensitivity[layer.name])
         index = choice[layer.name]
         if index is not None:
             reason = "chosen"

@@ -10,7 +10,8 @@ from graphopt import ir
 from graphopt.passes.quantize_per_channel.layers import (
     LayerQuant, QuantLayer, _feeds, _reduce_range, _report_layers, _weight_bits_note,
     quantize_layer)
-from graphopt.passes.quantize_per_channel.simulation import Simulation, _layer_search
+from graphopt.passes.quantize_per_channel.simulation import (
+    Simulation, _layer_search, rewrite_layers)
 from graphopt.pipeline import PassContext
 
 
@@ -64,27 +65,19 @@ def _dynamic(graph: gs.Graph, ctx: PassContext, layers: list[QuantLayer]) -> gs.
     quants = {l.name: quantize_layer(l, "int8", 0, _reduce_range(ctx)) for l in layers}
     feeds, judged = _feeds(graph, ctx)
 
+    def rewrite(target: gs.Graph, node: gs.Node, lq: LayerQuant, sim: Simulation | None
+                ) -> None:
+        y, _ = _dynamic_path(target, lq)
+        out = node.outputs[0]
+        if sim:
+            sim.switch("l:" + node.name, out, y, ir.consumers(out))
+        else:
+            ir.replace_all_uses(target, out, y)
+            node.inputs.clear()
+            node.outputs.clear()
+
     def build(g: gs.Graph, on: set[str], simulate: bool) -> Simulation | None:
-        sim = Simulation(g) if simulate else None
-        target = sim.graph if sim else g
-        nodes = {n.name: n for n in target.nodes}
-        for layer in layers:
-            if not simulate and layer.name not in on:
-                continue
-            node = nodes[layer.name]
-            lq = quants[layer.name]
-            moved = LayerQuant(QuantLayer(node, layer.weight, layer.values, layer.out_axis,
-                                          layer.in_axis, layer.bias), lq.q, lq.scale,
-                               lq.dequantized, lq.sqnr_db)
-            y, _ = _dynamic_path(target, moved)
-            out = node.outputs[0]
-            if sim:
-                sim.switch("l:" + layer.name, out, y, ir.consumers(out))
-            else:
-                ir.replace_all_uses(target, out, y)
-                node.inputs.clear()
-                node.outputs.clear()
-        return sim
+        return rewrite_layers(g, quants, on, simulate, rewrite)
 
     on, info = _layer_search(graph, ctx, layers, judged, build)
     build(graph, on, simulate=False)

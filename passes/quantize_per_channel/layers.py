@@ -4,7 +4,7 @@ and corrected biases, and the helpers every mode shares (options, rewriting, rep
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -117,6 +117,13 @@ class LayerQuant:
     block_size: int = 0
     bias_fix: np.ndarray | None = None  # corrected float bias (bias correction), or None
     info: dict[str, Any] = field(default_factory=dict)
+
+    def at(self, node: gs.Node) -> LayerQuant:
+        """The same quantization for `node`: the layer's node in a copy of the graph."""
+        layer = self.layer
+        moved = QuantLayer(node, node.inputs[1], layer.values, layer.out_axis, layer.in_axis,
+                           layer.bias)
+        return replace(self, layer=moved)
 
 
 def quantize_layer(layer: QuantLayer, dtype: str, block_size: int, reduce_range: bool

@@ -4,14 +4,15 @@ by graph inputs, and the budgeted choice of layers that runs on it."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import budget as budgets
 from graphopt import ir, verify
-from graphopt.passes.quantize_per_channel.layers import LAYER_OPS, QuantLayer, _read_from
+from graphopt.passes.quantize_per_channel.layers import (
+    LAYER_OPS, LayerQuant, QuantLayer, _read_from)
 from graphopt.pipeline import PassContext
 
 # Per-layer sensitivities cost one model run per sample per layer (twice where bias correction
@@ -87,37 +88,51 @@ class Simulation:
         return {self.gates[k]: np.array(True) for k in keys if k in self.gates}
 
 
+# A mode's rewrite of one layer: on the model (sim None) or switched on the simulation.
+Rewrite = Callable[[gs.Graph, gs.Node, LayerQuant, "Simulation | None"], None]
+
+
+def rewrite_layers(graph: gs.Graph, quants: dict[str, LayerQuant], on: set[str],
+                   simulate: bool, rewrite: Rewrite) -> Simulation | None:
+    """The layers in `on` rewritten in `graph`; or (simulate) every layer's rewrite switched
+    in a Simulation of it, which is returned."""
+    sim = Simulation(graph) if simulate else None
+    target = sim.graph if sim else graph
+    nodes = {n.name: n for n in target.nodes}
+    for name, lq in quants.items():
+        if simulate or name in on:
+            rewrite(target, nodes[name], lq.at(nodes[name]), sim)
+    return sim
+
+
 # ----------------------------------------------------------------------- the budget search
-def _fallback(names: list[str], sensitivity: Mapping[str, float], holds,
-              ctx: PassContext | None = None) -> tuple[set[str], verify.ErrorStats, int]:
-    """Leave the k most sensitive layers in float, with the smallest k that holds the budget:
-    a binary search (sensitivity order makes the error fall as k grows) on the first
-    QUICK_SAMPLES samples, then the choice judged on all of them, leaving more layers in
-    float one at a time while it does not hold. `holds(on, samples)` -> (holds, error)."""
-    order = sorted(names, key=lambda n: sensitivity[n], reverse=True)
-    runs = 0
-    results: dict[tuple[int, int | None], tuple[bool, verify.ErrorStats]] = {}
-    steps = math.ceil(math.log2(len(order) + 1)) + 1
-    advance = ctx.task("budget search", steps) if ctx is not None else (lambda n: None)
+# A layer is a budget.Layer with one candidate, "int8" (or two in static mode: with and
+# without bias correction), cheaper than float; budget.search's shared threshold then leaves
+# the most sensitive layers in float until the combined model holds the budget. Every layer
+# is tried, even one over budget alone (roundings cancel: on top-1 accuracy a layer alone can
+# cost 3 of 200 samples and none beside the others). No greedy step: quantizing a layer over
+# the threshold seldom pays, and every trial is a model run.
+def search(graph: gs.Graph, ctx: PassContext, layers: Sequence[budgets.Layer],
+           probe: budgets.WeightProbe, budget: budgets.Budget, combine: budgets.Combine
+           ) -> budgets.SearchResult:
+    """budget.search on the simulation: sensitivities on as many samples as the model's size
+    affords (_sensitivity_samples), the threshold's bisection on QUICK_SAMPLES, the result
+    on all of them."""
+    evaluations = sum(len(layer.candidates) for layer in layers)
+    samples = _sensitivity_samples(ctx, graph, probe, evaluations)
+    return budgets.search(layers, probe, budget, progress(ctx), samples, combine=combine,
+                          quick_samples=QUICK_SAMPLES, refine=False, alone_over_budget=True)
 
-    def check(k: int, samples: int | None = QUICK_SAMPLES) -> bool:
-        nonlocal runs
-        if (k, samples) not in results:
-            results[(k, samples)] = holds(set(order[k:]), samples)  # k = all: float, holds
-            runs += 1
-            advance(1)
-        return results[(k, samples)][0]
 
-    lo, hi = 0, len(order)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if check(mid):
-            hi = mid
-        else:
-            lo = mid + 1
-    while not check(lo, None) and lo < len(order):
-        lo += 1
-    return set(order[lo:]), results[(lo, None)][1], runs
+def progress(ctx: PassContext) -> Callable[[str, int], budgets.Advance]:
+    return lambda what, total: ctx.task(f"quantization {what}", total)
+
+
+def float_reason(decision: budgets.Decision, budget: budgets.Budget) -> str:
+    """Why a layer stays in float, as the layer report says it."""
+    if min(decision.sensitivity, default=math.inf) > budget.allowance:
+        return "too sensitive"
+    return "needed to keep the model in budget"
 
 
 def _sensitivity_samples(ctx: PassContext, graph: gs.Graph, probe: budgets.WeightProbe,
@@ -164,26 +179,20 @@ def _layer_search(graph: gs.Graph, ctx: PassContext, layers: list[QuantLayer],
     judged, reference, labels = budgets.judged_on(graph, ctx, budget, judged)
     sim = build(_with_output_identities(graph), set(), simulate=True)
     probe = sim.probe(judged, reference, labels)
-    samples = _sensitivity_samples(ctx, graph, probe, len(names))
-    advance = ctx.task("quantization sensitivity", len(names))
-    sensitivity = {}
-    for name in names:
-        sensitivity[name] = budget.distance(probe.error(sim.switches(["l:" + name]), samples))
-        info[name]["sensitivity"] = budgets.finite(sensitivity[name], budget)
-        advance(1)
 
-    def holds(on: set[str], samples: int | None = None):
-        error = probe.error(sim.switches(["l:" + n for n in on]), samples)
-        return budget.holds(error), error
+    def combine(choice: budgets.Choice) -> dict[str, np.ndarray]:
+        return sim.switches("l:" + n for n, i in choice.items() if i is not None)
 
-    on, error, runs = _fallback(names, sensitivity, holds, ctx)
-    for name in names:
-        if name not in on:
-            info[name]["reason"] = ("too sensitive" if sensitivity[name] > budget.allowance
-                                    else "needed to keep the model in budget")
-    ctx.note(f"budget {budget}: {budget.describe(error)} after {runs} model runs; sensitivity "
-             f"= the model's {budgets.DISTANCE[budget.metric]} with that layer alone quantized")
-    if not budget.holds(error):
+    candidates = [budgets.Layer(n, 1.0, [budgets.Candidate("int8", 0.0)]) for n in names]
+    result = search(graph, ctx, candidates, probe, budget, combine)
+    for name, decision in result.decisions.items():
+        info[name]["sensitivity"] = budgets.finite(decision.sensitivity[0], budget)
+        if decision.choice is None:
+            info[name]["reason"] = float_reason(decision, budget)
+    ctx.note(f"budget {budget}: {budget.describe(result.error)} after {result.evaluations} "
+             f"model runs; sensitivity = the model's {budgets.DISTANCE[budget.metric]} with "
+             "that layer alone quantized")
+    if not result.holds:
         ctx.warn(f"quantize_per_channel: could not stay in budget {budget}: "
-                 f"{budget.describe(error)}")
-    return on, info
+                 f"{budget.describe(result.error)}")
+    return set(result.chosen()), info

@@ -15,7 +15,7 @@ from graphopt.passes.quantize_per_channel.layers import (
     LAYER_OPS, LayerQuant, QuantLayer, _dq, _feeds, _float_alpha_beta, _read_from,
     _reduce_range, _report_layers, _weight_bits_note, corrected_bias, quantize_layer)
 from graphopt.passes.quantize_per_channel.simulation import (
-    Simulation, _fallback, _sensitivity_samples)
+    Simulation, _sensitivity_samples, float_reason, progress, search)
 from graphopt.pipeline import PassContext
 
 # Ops whose output reuses its input's quantization (exact: no new rounding), so onnxruntime
@@ -357,9 +357,10 @@ def _static(graph: gs.Graph, ctx: PassContext, layers: list[QuantLayer]) -> gs.G
 
 def _search(graph: gs.Graph, ctx: PassContext, state: StaticState,
             judged: list[verify.Feeds]) -> tuple[set[str], set[str], dict[str, dict]]:
-    """(layers to quantize, layers with bias correction, per-layer info)."""
+    """(layers to quantize, layers with bias correction, per-layer info). A layer's
+    candidates: int8, and int8 with its bias corrected where correction applies (equally
+    cheap: the search takes the more accurate one that fits)."""
     names = [l.name for l in state.layers]
-    all_fixed = {n for n in names if state.quants[n].bias_fix is not None}
     info: dict[str, dict] = {n: {} for n in names}
     everything = ctx.options["budget"].strip().lower() == "none"
     # Without a budget the sensitivities still decide bias correction and fill the report.
@@ -368,58 +369,52 @@ def _search(graph: gs.Graph, ctx: PassContext, state: StaticState,
     judged, reference, labels = budgets.judged_on(graph, ctx, budget, judged)
     sim = static_simulation(graph, state)
     probe = sim.probe(judged, reference, labels)
-    samples = _sensitivity_samples(ctx, graph, probe, len(names) + len(all_fixed))
-    advance = ctx.task("quantization sensitivity", len(names) + len(all_fixed))
-    sensitivity: dict[str, float] = {}
-    bias_fixed: set[str] = set()
-    for name in names:
-        plain = budget.distance(probe.error(sim.switches(
-            static_switches(graph, state, {name}, set())), samples))
-        advance(1)
-        best = plain
-        if name in all_fixed:
-            fixed = budget.distance(probe.error(sim.switches(
-                static_switches(graph, state, {name}, {name})), samples))
-            advance(1)
-            info[name]["sensitivity_without_bias_correction"] = budgets.finite(plain, budget)
-            if fixed < plain:
-                bias_fixed.add(name)
-                best = fixed
-        sensitivity[name] = best
-        info[name]["sensitivity"] = budgets.finite(best, budget)
+    candidates = [budgets.Layer(n, 1.0, [budgets.Candidate("int8", 0.0)] + (
+        [budgets.Candidate("int8, bias corrected", 0.0)]
+        if state.quants[n].bias_fix is not None else [])) for n in names]
+
+    def split(choice: budgets.Choice) -> tuple[set[str], set[str]]:
+        on = {n for n, i in choice.items() if i is not None}
+        return on, {n for n, i in choice.items() if i == 1}
+
+    def combine(choice: budgets.Choice) -> dict[str, np.ndarray]:
+        return sim.switches(static_switches(graph, state, *split(choice)))
+
     if everything:
         ctx.note("budget 'none': every eligible layer quantized")
+        samples = _sensitivity_samples(ctx, graph, probe,
+                                       sum(len(c.candidates) for c in candidates))
+        scores = budgets.sensitivities(candidates, probe, budget, progress(ctx), samples,
+                                       combine)
+        bias_fixed = {n for n in names if len(scores[n]) > 1 and scores[n][1] < scores[n][0]}
+        _sensitivity_info(info, scores, budget)
         return set(names), bias_fixed, info
-
-    def holds(on: set[str], samples: int | None = None) -> tuple[bool, verify.ErrorStats]:
-        error = probe.error(sim.switches(static_switches(graph, state, on, bias_fixed)),
-                            samples)
-        return budget.holds(error), error
-
-    on, error, evaluations = _fallback(names, sensitivity, holds, ctx)
+    result = search(graph, ctx, candidates, probe, budget, combine)
+    scores = {n: d.sensitivity for n, d in result.decisions.items()}
+    _sensitivity_info(info, scores, budget)
+    on, bias_fixed = split({n: d.choice for n, d in result.decisions.items()})
+    for name, decision in result.decisions.items():
+        if decision.choice is None:
+            info[name]["reason"] = float_reason(decision, budget)
     # Judge the choice as deployed too: the real QDQ model in onnxruntime with its integer
     # kernels. Both must hold: leaving a layer in float for the integer kernels' sake can
     # break the model as written (on models whose outputs flip, such as a CTC recognizer's
     # per-step softmax, the error is not monotonic in the layers quantized).
-    simulated_ok = True
+    error, evaluations = result.error, result.evaluations
     while True:
         candidate = graph.copy()
         apply_static(candidate, state, on, bias_fixed)
         real = verify.compare_all(reference, _run_optimized(ir.cleanup(candidate), judged),
                                   labels)
-        if (simulated_ok and budget.holds(real)) or not on:
+        if (budget.holds(error) and budget.holds(real)) or not on:
             break
-        worst = max(on, key=lambda n: sensitivity[n])
-        on = on - {worst}
+        worst = max(on, key=lambda n: min(scores[n]))
+        on, bias_fixed = on - {worst}, bias_fixed - {worst}
         info[worst]["reason"] = ("needed to keep the model in budget with integer kernels"
                                  if not budget.holds(real) else
                                  "needed to keep the model in budget")
-        simulated_ok, error = holds(on)
+        error = probe.error(combine({n: (1 if n in bias_fixed else 0) for n in on}))
         evaluations += 1
-    for name in names:
-        if name not in on:
-            info[name].setdefault("reason", "too sensitive" if sensitivity[name] >
-                                  budget.allowance else "needed to keep the model in budget")
     ctx.note(f"budget {budget}: simulated {budget.describe(error)} after {evaluations} "
              f"model runs; with onnxruntime's integer kernels {budget.describe(real)}; "
              f"sensitivity = the model's {budgets.DISTANCE[budget.metric]} with that layer "
@@ -428,7 +423,17 @@ def _search(graph: gs.Graph, ctx: PassContext, state: StaticState,
         ctx.warn(f"quantize_per_channel: could not stay in budget {budget}: "
                  f"{budget.describe(real)} with integer kernels, "
                  f"{budget.describe(error)} as written")
-    return on, bias_fixed & on, info
+    return on, bias_fixed, info
+
+
+def _sensitivity_info(info: dict[str, dict], scores: Mapping[str, Sequence[float]],
+                      budget: budgets.Budget) -> None:
+    """Each layer's sensitivity for the report: its best candidate's, and without bias
+    correction where that was tried."""
+    for name, row in scores.items():
+        info[name]["sensitivity"] = budgets.finite(min(row), budget)
+        if len(row) > 1:
+            info[name]["sensitivity_without_bias_correction"] = budgets.finite(row[0], budget)
 
 
 def _run_optimized(graph: gs.Graph, feeds: Sequence[verify.Feeds]) -> list[dict]:

@@ -10,7 +10,8 @@ from graphopt import ir, quant
 from graphopt.errors import UserError
 from graphopt.passes.quantize_per_channel.layers import (
     LayerQuant, QuantLayer, _dq, _feeds, _float_alpha_beta, _report_layers, quantize_layer)
-from graphopt.passes.quantize_per_channel.simulation import Simulation, _layer_search
+from graphopt.passes.quantize_per_channel.simulation import (
+    Simulation, _layer_search, rewrite_layers)
 from graphopt.pipeline import PassContext
 
 DEFAULT_INT4_BLOCK = 32
@@ -83,35 +84,27 @@ def _weight_only(graph: gs.Graph, ctx: PassContext, layers: list[QuantLayer]) ->
                             "int4_format = \"matmulnbits\" (the default)")
     feeds, judged = _feeds(graph, ctx)
 
+    def rewrite(target: gs.Graph, node: gs.Node, lq: LayerQuant, sim: Simulation | None
+                ) -> None:
+        layer = lq.layer
+        if sim:  # the dequantized weight is what the layer then computes with
+            sim.switch("l:" + node.name, node.inputs[1],
+                       ir.const(target, lq.dequantized, layer.weight.name + "_sim"), [node])
+        elif nbits:
+            ir.replace_all_uses(target, node.outputs[0], _matmulnbits(target, lq, block))
+            node.inputs.clear()
+            node.outputs.clear()
+        elif dtype == "int4":
+            node.inputs[1] = _dq(target, lq.q, lq.scale, None, layer.weight.name,
+                                 layer.in_axis, block, stored=ir.int4_constant(
+                                     target, lq.q, layer.weight.name + "_int4"))
+        else:
+            axis = layer.in_axis if block else layer.out_axis
+            node.inputs[1] = _dq(target, lq.q, lq.scale, np.zeros(lq.scale.shape, np.int8),
+                                 layer.weight.name, axis, block)
+
     def build(g: gs.Graph, on: set[str], simulate: bool) -> Simulation | None:
-        sim = Simulation(g) if simulate else None
-        target = sim.graph if sim else g
-        nodes = {n.name: n for n in target.nodes}
-        for layer in layers:
-            if not simulate and layer.name not in on:
-                continue
-            node = nodes[layer.name]
-            lq = quants[layer.name]
-            if simulate:  # the dequantized weight is what the layer then computes with
-                sim.switch("l:" + layer.name, node.inputs[1],
-                           ir.const(target, lq.dequantized, layer.weight.name + "_sim"), [node])
-            elif nbits:
-                moved = LayerQuant(QuantLayer(node, node.inputs[1], layer.values,
-                                              layer.out_axis, layer.in_axis, layer.bias),
-                                   lq.q, lq.scale, lq.dequantized, lq.sqnr_db, block)
-                y = _matmulnbits(target, moved, block)
-                ir.replace_all_uses(target, node.outputs[0], y)
-                node.inputs.clear()
-                node.outputs.clear()
-            elif dtype == "int4":
-                node.inputs[1] = _dq(target, lq.q, lq.scale, None, layer.weight.name,
-                                     layer.in_axis, block, stored=ir.int4_constant(
-                                         target, lq.q, layer.weight.name + "_int4"))
-            else:
-                axis = layer.in_axis if block else layer.out_axis
-                node.inputs[1] = _dq(target, lq.q, lq.scale, np.zeros(lq.scale.shape, np.int8),
-                                     layer.weight.name, axis, block)
-        return sim
+        return rewrite_layers(g, quants, on, simulate, rewrite)
 
     on, info = _layer_search(graph, ctx, layers, judged, build)
     build(graph, on, simulate=False)

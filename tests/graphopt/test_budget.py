@@ -140,6 +140,58 @@ def test_sensitivity_may_use_fewer_samples_but_combined_models_use_all() -> None
 
 
 # -------------------------------------------------------------------------- task budgets
+def test_search_with_interacting_candidates_and_quick_samples() -> None:
+    """Quantization's use: `combine` says what a choice replaces (here a pair costs more than
+    its parts), equally cheap candidates go to the more accurate, the bisection runs on
+    `quick_samples` and its result is confirmed on every sample, and a layer over budget
+    alone may still be chosen with `alone_over_budget`."""
+    seen = []
+
+    class Pairs(FakeProbe):
+        def error(self, replaced: dict, samples: int | None = None) -> verify.ErrorStats:
+            seen.append(samples)
+            extra = 0.004 if {"a", "b"} <= {k[0] for k in replaced} else 0.0
+            # on the quick samples the pair looks harmless: the confirmation must catch it
+            extra = 0.0 if samples == 2 else extra
+            return verify.ErrorStats(0.0, 0.0, 1.0 - extra - sum(self.errors[k]
+                                                                 for k in replaced))
+
+    errors = {"a:0": 0.003, "a:1": 0.001, "b:0": 0.004, "c:0": 0.012}
+    layers = [budget.Layer("a", 1.0, [budget.Candidate("plain", 0.0),
+                                      budget.Candidate("corrected", 0.0)]),
+              budget.Layer("b", 1.0, [budget.Candidate("plain", 0.0)]),
+              budget.Layer("c", 1.0, [budget.Candidate("plain", 0.0)])]
+
+    def combine(choice) -> dict:
+        return {f"{n}:{i}": None for n, i in choice.items() if i is not None}
+
+    b = budget.parse_budget("cosine=0.99")
+    result = budget.search(layers, Pairs(errors), b, combine=combine, quick_samples=2,
+                           refine=False)
+    # a (corrected: 0.001) and b (0.004) fit on 2 samples; on all, with the pair's 0.004,
+    # they do too (0.009); c (0.012 alone) never does
+    assert result.chosen() == {"a": 1, "b": 0} and result.holds
+    assert 2 in seen and None in seen
+    assert result.decisions["c"].reason.startswith("too sensitive")
+    errors["b:0"] = 0.006  # now a + b + pair = 0.011 on all samples, 0.007 on the quick ones
+    result = budget.search(layers, Pairs(errors), b, combine=combine, quick_samples=2,
+                           refine=False)
+    assert result.chosen() == {"a": 1} and result.holds
+    # a candidate over budget alone is tried when asked: here its error cancels beside d's
+
+    class Cancelling(FakeProbe):
+        def error(self, replaced: dict, samples: int | None = None) -> verify.ErrorStats:
+            total = 0.012 * ("c:0" in replaced) - 0.01 * ("d:0" in replaced)
+            return verify.ErrorStats(0.0, 0.0, 1.0 - total)
+
+    pair = [budget.Layer(n, 1.0, [budget.Candidate("plain", 0.0)]) for n in "cd"]
+    strict = budget.search(pair, Cancelling({}), b, combine=combine, refine=False)
+    loose = budget.search(pair, Cancelling({}), b, combine=combine, refine=False,
+                          alone_over_budget=True)
+    assert strict.chosen() == {"d": 0}
+    assert loose.chosen() == {"c": 0, "d": 0} and loose.holds
+
+
 def _task(accuracy: float, reference: float = 0.9, cosine: float = 1.0) -> verify.ErrorStats:
     return verify.ErrorStats(0.0, 0.0, cosine, accuracy, reference)
 
