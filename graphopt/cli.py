@@ -27,6 +27,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from graphopt import __version__, analysis, ir, report, verify
+from graphopt.artifact import Artifact
 from graphopt.errors import GraphoptError, UserError
 
 
@@ -231,7 +232,7 @@ def _compile(model_path: Path | None, output: Path, example: bool,
                                task_progress=task, measure_step=measured, command=sys.argv)
     report.print_report(result.report, console)
     artifacts = [str(result.model.parent / f) for f in
-                 result.report.get("codegen", {}).get("files", [])]
+                 Artifact.from_dict(result.report["codegen"]).files]
     console.print(f"wrote {', '.join([str(result.model), *artifacts])}, {result.report_json}, "
                   f"{result.report_md}")
 

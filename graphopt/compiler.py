@@ -19,6 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from graphopt import ir, report, testing, verify
+from graphopt.artifact import Artifact
 from graphopt.budget import parse_budget
 from graphopt.errors import ArtifactError, UserError
 from graphopt.pipeline import (PassContext, ProgressHook, TaskProgress, Verification,
@@ -327,7 +328,7 @@ def _write_outputs(result: Any, proto: Any, model_path: Path, out_dir: Path, tar
                                external_data=external)
         artifact = _codegen(lowering, staged_model, target, result, verification, o,
                             task_progress, warnings) if o.codegen else \
-            {"status": "off (--no-codegen)"}
+            Artifact.not_built("off (--no-codegen)")
         sparse = _sparse_runner(lowering, result.graph, feeds[0], o) if o.measure else None
         latency = verify.measure_latency(
             str(model_path), str(staged_model), feeds[0], runs=o.runs, step=measure_step,
@@ -342,7 +343,7 @@ def _write_outputs(result: Any, proto: Any, model_path: Path, out_dir: Path, tar
             result=result, input_path=model_path, input_opset=ir.default_opset(proto),
             output_path=staged_model, target=target.as_dict(), lossy=lossy,
             command=list(command), measure=latency, warnings=warnings)
-        data["codegen"] = artifact
+        data["codegen"] = artifact.as_dict()
         if sparse:
             data["sparse_run"] = [d.as_dict() for d in sparse[1]]
         data["output"]["path"] = str(out_dir / OUTPUT_MODEL)
@@ -400,14 +401,14 @@ def _check_codegen_options(o: CompileOptions, target: Any, lowering: ModuleType)
 
 def _codegen(lowering: ModuleType, staged_model: Path, target: Any, result: Any,
              verification: Verification, o: CompileOptions,
-             task_progress: TaskProgress | None, warnings: list[str]) -> dict[str, Any]:
+             task_progress: TaskProgress | None, warnings: list[str]) -> Artifact:
     """The target's artifact next to the staged model; failures are reported, never fatal:
     the ONNX output stands on its own."""
     if ir.is_large(result.graph):
         reason = ("the model has over 1.8 GB of weights and TVM's importer would hold another "
                   "copy of them: deploy model.opt.onnx with onnxruntime")
         warnings.append(f"no TVM artifact: {reason}")
-        return {"status": "skipped", "reason": reason, "target": target.full_name}
+        return Artifact.not_built("skipped", reason, target.full_name)
     feeds = verification.feeds[:2]
     shapes = {k: list(v.shape) for k, v in feeds[0].items()} if feeds else \
         verify.concrete_shapes(result.graph, {})
@@ -436,13 +437,13 @@ def _codegen(lowering: ModuleType, staged_model: Path, target: Any, result: Any,
                                 f"{reason}") from exc
         warnings.append(f"no TVM artifact: {reason}; the ONNX output is complete (run it "
                         "with onnxruntime)")
-        return {"status": "failed", "reason": reason, "target": target.full_name}
-    if o.require_artifact and artifact.check and not artifact.check["passed"]:
+        return Artifact.not_built("failed", reason, target.full_name)
+    if o.require_artifact and artifact.check and not artifact.check.passed:
         raise ArtifactError(f"the {target.full_name} artifact differs from onnxruntime "
-                            f"(max rel {artifact.check['max_rel']:.3g} > "
-                            f"{artifact.check['tolerance']:g}) and --require-artifact is set")
+                            f"(max rel {artifact.check.max_rel:.3g} > "
+                            f"{artifact.check.tolerance:g}) and --require-artifact is set")
     warnings.extend(f"codegen: {w}" for w in artifact.warnings)
-    return artifact.as_dict()
+    return artifact
 
 
 LOCK_FILE = ".graphopt.lock"

@@ -27,6 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from graphopt import __version__
+from graphopt.artifact import Artifact, Kernels
 from graphopt.analysis import GraphStats
 from graphopt.pipeline import PipelineResult
 
@@ -211,80 +212,67 @@ def sparse_lines(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def codegen_lines(c: Mapping[str, Any] | None) -> list[str]:
+def codegen_lines(c: Mapping[str, Any] | Artifact | None) -> list[str]:
     """What code generation produced, in a few plain lines (terminal and markdown)."""
     if not c:
         return []
-    if c.get("status") != "built":
-        return [f"TVM artifact: {c.get('status')}" + (f": {c['reason']}" if c.get("reason")
-                                                       else "")]
-    lines = [f"TVM artifact ({c['kind']}, {c['tvm_target']}): {', '.join(c['files'])} for "
-             f"input shapes {c['input_shapes']}, built in {c['seconds']:.1f} s"]
-    t = c.get("tuning")
-    if t:
-        lines.append(f"tuning: {t.get('trials', 0)} trials in {t.get('seconds', 0)} s, "
-                     f"{t.get('tasks_reused', 0)}/{t.get('tasks', 0)} tasks from the database "
-                     f"{t.get('database')}")
-    else:
-        lines.append("tuning: off")
-    if c.get("schedules"):
-        lines.append(f"schedules: {c['schedules']}")
-    kernels = c.get("kernels")
-    if kernels and kernels.get("count"):
-        dense = [r for r in kernels["layers"] if r.get("kernel", "dense") == "dense"]
-        sparse = [r for r in kernels["layers"] if r.get("kernel") == "bsr"]
-        nm = [r for r in kernels["layers"] if r.get("kernel") == "nm"]
-        int8 = [r for r in kernels["layers"] if r.get("kernel") == "int8"]
-        shapes = sorted({f"{r['k']}x{r['n']}" for r in dense})
-        text = (f"graphopt kernels: {len(dense)} constant-weight matmul(s) through the packed "
-                f"dense kernel (tile {kernels['tile']['rows']}x{kernels['tile']['cols']}"
-                f"{'; weights ' + ', '.join(shapes) if shapes else ''})")
-        if sparse:
-            text += f", {len(sparse)} block-sparse through the BSR kernel"
-        if nm:
-            text += f", {len(nm)} N:M-sparse through the select N:M kernel"
-        if int8:
-            text += f", {len(int8)} with int8 weights through the int8-weight kernel"
-        convs = [r for r in kernels.get("convs", [])
-                 if r["kernel"] in ("gemm", "im2col+gemm")]
-        depthwise = [r for r in kernels.get("convs", []) if r["kernel"] == "depthwise"]
-        if depthwise:
-            text += f", {len(depthwise)} depthwise convolution(s) through its depthwise kernel"
-        if convs:
-            text += (f", {len(convs)} convolution(s) through im2col + the packed GEMM "
-                     f"({sum(1 for r in convs if r['kernel'] == 'gemm')} pointwise without "
-                     f"im2col)")
-        tuned = [r for r in kernels.get("convs", []) if r["kernel"] == "tuning"]
-        if tuned:
-            text += f", {len(tuned)} small convolution(s) left to MetaSchedule"
-        lines.append(text)
-        small = kernels.get("small_convs")
-        if small:
-            lines.append(f"  small convolutions: tuned by MetaSchedule "
-                         f"{small['metaschedule_ms']:.3f} ms, through graphopt's kernels "
-                         f"{small['kernels_ms']:.3f} ms on this machine: kept "
-                         f"{small['kept']}")
-        for r in kernels["layers"]:
-            if r.get("why") and "block" in r:
-                lines.append(f"  {r['k']}x{r['n']} weight, {r['block'][0]}x{r['block'][1]} "
-                             f"blocks {r['block_sparsity']:.0%} sparse: {r['kernel']} "
-                             f"({r['why']})")
-            elif r.get("why") and "pattern" in r:
-                lines.append(f"  {r['k']}x{r['n']} weight, {r['pattern']} sparse: "
-                             f"{r['kernel']} ({r['why']})")
-            elif r.get("why") and "quantized" in r:
-                lines.append(f"  {r['k']}x{r['n']} weight, {r['quantized']}: "
-                             f"{'int8' if r['kernel'] == 'int8' else 'float32 dense'} "
-                             f"({r['why']})")
-    k = c.get("check")
+    a = c if isinstance(c, Artifact) else Artifact.from_dict(c)
+    if not a.built:
+        return [f"TVM artifact: {a.status}" + (f": {a.reason}" if a.reason else "")]
+    lines = [f"TVM artifact ({a.kind}, {a.tvm_target}): {', '.join(a.files)} for "
+             f"input shapes {a.input_shapes}, built in {a.seconds:.1f} s"]
+    t = a.tuning
+    lines.append(f"tuning: {t.trials} trials in {t.seconds:g} s, {t.tasks_reused}/{t.tasks} "
+                 f"tasks from the database {t.database}" if t else "tuning: off")
+    if a.schedules:
+        lines.append(f"schedules: {a.schedules}")
+    if a.kernels and a.kernels.count:
+        lines += kernel_lines(a.kernels)
+    k = a.check
     if k:
-        on = f" (run on {k['device']})" if k.get("device", "cpu") != "cpu" else ""
-        lines.append(f"check vs onnxruntime on {k['samples']} input(s){on}: max rel "
-                     f"{k['max_rel']:.3g} ({'passed' if k['passed'] else 'FAILED'}, "
-                     f"tolerance {k['tolerance']:g})")
-    if c.get("link_command"):
-        lines.append(f"link on the device: {c['link_command']}")
-    lines += list(c.get("notes", []))
+        on = f" (run on {k.device})" if k.device != "cpu" else ""
+        lines.append(f"check vs onnxruntime on {k.samples} input(s){on}: max rel "
+                     f"{k.max_rel:.3g} ({'passed' if k.passed else 'FAILED'}, "
+                     f"tolerance {k.tolerance:g})")
+    if a.link_command:
+        lines.append(f"link on the device: {a.link_command}")
+    return lines + a.notes
+
+
+def kernel_lines(kernels: Kernels) -> list[str]:
+    """graphopt's kernels in the module: how many layers each got, and why where a
+    kernel-choice decided."""
+    dense = kernels.on("dense")
+    shapes = sorted({f"{r.k}x{r.n}" for r in dense})
+    text = (f"graphopt kernels: {len(dense)} constant-weight matmul(s) through the packed "
+            f"dense kernel (tile {kernels.tile['rows']}x{kernels.tile['cols']}"
+            f"{'; weights ' + ', '.join(shapes) if shapes else ''})")
+    for kernel, what in (("bsr", "block-sparse through the BSR kernel"),
+                         ("nm", "N:M-sparse through the select N:M kernel"),
+                         ("int8", "with int8 weights through the int8-weight kernel")):
+        if kernels.on(kernel):
+            text += f", {len(kernels.on(kernel))} {what}"
+    depthwise = kernels.convs_on("depthwise")
+    convs = kernels.convs_on("gemm", "im2col+gemm")
+    if depthwise:
+        text += f", {len(depthwise)} depthwise convolution(s) through its depthwise kernel"
+    if convs:
+        text += (f", {len(convs)} convolution(s) through im2col + the packed GEMM "
+                 f"({len(kernels.convs_on('gemm'))} pointwise without im2col)")
+    tuned = kernels.convs_on("tuning")
+    if tuned:
+        text += f", {len(tuned)} small convolution(s) left to MetaSchedule"
+    lines = [text]
+    small = kernels.small_convs
+    if small:
+        lines.append(f"  small convolutions: tuned by MetaSchedule {small.metaschedule_ms:.3f} "
+                     f"ms, through graphopt's kernels {small.kernels_ms:.3f} ms on this "
+                     f"machine: kept {small.kept}")
+    for r in kernels.layers:
+        if r.why and r.structure:
+            kernel = "float32 dense" if r.structure == "int8" and r.kernel != "int8" \
+                else r.kernel
+            lines.append(f"  {r.k}x{r.n} weight, {r.structure}: {kernel} ({r.why})")
     return lines
 
 

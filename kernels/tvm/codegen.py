@@ -27,7 +27,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ import numpy as np
 import onnx
 
 from graphopt import verify
+from graphopt.artifact import Artifact, Check, Tuning
 from graphopt.errors import UserError
 from graphopt.kernels.tvm import relax_kernels
 from graphopt.kernels.tvm.arches import ARCHES, ARTIFACT_SCHEMA, architecture
@@ -50,34 +51,6 @@ UNTUNED_GRAPHOPT = ("no tuning: graphopt's packed dense kernel for constant-weig
                     "graphopt's default schedules for the rest (CNNs stay slower than "
                     "onnxruntime: ResNet-18 about 1.5x, MobileNetV2 about 1.8x slower here; "
                     "--tune N tunes what is not a graphopt kernel)")
-
-
-@dataclass
-class Artifact:
-    """What code generation produced (paths relative to the output directory)."""
-
-    target: str
-    tvm_target: dict[str, Any]
-    files: list[str] = field(default_factory=list)
-    kind: str = ""  # shared_library | object_archive | cuda_module
-    link_command: str | None = None
-    input_shapes: dict[str, list[int]] = field(default_factory=dict)
-    seconds: float = 0.0
-    tuning: dict[str, Any] | None = None
-    check: dict[str, Any] | None = None
-    notes: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    kernels: dict[str, Any] | None = None  # graphopt's kernels in the module (CPU)
-    schedules: str | None = None  # where the CPU schedules came from
-    manifest: str | None = None  # model.<arch>.json: what it was built for
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"status": "built", "target": self.target, "tvm_target": self.tvm_target,
-                "kind": self.kind, "files": self.files, "link_command": self.link_command,
-                "input_shapes": self.input_shapes, "seconds": round(self.seconds, 2),
-                "tuning": self.tuning, "check": self.check, "notes": self.notes,
-                "warnings": self.warnings, "kernels": self.kernels,
-                "schedules": self.schedules, "manifest": self.manifest}
 
 
 # ------------------------------------------------------------------------------- targets
@@ -381,16 +354,15 @@ def input_names(model: onnx.ModelProto) -> list[str]:
 
 def check(vm, model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]],
           reference: Sequence[Mapping[str, np.ndarray]], device: str = "cpu"
-          ) -> dict[str, Any]:
+          ) -> Check:
     """The compiled module's outputs against onnxruntime's on the verification inputs."""
     inputs = input_names(model)
     outputs = [o.name for o in model.graph.output]
     got = [run(vm, f, inputs, outputs, device) for f in feeds]
     error = verify.compare_all(reference, got)
-    passed = error.max_rel <= CHECK_TOLERANCE
-    return {"samples": len(feeds), "max_abs": error.max_abs, "max_rel": error.max_rel,
-            "cosine": error.cosine, "tolerance": CHECK_TOLERANCE, "passed": passed,
-            "device": device if device == "cpu" else f"cuda ({gpu_arch()})"}
+    return Check(len(feeds), error.max_abs, error.max_rel, error.cosine, CHECK_TOLERANCE,
+                 error.max_rel <= CHECK_TOLERANCE,
+                 device if device == "cpu" else f"cuda ({gpu_arch()})")
 
 
 # ----------------------------------------------------------------------------- top level
@@ -418,7 +390,7 @@ def generate(model_path: Path, target: Any, shapes: Mapping[str, Sequence[int]],
     graphopt_cpu = graphopt_lowering(target, options)
     if graphopt_cpu:
         try:
-            mod, artifact.kernels = prepare(mod, target, options.cache_dir,
+            mod, artifact.kernel_use = prepare(mod, target, options.cache_dir,
                                             tuning=bool(options.tune))
         except Exception as exc:  # TVM raises many types; never lose the artifact to it
             reraise_interrupt(exc)
@@ -428,7 +400,8 @@ def generate(model_path: Path, target: Any, shapes: Mapping[str, Sequence[int]],
     database = None
     if options.tune > 0:
         from graphopt.kernels.tvm import tuning
-        database, artifact.tuning = tuning.tune(mod, target, options, task=task)
+        database, summary = tuning.tune(mod, target, options, task=task)
+        artifact.tuning = Tuning.from_dict(summary)
     elif options.rpc:
         raise UserError("--rpc needs --tune N (tuning and measurement run on the device)")
     arch = architecture(target)
@@ -456,9 +429,9 @@ def generate(model_path: Path, target: Any, shapes: Mapping[str, Sequence[int]],
         executable = build(mod, target, database, default_schedules=graphopt_cpu)
         if graphopt_cpu and database is not None and target.runs_on_host and \
                 arch.check_device == "cpu" and feeds and \
-                any(c["kernel"] == "tuning" for c in artifact.kernels.get("convs", [])):
-            executable, artifact.kernels = keep_faster_conv_lowering(
-                executable, imported, target, options, database, artifact.kernels,
+                artifact.kernels.convs_on("tuning"):
+            executable, artifact.kernel_use = keep_faster_conv_lowering(
+                executable, imported, target, options, database, artifact.kernel_use,
                 model, feeds[0])
         artifact.kind, artifact.files, artifact.link_command = export(executable, target,
                                                                       out_dir)
@@ -485,10 +458,10 @@ def generate(model_path: Path, target: Any, shapes: Mapping[str, Sequence[int]],
     if device and feeds and reference is not None:  # given only where this machine runs it
         vm = load(out_dir / artifact.files[0], device)
         artifact.check = check(vm, model, list(feeds), list(reference), device)
-        if not artifact.check["passed"]:
+        if not artifact.check.passed:
             artifact.warnings.append(
                 f"the compiled {'x86' if device == 'cpu' else 'CUDA'} module differs from "
-                f"onnxruntime: max rel error {artifact.check['max_rel']:.3g} > "
+                f"onnxruntime: max rel error {artifact.check.max_rel:.3g} > "
                 f"{CHECK_TOLERANCE:g}")
     artifact.seconds = time.perf_counter() - start
     write_manifest(artifact, arch, out_dir)
