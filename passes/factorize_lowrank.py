@@ -38,7 +38,7 @@ from graphopt import budget as budgets
 from graphopt import ir, verify
 from graphopt.errors import UserError
 from graphopt.passes import lowrank
-from graphopt.passes.weight_layers import excluded
+from graphopt.passes.weight_layers import constant_weight_nodes, not_a_weight_layer
 from graphopt.pipeline import Option, PassContext, graph_pass
 
 # Ranks the budget search tries per layer and scheme: those keeping these energy levels, and
@@ -180,13 +180,12 @@ def _trans_b(node: gs.Node) -> bool:
 def _find_sites(graph: gs.Graph, ctx: PassContext) -> list[Site]:
     shapes = ir.static_shapes(graph, ctx.input_shapes) if ctx.input_shapes else {}
     sites = []
-    for node in graph.nodes:
-        if node.op not in ("MatMul", "Gemm", "Conv") or node.domain not in (None, "", "ai.onnx"):
+    for node, weight, values in constant_weight_nodes(graph):
+        reason = not_a_weight_layer(node, weight, values, ctx.exclude)
+        if reason is not None:
+            ctx.skip(node, reason)
             continue
-        if excluded(node, ctx.exclude):
-            ctx.skip(node, "excluded")
-            continue
-        site = _site(node, shapes, ctx)
+        site = _site(node, weight, values, shapes, ctx)
         if site is not None:
             sites.append(site)
     return sites
@@ -199,17 +198,8 @@ def _shape(tensor: gs.Tensor, shapes: dict) -> tuple[int, ...] | None:
     return tuple(shape)
 
 
-def _site(node: gs.Node, shapes: dict, ctx: PassContext) -> Site | None:
-    weight = node.inputs[1] if len(node.inputs) > 1 else None
-    if not isinstance(weight, gs.Constant):
-        return None  # not a layer with a weight (e.g. attention scores): not a candidate
-    values = np.asarray(weight.values)
-    if values.dtype.kind != "f":
-        ctx.skip(node, "weight is not floating point")
-        return None
-    if len(weight.outputs) > 1:
-        ctx.skip(node, f"weight shared by {len(weight.outputs)} layers")
-        return None
+def _site(node: gs.Node, weight: gs.Constant, values: np.ndarray, shapes: dict,
+          ctx: PassContext) -> Site | None:
     if node.op == "Conv" and int(node.attrs.get("group", 1)) != 1:
         ctx.skip(node, "grouped or depthwise conv")
         return None

@@ -8,7 +8,7 @@ in the pass's report (`ctx.skip`).
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,34 +47,51 @@ def excluded(node: gs.Node, patterns: Sequence[str]) -> bool:
                for p in patterns)
 
 
+def constant_weight_nodes(graph: gs.Graph, ops: Sequence[str] = LAYER_OPS
+                          ) -> Iterator[tuple[gs.Node, gs.Constant, np.ndarray]]:
+    """(node, weight, its values) of every standard-domain `ops` node whose weight (input 1)
+    is a constant; activations times activations (attention) are not weight layers."""
+    for node in graph.nodes:
+        if node.op not in ops or node.domain not in (None, "", "ai.onnx"):
+            continue
+        weight = node.inputs[1] if len(node.inputs) > 1 else None
+        if isinstance(weight, gs.Constant):
+            yield node, weight, np.asarray(weight.values)
+
+
+def not_a_weight_layer(node: gs.Node, weight: gs.Constant, values: np.ndarray,
+                       exclude: Sequence[str]) -> str | None:
+    """Why no lossy pass changes this layer's weight (None: it may)."""
+    if excluded(node, exclude):
+        return "excluded"
+    if values.dtype.kind != "f":
+        return "weight is not floating point"
+    if len(weight.outputs) > 1:
+        return f"weight shared by {len(weight.outputs)} layers"
+    return None
+
+
 def weight_layers(graph: gs.Graph, ctx: PassContext, min_size: int) -> list[WeightLayer]:
     shapes = ir.static_shapes(graph, ctx.input_shapes) if ctx.input_shapes else {}
     found = []
-    for node in graph.nodes:
-        if node.op not in LAYER_OPS or node.domain not in (None, "", "ai.onnx"):
-            continue
-        weight = node.inputs[1] if len(node.inputs) > 1 else None
-        if not isinstance(weight, gs.Constant):
-            continue  # activations times activations (attention): not a weight layer
-        values = np.asarray(weight.values)
-        reason = None
-        if excluded(node, ctx.exclude):
-            reason = "excluded"
-        elif values.dtype.kind != "f":
-            reason = "weight is not floating point"
-        elif len(weight.outputs) > 1:
-            reason = f"weight shared by {len(weight.outputs)} layers"
-        elif node.op == "MatMul" and values.ndim != 2:
-            reason = f"weight of rank {values.ndim}"
-        elif node.op == "Gemm" and node.attrs.get("transA", 0):
-            reason = "transA=1"
-        elif values.size < min_size:
-            reason = "smaller than min_size"
+    for node, weight, values in constant_weight_nodes(graph):
+        reason = not_a_weight_layer(node, weight, values, ctx.exclude) or \
+            _unsupported_shape(node, values, min_size)
         if reason is not None:
             ctx.skip(node, reason)
             continue
         found.append(WeightLayer(node, weight, values, _rows(node, shapes)))
     return found
+
+
+def _unsupported_shape(node: gs.Node, values: np.ndarray, min_size: int) -> str | None:
+    if node.op == "MatMul" and values.ndim != 2:
+        return f"weight of rank {values.ndim}"
+    if node.op == "Gemm" and node.attrs.get("transA", 0):
+        return "transA=1"
+    if values.size < min_size:
+        return "smaller than min_size"
+    return None
 
 
 def _rows(node: gs.Node, shapes: dict) -> int | None:

@@ -12,7 +12,7 @@ import onnx_graphsurgeon as gs
 
 from graphopt import budget as budgets
 from graphopt import ir, quant, verify
-from graphopt.passes.weight_layers import excluded
+from graphopt.passes.weight_layers import constant_weight_nodes, not_a_weight_layer
 from graphopt.pipeline import PassContext
 
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -68,28 +68,9 @@ def _bias(node: gs.Node, channels: int) -> np.ndarray | None:
 def find_layers(graph: gs.Graph, ctx: PassContext, mode: str, exclude: Sequence[str]
                 ) -> list[QuantLayer]:
     layers = []
-    for node in graph.nodes:
-        if node.op not in LAYER_OPS or node.domain not in (None, "", "ai.onnx"):
-            continue
-        weight = node.inputs[1] if len(node.inputs) > 1 else None
-        if not isinstance(weight, gs.Constant):
-            continue  # activation x activation (attention): no weight to quantize
-        values = np.asarray(weight.values)
-        reason = None
-        if excluded(node, exclude):
-            reason = "excluded"
-        elif values.dtype.kind != "f":
-            reason = "weight is not floating point"
-        elif len(weight.outputs) > 1:
-            reason = f"weight shared by {len(weight.outputs)} layers"
-        elif values.ndim < 2:
-            reason = f"weight of rank {values.ndim}"
-        elif node.inputs[0].dtype not in (None, np.float32):
-            reason = f"activations are {node.inputs[0].dtype}, not float32"
-        elif mode == "dynamic" and node.op not in ("MatMul", "Gemm"):
-            reason = "dynamic mode quantizes MatMul/Gemm only"
-        elif mode == "dynamic" and (values.ndim != 2 or node.attrs.get("transA", 0)):
-            reason = "dynamic mode needs a 2-D weight and no transA"
+    for node, weight, values in constant_weight_nodes(graph, LAYER_OPS):
+        reason = not_a_weight_layer(node, weight, values, exclude) or \
+            _not_quantizable(node, values, mode)
         if reason is not None:
             ctx.skip(node, reason)
             continue
@@ -97,6 +78,18 @@ def find_layers(graph: gs.Graph, ctx: PassContext, mode: str, exclude: Sequence[
         layers.append(QuantLayer(node, weight, values, out_axis, in_axis,
                                  _bias(node, values.shape[out_axis])))
     return layers
+
+
+def _not_quantizable(node: gs.Node, values: np.ndarray, mode: str) -> str | None:
+    if values.ndim < 2:
+        return f"weight of rank {values.ndim}"
+    if node.inputs[0].dtype not in (None, np.float32):
+        return f"activations are {node.inputs[0].dtype}, not float32"
+    if mode == "dynamic" and node.op not in ("MatMul", "Gemm"):
+        return "dynamic mode quantizes MatMul/Gemm only"
+    if mode == "dynamic" and (values.ndim != 2 or node.attrs.get("transA", 0)):
+        return "dynamic mode needs a 2-D weight and no transA"
+    return None
 
 
 def _float_alpha_beta(node: gs.Node) -> bool:
