@@ -22,7 +22,7 @@ from graphopt import ir, report, testing, verify
 from graphopt.artifact import Artifact
 from graphopt.budget import parse_budget
 from graphopt.errors import ArtifactError, UserError
-from graphopt.pipeline import (PassContext, ProgressHook, TaskProgress, Verification,
+from graphopt.pipeline import (Pass, PassContext, ProgressHook, TaskProgress, Verification,
                                check_order, run_pipeline)
 from graphopt.registry import Registry, load_registry
 
@@ -241,7 +241,8 @@ def compile_model(
         warnings.append(f"the output breaks the accuracy budget: "
                         f"{accuracy_budget.describe(result.final_error)}")
     data = _write_outputs(result, proto, model_path, out_dir, target, lowering, verification,
-                          feeds, o, lossy, warnings, task_progress, measure_step, command)
+                          feeds, o, lossy, warnings, task_progress, measure_step, command,
+                          prepare=registry.resolve(getattr(lowering, "PREPARE_PASSES", ())))
     return CompileResult(data, out_dir / OUTPUT_MODEL, out_dir / "report.json",
                          out_dir / "report.md")
 
@@ -314,8 +315,8 @@ def _write_outputs(result: Any, proto: Any, model_path: Path, out_dir: Path, tar
                    lowering: ModuleType, verification: Verification,
                    feeds: list[verify.Feeds], o: CompileOptions, lossy: list[str],
                    warnings: list[str], task_progress: TaskProgress | None,
-                   measure_step: Callable[[], None] | None, command: Sequence[str]
-                   ) -> dict[str, Any]:
+                   measure_step: Callable[[], None] | None, command: Sequence[str],
+                   prepare: Sequence[Pass] = ()) -> dict[str, Any]:
     """The output model, the artifact and the reports, staged and published together;
     returns the report."""
     # An input with external data gives an output with external data (and so do big ones).
@@ -327,7 +328,7 @@ def _write_outputs(result: Any, proto: Any, model_path: Path, out_dir: Path, tar
         staged_model = ir.save(result.graph, staging / OUTPUT_MODEL, like=proto,
                                external_data=external)
         artifact = _codegen(lowering, staged_model, target, result, verification, o,
-                            task_progress, warnings) if o.codegen else \
+                            task_progress, warnings, prepare) if o.codegen else \
             Artifact.not_built("off (--no-codegen)")
         sparse = _sparse_runner(lowering, result.graph, feeds[0], o) if o.measure else None
         latency = verify.measure_latency(
@@ -359,6 +360,7 @@ def _sparse_runner(lowering: ModuleType, graph, feeds: verify.Feeds, o: CompileO
     return lowering.sparse_runner(graph, layers, o.tuning_cache) if layers else None
 
 
+LOWERING_FOLDER = "lowering"  # in the staging area, never published
 MODEL_FILES = (OUTPUT_MODEL + ".data", OUTPUT_MODEL, "report.json", "report.md")
 
 
@@ -401,9 +403,11 @@ def _check_codegen_options(o: CompileOptions, target: Any, lowering: ModuleType)
 
 def _codegen(lowering: ModuleType, staged_model: Path, target: Any, result: Any,
              verification: Verification, o: CompileOptions,
-             task_progress: TaskProgress | None, warnings: list[str]) -> Artifact:
+             task_progress: TaskProgress | None, warnings: list[str],
+             prepare: Sequence[Pass] = ()) -> Artifact:
     """The target's artifact next to the staged model; failures are reported, never fatal:
-    the ONNX output stands on its own."""
+    the ONNX output stands on its own. The lowering imports the model specialized to the
+    artifact's input shapes (see _lowering_model)."""
     if ir.is_large(result.graph):
         reason = ("the model has over 1.8 GB of weights and TVM's importer would hold another "
                   "copy of them: deploy model.opt.onnx with onnxruntime")
@@ -423,7 +427,8 @@ def _codegen(lowering: ModuleType, staged_model: Path, target: Any, result: Any,
     options = {"tune": o.tune, "rpc": o.rpc, "device_key": o.device_key,
                "cache_dir": o.tuning_cache, "lowering": o.lowering}
     try:
-        artifact = lowering.generate(staged_model, target, shapes, staged_model.parent,
+        lowered = _lowering_model(result.graph, shapes, target, prepare, staged_model.parent)
+        artifact = lowering.generate(lowered, target, shapes, staged_model.parent,
                                     options, feeds if checkable else (), reference,
                                     task=task_progress)
     except Exception as exc:  # TVM raises many types: the ONNX output stands without it
@@ -444,6 +449,24 @@ def _codegen(lowering: ModuleType, staged_model: Path, target: Any, result: Any,
                             f"{artifact.check.tolerance:g}) and --require-artifact is set")
     warnings.extend(f"codegen: {w}" for w in artifact.warnings)
     return artifact
+
+
+def _lowering_model(graph: Any, shapes: Mapping[str, Sequence[int]], target: Any,
+                    prepare: Sequence[Pass], staging: Path) -> Path:
+    """The model the lowering imports, written in a folder of the staging area that is never
+    published: the output model specialized to the artifact's static input shapes
+    (ir.specialize), then the lowering's PREPARE_PASSES (such as fold_constants, which folds
+    the shape arithmetic, computed pads and reshape targets that are now constant and that
+    TVM's importer cannot take as tensors). The artifact's check compares it, built, with
+    onnxruntime on the output model itself."""
+    specialized = ir.specialize(graph.copy(), shapes)
+    off = Verification([], "off", enabled=False, skipped_reason="the artifact's check")
+    base = PassContext(target=target, input_shapes={k: list(v) for k, v in shapes.items()})
+    options = {p.name: p.resolve_options({}, f"{p.name} (artifact)") for p in prepare}
+    prepared = run_pipeline(specialized, prepare, options, off, base).graph
+    folder = staging / LOWERING_FOLDER
+    folder.mkdir(exist_ok=True)
+    return ir.save(prepared, folder / OUTPUT_MODEL)
 
 
 LOCK_FILE = ".graphopt.lock"

@@ -507,6 +507,21 @@ def infer_shapes(graph: gs.Graph) -> gs.Graph:
     return graph
 
 
+def specialize(graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]]) -> gs.Graph:
+    """The graph for these static input shapes (in place): the inputs take them, every other
+    shape, outputs included, is inferred again (exporters declare outputs as [-1, 2] or with
+    a dynamic batch, which the static shapes would contradict). Shape arithmetic then has
+    static operands for fold_constants. Subgraph shapes are left as they are."""
+    for tensor in graph.inputs:
+        if tensor.name in input_shapes:
+            tensor.shape = [int(d) for d in input_shapes[tensor.name]]
+    interface = {id(t) for t in graph.inputs}
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and id(tensor) not in interface:
+            tensor.shape = None
+    return infer_shapes(graph)
+
+
 def static_shapes(graph: gs.Graph, input_shapes) -> dict[str, tuple]:
     """Shapes of main-graph tensors when the inputs have `input_shapes`; graph unchanged."""
     shapes: dict[str, tuple] = {}

@@ -19,12 +19,13 @@ from graphopt.passes.prune_channels import prune_channels
 from graphopt.passes.quantize_per_channel import quantize_per_channel
 from graphopt.passes.sparsify_block import sparsify_block
 from graphopt.passes.sparsify_n_m import sparsify_n_m
+from graphopt.passes.unroll_recurrent import unroll_recurrent
 
 PASSES = [
     fold_constants, eliminate_noops, propagate_transposes, fuse_transpose, fuse_pad_into_conv,
     fold_batchnorm, fuse_layer_norm, fuse_gelu, fuse_hard_activations, fuse_consecutive_elementwise,
     fuse_bias_and_scale, fuse_activation, convert_opset, factorize_lowrank,
-    sparsify_n_m, sparsify_block, prune_channels, quantize_per_channel, cleanup,
+    sparsify_n_m, sparsify_block, prune_channels, quantize_per_channel, unroll_recurrent, cleanup,
 ]
 
 __all__ = ["PASSES"] + [p.name for p in PASSES]

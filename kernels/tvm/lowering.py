@@ -11,6 +11,8 @@ import).
     load / run                  run an artifact (`graphopt run OUT`)
     sparse_layers / sparse_runner   onnxruntime with sparse layers through graphopt's kernels
     ARTIFACT_FILES              every file name an artifact may have (stale ones are removed)
+    PREPARE_PASSES              passes the compiler runs, by name, on the model specialized to
+                                the artifact's static input shapes before `generate` imports it
 """
 
 from __future__ import annotations
@@ -24,8 +26,13 @@ from graphopt.kernels.tvm.errors import CodegenError, reraise_interrupt
 from graphopt.kernels.tvm.tuning import parse_rpc
 from graphopt.targets.host import host_can_run
 
-__all__ = ["ARTIFACT_FILES", "CodegenError", "check_device", "generate", "load", "parse_rpc",
-           "read_manifest",
+# TVM's ONNX importer takes shapes, pads and reshape targets as constants only: with the
+# input shapes static, the shape arithmetic that exporters write folds into them. It has no
+# recurrent ops: LSTM/GRU/RNN are unrolled over the (now static) sequence length.
+PREPARE_PASSES = ("fold_constants", "unroll_recurrent", "eliminate_noops")
+
+__all__ = ["ARTIFACT_FILES", "PREPARE_PASSES", "CodegenError", "check_device", "generate",
+           "load", "parse_rpc", "read_manifest",
            "reraise_interrupt", "run", "run_problem", "sparse_layers", "sparse_runner",
            "tune_problem"]
 

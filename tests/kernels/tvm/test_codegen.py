@@ -421,3 +421,57 @@ def test_portable_x86_build_on_a_wider_cpu_says_how_to_build_for_it() -> None:
     assert codegen.wider_host_note(X86.refine("cascadelake"), avx512) is None
     assert "256-bit" in codegen.wider_host_note(X86.refine("generic"), {"avx2", "fma"})
     assert codegen.wider_host_note(ARM, avx512) is None  # no host variant to point to
+
+
+def _shape_computed_reshape() -> onnx.ModelProto:
+    """A dynamic-batch CNN head as exporters write it: the Reshape target is computed from
+    Shape(x) at run time, through int32 (Paddle's flatten), which TVM's importer takes only
+    as a constant."""
+    b = testing.ModelBuilder(opset=13)
+    x = b.input("x", ["N", 3, 8, 8])
+    h = b.node("Relu", [b.node("Conv", [x, b.weight(b.randn(4, 3, 3, 3, scale=0.3))],
+                                pads=[1, 1, 1, 1])])
+    shape = b.node("Cast", [b.node("Shape", [h])], to=onnx.TensorProto.INT32)
+    n = b.node("Slice", [shape, b.weight(np.array([0], np.int64)),
+                         b.weight(np.array([1], np.int64))])
+    n = b.node("Cast", [n], to=onnx.TensorProto.INT64)
+    target = b.node("Concat", [n, b.weight(np.array([-1], np.int64))], axis=0)
+    flat = b.node("Reshape", [h, target])
+    b.output(b.node("MatMul", [flat, b.weight(b.randn(256, 5, scale=0.1))], outputs=["y"]),
+             shape=["N", 5])
+    return b.build()
+
+
+def _lstm_model() -> onnx.ModelProto:
+    """A bidirectional LSTM over a dynamic batch (a speech or OCR model's core): TVM's
+    importer has no recurrent ops."""
+    b = testing.ModelBuilder(opset=14)
+    x = b.input("x", [6, "N", 8])
+    _, y_h = b.node("LSTM", [x, b.weight(b.randn(2, 20, 8, scale=0.4)),
+                             b.weight(b.randn(2, 20, 5, scale=0.4)),
+                             b.weight(b.randn(2, 40, scale=0.2))],
+                    outputs=["lstm_y", "lstm_h"], hidden_size=5, direction="bidirectional")
+    b.output(b.node("Tanh", [y_h], outputs=["y"]), shape=[2, "N", 5])
+    return b.build()
+
+
+@pytest.mark.parametrize("make", [_shape_computed_reshape, _lstm_model])
+def test_artifact_built_from_the_model_specialized_to_its_shapes(tmp_path: Path, make) -> None:
+    """The artifact is built from the output model specialized to the artifact's static
+    shapes, with the shape arithmetic folded and recurrent layers unrolled
+    (lowering.PREPARE_PASSES); it is checked against onnxruntime on the output model, which
+    itself keeps its dynamic batch and recurrent ops."""
+    model = make()
+    onnx.save(model, tmp_path / "m.onnx")
+    result = compile_model(tmp_path / "m.onnx", tmp_path / "out",
+                           CompileOptions(target="x86", input_shapes=("x=2x3x8x8",)
+                                          if make is _shape_computed_reshape else ()))
+    c = result.report["codegen"]
+    assert c["status"] == "built" and c["check"]["passed"], c
+    written = onnx.load(str(tmp_path / "out" / "model.opt.onnx"))
+    assert written.graph.input[0].type.tensor_type.shape.dim[1 if make is _lstm_model else 0] \
+        .dim_param == "N"
+    if make is _lstm_model:
+        assert "LSTM" in [n.op_type for n in written.graph.node]
+    assert not (tmp_path / "out" / "lowering").exists()
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".graphopt-")]
