@@ -25,8 +25,8 @@ graph in which every quantization is switched by a boolean graph input (Where(ga
 so trying a set of layers is one run, not one graph build.
 
 Modules: layers (what is quantized, helpers the modes share), simulation (the switched
-simulation graph and the budget search), static, dynamic and weight_only (the modes); this
-one holds the pass and its options.
+simulation graph, and graphopt.budget.search run on it: the search every lossy pass shares),
+static, dynamic and weight_only (the modes); this one holds the pass and its options.
 """
 
 from __future__ import annotations
