@@ -1,6 +1,7 @@
 """Built-in passes (installed as graphopt.passes). The registry reads PASSES by name."""
 
 from graphopt.passes.cleanup import cleanup
+from graphopt.passes.conv_transpose_to_conv import conv_transpose_to_conv
 from graphopt.passes.convert_opset import convert_opset
 from graphopt.passes.eliminate_noops import eliminate_noops
 from graphopt.passes.factorize_lowrank import factorize_lowrank
@@ -25,7 +26,8 @@ PASSES = [
     fold_constants, eliminate_noops, propagate_transposes, fuse_transpose, fuse_pad_into_conv,
     fold_batchnorm, fuse_layer_norm, fuse_gelu, fuse_hard_activations, fuse_consecutive_elementwise,
     fuse_bias_and_scale, fuse_activation, convert_opset, factorize_lowrank,
-    sparsify_n_m, sparsify_block, prune_channels, quantize_per_channel, unroll_recurrent, cleanup,
+    sparsify_n_m, sparsify_block, prune_channels, quantize_per_channel, unroll_recurrent,
+    conv_transpose_to_conv, cleanup,
 ]
 
 __all__ = ["PASSES"] + [p.name for p in PASSES]

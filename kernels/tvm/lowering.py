@@ -28,8 +28,11 @@ from graphopt.targets.host import host_can_run
 
 # TVM's ONNX importer takes shapes, pads and reshape targets as constants only: with the
 # input shapes static, the shape arithmetic that exporters write folds into them. It has no
-# recurrent ops: LSTM/GRU/RNN are unrolled over the (now static) sequence length.
-PREPARE_PASSES = ("fold_constants", "unroll_recurrent", "eliminate_noops")
+# recurrent ops: LSTM/GRU/RNN are unrolled over the (now static) sequence length. Its
+# ConvTranspose runs as naive loops: where kernel = stride it becomes a 1x1 Conv (graphopt's
+# GEMM) and a DepthToSpace.
+PREPARE_PASSES = ("fold_constants", "unroll_recurrent", "conv_transpose_to_conv",
+                  "eliminate_noops")
 
 __all__ = ["ARTIFACT_FILES", "PREPARE_PASSES", "CodegenError", "check_device", "generate",
            "load", "parse_rpc", "read_manifest",
