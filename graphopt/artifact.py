@@ -70,7 +70,7 @@ class Tuning:
 
 # The kernels a constant-weight matmul can get, and what a convolution can get.
 MATMUL_KERNELS = ("dense", "bsr", "nm", "int8")
-CONV_KERNELS = ("gemm", "im2col+gemm", "depthwise", "tuning")
+CONV_KERNELS = ("gemm", "im2col+gemm", "direct", "depthwise", "tuning")
 
 
 @dataclass(frozen=True)

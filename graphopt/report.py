@@ -259,6 +259,10 @@ def kernel_lines(kernels: Kernels) -> list[str]:
     if convs:
         text += (f", {len(convs)} convolution(s) through im2col + the packed GEMM "
                  f"({len(kernels.convs_on('gemm'))} pointwise without im2col)")
+    direct = kernels.convs_on("direct")
+    if direct:
+        text += (f", {len(direct)} convolution(s) through the direct kernel (stride 1, "
+                 "large image: no im2col matrix)")
     tuned = kernels.convs_on("tuning")
     if tuned:
         text += f", {len(tuned)} small convolution(s) left to MetaSchedule"

@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 from graphopt.kernels.formats import BSR, NMCompressed
-from graphopt.kernels.tvm.conv import ConvGeometry, conv_gemm_func, im2col_func, pack_conv_weight
+from graphopt.kernels.tvm.conv import (
+    ConvGeometry, conv_direct_func, conv_gemm_func, im2col_func, pack_conv_weight, pad_func,
+    padded_width)
 from graphopt.kernels.tvm.target import to_tvm
 from graphopt.kernels.tvm.tiles import LANES, MicroKernel
 
@@ -745,6 +747,37 @@ def host_conv2d(w: np.ndarray, g: ConvGeometry, tile: MicroKernel | None = None)
             _host_im2col(g)(tvm.runtime.tensor(x), cols)
         out = tvm.runtime.tensor(np.empty((b, g.out_channels, g.positions), np.float32))
         gemm(cols, packed, out)
+        return out.numpy().reshape(b, g.out_channels, g.out_height, g.out_width)
+    return run
+
+
+@functools.lru_cache(maxsize=64)
+def _host_pad(g: ConvGeometry, cols: int):
+    return build(pad_func(g, cols), host_target())["main"]
+
+
+@functools.lru_cache(maxsize=64)
+def _host_conv_direct(g: ConvGeometry, tile: MicroKernel):
+    return build(conv_direct_func(g, tile), host_target())["main"]
+
+
+def host_conv2d_direct(w: np.ndarray, g: ConvGeometry, tile: MicroKernel | None = None):
+    """x (b, C, H, W) -> conv2d(x, w) (b, K, OH, OW) through the padded copy and the direct
+    (implicit GEMM) kernel built for this CPU."""
+    import tvm
+    tile = tile or MicroKernel.for_cpu(*host_cpu())
+    conv = _host_conv_direct(g, tile)
+    pad = _host_pad(g, tile.cols)
+    packed = tvm.runtime.tensor(pack_conv_weight(w.astype(np.float32), tile.rows))
+    ph = g.height + g.pads[0] + g.pads[2]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        b = x.shape[0]
+        xpad = tvm.runtime.tensor(np.empty((b, g.channels, ph, padded_width(g, tile.cols)),
+                                           np.float32))
+        pad(tvm.runtime.tensor(np.ascontiguousarray(x, np.float32)), xpad)
+        out = tvm.runtime.tensor(np.empty((b, g.out_channels, g.positions), np.float32))
+        conv(xpad, packed, out)
         return out.numpy().reshape(b, g.out_channels, g.out_height, g.out_width)
     return run
 

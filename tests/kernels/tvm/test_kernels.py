@@ -149,6 +149,33 @@ def test_conv_matches_reference(tile, batch, g) -> None:
     np.testing.assert_allclose(got, _conv_reference(x, w, g), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("tile", [tvm_kernels.MicroKernel(6, 16), tvm_kernels.MicroKernel(1, 4),
+                                  tvm_kernels.MicroKernel(3, 8)])
+@pytest.mark.parametrize("batch, g", CONVS)
+def test_direct_conv_matches_reference(tile, batch, g) -> None:
+    """The direct kernel (no im2col matrix) on the same geometries: asymmetric padding,
+    strides and dilations (it takes any, though the lowering uses it at stride 1), rows
+    shorter than a tile and ending in a partial one, output channels not a multiple of the
+    tile rows, an empty batch."""
+    x = RNG.standard_normal((batch, g.channels, g.height, g.width)).astype(np.float32)
+    w = RNG.standard_normal((g.out_channels, g.channels, *g.kernel)).astype(np.float32)
+    got = tvm_kernels.host_conv2d_direct(w, g, tile)(x)
+    np.testing.assert_allclose(got, _conv_reference(x, w, g), rtol=1e-4, atol=1e-4)
+
+
+def test_padded_input_has_zeros_around_and_slack_at_the_end() -> None:
+    import tvm
+    g = conv.ConvGeometry(2, 3, 4, 1, (3, 3), (1, 1), (1, 2, 0, 1))
+    x = RNG.standard_normal((1, 2, 3, 4)).astype(np.float32)
+    width = conv.padded_width(g, 8)
+    assert width == 4 + 2 + 1 + 8
+    out = tvm.runtime.tensor(np.full((1, 2, 4, width), np.nan, np.float32))
+    tvm_kernels._host_pad(g, 8)(tvm.runtime.tensor(x), out)
+    expected = np.zeros((1, 2, 4, width), np.float32)
+    expected[:, :, 1:, 2:6] = x
+    np.testing.assert_array_equal(out.numpy(), expected)
+
+
 @pytest.mark.parametrize("batch, g", CONVS)
 def test_depthwise_matches_reference(batch, g) -> None:
     """Each channel convolved with its own filter: the geometries above with as many output

@@ -13,7 +13,7 @@ from graphopt.targets import ARM, CUDA, X86
 
 from graphopt import testing, verify
 from graphopt.kernels.tvm import codegen
-from graphopt.kernels.tvm import relax_kernels
+from graphopt.kernels.tvm import conv, relax_kernels
 from graphopt.kernels import choice
 from graphopt.kernels.tvm import kernels as tvm_kernels
 
@@ -282,6 +282,28 @@ def test_convolutions_go_through_im2col_and_the_conv_gemm() -> None:
         got = got.numpy() if hasattr(got, "numpy") else got[0].numpy()
         assert got.shape == (batch, 10, 8, 9)
         assert verify.compare(_ort(model, {"x": x}), got).max_rel <= 1e-4
+
+
+def test_large_stride_1_convolutions_take_the_direct_kernel(monkeypatch) -> None:
+    """Where the im2col matrix would be big (a threshold lowered here so a small model
+    reaches it) a stride-1 convolution reads the padded input directly; strided ones keep
+    im2col; the whole module still computes what onnxruntime does."""
+    import tvm
+    from tvm import relax
+    monkeypatch.setattr(relax_kernels, "DIRECT_MIN_COLS_BYTES", 4 * 27 * 60)
+    model = _conv_model()
+    mod = codegen.import_model(model, {"x": [2, 3, 17, 19]})
+    rewritten, use = relax_kernels.use_graphopt_kernels(mod, X86)
+    kinds = [c["kernel"] for c in use.as_dict()["convs"]]
+    assert kinds == ["im2col+gemm", "gemm", "direct", "depthwise"]
+    assert relax_kernels.direct_conv(conv.ConvGeometry(96, 184, 184, 24, (3, 3), (1, 1),
+                                                       (1, 1, 1, 1)))
+    vm = relax.VirtualMachine(codegen.build(rewritten, X86, default_schedules=True),
+                              tvm.cpu())
+    x = RNG.standard_normal((2, 3, 17, 19)).astype(np.float32)
+    got = vm["main"](tvm.runtime.tensor(x))
+    got = got.numpy() if hasattr(got, "numpy") else got[0].numpy()
+    assert verify.compare(_ort(model, {"x": x}), got).max_rel <= 1e-4
 
 
 def test_convolutions_the_kernels_do_not_take_are_left_alone() -> None:
