@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from graphopt.kernels.tvm.tiles import LANES, MicroKernel
+from graphopt.kernels.tvm.tiles import MicroKernel
 
 
 @dataclass(frozen=True)
@@ -62,24 +62,33 @@ def pack_conv_weight(w: np.ndarray, rows: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(panels, rows, -1).transpose(0, 2, 1))
 
 
-def im2col_func(g: ConvGeometry):
-    """cols (b, Q, P) from x (b, C, H, W), b symbolic, zeros where the window leaves the
-    input. Threads over (image, channel); per (r, s, output row) the in-bounds output columns
-    are one run copied with the input's stride (contiguous for stride 1), the rest zeroed.
-    The body sits in a root block: Relax's RewriteDataflowReshape asks every one-input
-    PrimFunc whether it is a reshape and asserts on a function without one."""
+def columns_width(p: int, tile: MicroKernel) -> int:
+    """The im2col matrix's row length for the conv GEMM: P rounded up to whole register
+    tiles, so the GEMM has no leftover positions to run apart (which read every weight a
+    second time: ResNet's 7x7 layers, P = 49)."""
+    return -(-p // tile.cols) * tile.cols
+
+
+def im2col_func(g: ConvGeometry, width: int | None = None):
+    """cols (b, Q, width) from x (b, C, H, W), b symbolic, zeros where the window leaves the
+    input and in the columns past P (width >= P, default P). Threads over (image, channel);
+    per (r, s, output row) the in-bounds output columns are one run copied with the input's
+    stride (contiguous for stride 1), the rest zeroed. The body sits in a root block:
+    Relax's RewriteDataflowReshape asks every one-input PrimFunc whether it is a reshape
+    and asserts on a function without one."""
     from tvm.script import tirx as T
     c_in, h, w = g.channels, g.height, g.width
     (kr, ks), (sh, sw), (dh, dw) = g.kernel, g.stride, g.dilation
     top, left = g.pads[0], g.pads[1]
     oh_n, ow_n, q, p = g.out_height, g.out_width, g.reduction, g.positions
+    width = p if width is None else width
 
     @T.prim_func(s_tir=True)
     def im2col(x_handle: T.handle, cols_handle: T.handle):
         T.func_attr({"global_symbol": "main", "tirx.noalias": True})
         b = T.int64()
         x = T.match_buffer(x_handle, (b, c_in, h, w), "float32")
-        cols = T.match_buffer(cols_handle, (b, q, p), "float32")
+        cols = T.match_buffer(cols_handle, (b, q, width), "float32")
         with T.sblock("root"):  # (see the docstring)
             for bc in T.parallel(b * c_in):
                 for r in range(kr):
@@ -101,6 +110,9 @@ def im2col_func(g: ConvGeometry):
                             else:
                                 for ow in range(ow_n):
                                     cols[bc // c_in, row, oh * ow_n + ow] = T.float32(0)
+                        for extra in range(width - p):
+                            cols[bc // c_in, ((bc % c_in) * kr + r) * ks + s, p + extra] = \
+                                T.float32(0)
     return im2col
 
 
@@ -156,66 +168,100 @@ def depthwise_func(g: ConvGeometry):
 
 
 CONV_CHUNK = 256  # reduction entries per pass: a block of cols (chunk x tile) stays in L1
-CONV_PANELS = 8  # channel panels per task: they take turns over the same chunk of cols
+CONV_PANELS = 8  # channel panels per task at most: they take turns over the same cols
+CONV_SPAN = 16  # register tiles of positions per task: each weight chunk serves all of them
+SPAN_MAX_TILES = 64  # ... where P is at most this many tiles (see conv_gemm_func)
+CONV_MIN_TASKS = 8  # panel groups shrink until there are this many tasks (or one panel each)
+
+
+def panel_group(panels: int, spans: int, most: int = CONV_PANELS) -> int:
+    """Channel panels per task: as many as `most` while the tasks (spans x groups) number
+    CONV_MIN_TASKS, fewer where that leaves too few to share among threads."""
+    return max(1, min(most, -(-panels * spans // CONV_MIN_TASKS)))
 
 
 def conv_gemm_func(out_channels: int, q: int, p: int, tile: MicroKernel,
-                   chunk: int = CONV_CHUNK, group: int = CONV_PANELS):
+                   chunk: int = CONV_CHUNK, group: int = CONV_PANELS, span: int | None = None,
+                   width: int | None = None):
     """y (b, K, P) = W (K, Q) @ cols (b, Q, P) for W packed by pack_conv_weight, b symbolic.
     The register tile is tile.rows output channels x tile.cols positions. Threads over
-    (image, position block, group of `group` channel panels); the reduction runs in chunks
-    of `chunk` entries, every panel of the group passing over a chunk of the position block
-    while it is in L1 (Q reaches 4608 in a ResNet: a whole block would not stay in cache);
-    the group's partial sums wait on the stack between chunks. Leftover positions (P not a
-    multiple of the tile: 49 in a 7x7 layer) as one more, zero-padded block, whole vectors
-    wide."""
+    (image, span of `span` position tiles, group of channel panels); the reduction runs in
+    chunks of `chunk` entries: per chunk each panel of the group passes over the span's
+    tiles, so a weight chunk read from memory serves `span` tiles (a convolution's weights
+    are cold in a model: read once per tile, ResNet's late layers were bound by them) and
+    the span's columns, in L2, serve the group's panels; partial sums wait in a buffer
+    between chunks. The group shrinks (panel_group) where tasks would be too few. Spans pay
+    where the weights are read once per few tiles (P up to SPAN_MAX_TILES tiles: 12% faster
+    at 14x14, 15% at 28x28 on this EPYC's AVX2 build) and cost a little on big images (one
+    tile per task there, as before). `width` (a multiple of the tile, >= P): the columns'
+    row length, padded with zeros (im2col_func's width): the last tile is computed whole
+    and stored up to P. Without it, leftover positions (P not a multiple of the tile) run
+    as one more zero-padded block, whole vectors wide, reading every weight again."""
     from tvm.script import tirx as T
     mr, nr = tile.rows, tile.cols
     panels = -(-out_channels // mr)
-    blocks = p // nr
+    padded = width is not None
+    width = p if width is None else width
+    blocks = width // nr if padded else p // nr
+    if span is None:
+        span = CONV_SPAN if blocks <= SPAN_MAX_TILES else 1
+    span = max(1, min(span, blocks))
+    spans = -(-blocks // span)
+    group = panel_group(panels, max(spans, 1), group)
     groups = -(-panels // group)
     chunks = -(-q // chunk)
-    per_image = max(blocks * groups, 1)  # (the divisor; no full blocks: the loop is empty)
-    tail_tasks = groups if p % nr else 0
-    # the leftover block's width: whole vectors of LANES where the tile is made of them (one
-    # leftover position of a 7x7 layer is then computed 8-, not 16-wide)
-    tw = min(nr, -(-(p % nr) // LANES) * LANES) if nr % LANES == 0 and p % nr else nr
+    per_image = max(spans * groups, 1)  # (the divisor; no full blocks: the loop is empty)
+    tail_tasks = groups if p % nr and not padded else 0
+    # the leftover block's width: whole vector registers where the tile is made of them (one
+    # leftover position of a 7x7 layer is then computed 8-, not 16-wide, on AVX2; 24 of an
+    # AVX-512 tile's 32 would be a vector and a half: 10x slower there)
+    lanes = tile.lanes
+    tw = min(nr, -(-(p % nr) // lanes) * lanes) if nr % lanes == 0 and p % nr else nr
 
     @T.prim_func
     def conv_gemm(cols_handle: T.handle, wp: T.Buffer((panels, q, mr), "float32"),
                   y_handle: T.handle):
         T.func_attr({"global_symbol": "main", "tirx.noalias": True})
         b = T.int64()
-        cols = T.match_buffer(cols_handle, (b, q, p), "float32")
+        cols = T.match_buffer(cols_handle, (b, q, width), "float32")
         y = T.match_buffer(y_handle, (b, out_channels, p), "float32")
-        for t in T.parallel(b * (blocks * groups)):
+        for t in T.parallel(b * (spans * groups)):
             img = t // per_image
-            pb = t // groups % max(blocks, 1)
+            sp = t // groups % max(spans, 1)
             kg = t % groups
-            sums = T.decl_buffer((group, mr, nr), "float32", scope="local")
+            sums = T.decl_buffer((group, span, mr, nr), "float32", scope="local")
             for g in range(group):
-                for i in T.unroll(mr):
-                    for c in T.vectorized(nr):
-                        sums[g, i, c] = T.float32(0)
+                for j in range(span):
+                    for i in T.unroll(mr):
+                        for c in T.vectorized(nr):
+                            sums[g, j, i, c] = T.float32(0)
             for qc in range(chunks):
                 for g in range(T.min(group, panels - kg * group)):
-                    acc = T.decl_buffer((mr, nr), "float32", scope="local")
-                    for i in T.unroll(mr):
-                        for c in T.vectorized(nr):
-                            acc[i, c] = sums[g, i, c]
-                    for e in range(qc * chunk, T.min(q, qc * chunk + chunk)):
+                    for j in range(T.min(span, blocks - sp * span)):
+                        acc = T.decl_buffer((mr, nr), "float32", scope="local")
                         for i in T.unroll(mr):
                             for c in T.vectorized(nr):
-                                acc[i, c] = acc[i, c] + wp[kg * group + g, e, i] * cols[
-                                    img, e, pb * nr + c]
-                    for i in T.unroll(mr):
-                        for c in T.vectorized(nr):
-                            sums[g, i, c] = acc[i, c]
+                                acc[i, c] = sums[g, j, i, c]
+                        for e in range(qc * chunk, T.min(q, qc * chunk + chunk)):
+                            for i in T.unroll(mr):
+                                for c in T.vectorized(nr):
+                                    acc[i, c] = acc[i, c] + wp[kg * group + g, e, i] * cols[
+                                        img, e, (sp * span + j) * nr + c]
+                        for i in T.unroll(mr):
+                            for c in T.vectorized(nr):
+                                sums[g, j, i, c] = acc[i, c]
             for g in range(T.min(group, panels - kg * group)):
-                for i in range(mr):
-                    if (kg * group + g) * mr + i < out_channels:
-                        for c in T.vectorized(nr):
-                            y[img, (kg * group + g) * mr + i, pb * nr + c] = sums[g, i, c]
+                for j in range(T.min(span, blocks - sp * span)):
+                    for i in range(mr):
+                        if (kg * group + g) * mr + i < out_channels:
+                            if (sp * span + j) * nr + nr <= p:
+                                for c in T.vectorized(nr):
+                                    y[img, (kg * group + g) * mr + i,
+                                      (sp * span + j) * nr + c] = sums[g, j, i, c]
+                            else:  # the last tile of padded columns: up to P
+                                for c in range(p - (sp * span + j) * nr):
+                                    y[img, (kg * group + g) * mr + i,
+                                      (sp * span + j) * nr + c] = sums[g, j, i, c]
         for t in T.parallel(b * tail_tasks):
             # the leftover positions: their columns copied per chunk into a zero-padded
             # tile-wide buffer, then the same register tiles as above

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 from graphopt.kernels.formats import BSR, NMCompressed
 from graphopt.kernels.tvm.conv import (
-    ConvGeometry, conv_direct_func, conv_gemm_func, im2col_func, pack_conv_weight, pad_func,
-    padded_width)
+    ConvGeometry, columns_width, conv_direct_func, conv_gemm_func, im2col_func,
+    pack_conv_weight, pad_func, padded_width)
 from graphopt.kernels.tvm.target import to_tvm
 from graphopt.kernels.tvm.tiles import LANES, MicroKernel
 
@@ -720,13 +720,14 @@ def host_bsr_tiled_matmul(x: np.ndarray, w: BSR, cols: int | None = None) -> np.
 
 
 @functools.lru_cache(maxsize=64)
-def _host_im2col(g: ConvGeometry):
-    return build(im2col_func(g), host_target())["main"]
+def _host_im2col(g: ConvGeometry, width: int | None = None):
+    return build(im2col_func(g, width), host_target())["main"]
 
 
 @functools.lru_cache(maxsize=64)
-def _host_conv_gemm(out_channels: int, q: int, p: int, tile: MicroKernel):
-    return build(conv_gemm_func(out_channels, q, p, tile), host_target())["main"]
+def _host_conv_gemm(out_channels: int, q: int, p: int, tile: MicroKernel,
+                    width: int | None = None):
+    return build(conv_gemm_func(out_channels, q, p, tile, width=width), host_target())["main"]
 
 
 def host_conv2d(w: np.ndarray, g: ConvGeometry, tile: MicroKernel | None = None):
@@ -734,7 +735,8 @@ def host_conv2d(w: np.ndarray, g: ConvGeometry, tile: MicroKernel | None = None)
     convolutions, as in an artifact) and the conv GEMM built for this CPU."""
     import tvm
     tile = tile or MicroKernel.for_cpu(*host_cpu())
-    gemm = _host_conv_gemm(g.out_channels, g.reduction, g.positions, tile)
+    width = None if g.pointwise else columns_width(g.positions, tile)
+    gemm = _host_conv_gemm(g.out_channels, g.reduction, g.positions, tile, width)
     packed = tvm.runtime.tensor(pack_conv_weight(w.astype(np.float32), tile.rows))
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -743,8 +745,8 @@ def host_conv2d(w: np.ndarray, g: ConvGeometry, tile: MicroKernel | None = None)
         if g.pointwise:
             cols = tvm.runtime.tensor(x.reshape(b, g.channels, g.positions))
         else:
-            cols = tvm.runtime.tensor(np.empty((b, g.reduction, g.positions), np.float32))
-            _host_im2col(g)(tvm.runtime.tensor(x), cols)
+            cols = tvm.runtime.tensor(np.empty((b, g.reduction, width), np.float32))
+            _host_im2col(g, width)(tvm.runtime.tensor(x), cols)
         out = tvm.runtime.tensor(np.empty((b, g.out_channels, g.positions), np.float32))
         gemm(cols, packed, out)
         return out.numpy().reshape(b, g.out_channels, g.out_height, g.out_width)
@@ -782,10 +784,11 @@ def host_conv2d_direct(w: np.ndarray, g: ConvGeometry, tile: MicroKernel | None 
     return run
 
 
-def host_im2col(x: np.ndarray, g: ConvGeometry) -> np.ndarray:
+def host_im2col(x: np.ndarray, g: ConvGeometry, width: int | None = None) -> np.ndarray:
     import tvm
-    cols = tvm.runtime.tensor(np.empty((x.shape[0], g.reduction, g.positions), np.float32))
-    _host_im2col(g)(tvm.runtime.tensor(np.ascontiguousarray(x, np.float32)), cols)
+    cols = tvm.runtime.tensor(np.full((x.shape[0], g.reduction, width or g.positions), np.nan,
+                                      np.float32))
+    _host_im2col(g, width)(tvm.runtime.tensor(np.ascontiguousarray(x, np.float32)), cols)
     return cols.numpy()
 
 

@@ -42,9 +42,9 @@ import numpy as np
 
 from graphopt import sparsity
 from graphopt.kernels import autotune, choice, formats
-from graphopt.kernels.tvm.conv import (ConvGeometry, conv_direct_func, conv_gemm_func,
-                                      depthwise_func, im2col_func, pack_conv_weight, pad_func,
-                                      padded_width)
+from graphopt.kernels.tvm.conv import (ConvGeometry, columns_width, conv_direct_func,
+                                      conv_gemm_func, depthwise_func, im2col_func,
+                                      pack_conv_weight, pad_func, padded_width)
 from graphopt.kernels.tvm.kernels import (
     bsr_tile_columns,
     bsr_tile_widths,
@@ -608,14 +608,16 @@ def use_graphopt_kernels(mod, target: Any, cache_dir: Path | None = None,
             if g.pointwise:
                 cols = self.builder_.emit(relax.op.reshape(
                     x, [batch, g.channels, g.height * g.width]))
-            else:
+            width = None if g.pointwise else columns_width(g.positions, tile)
+            if not g.pointwise:
                 cols = self.builder_.emit(relax.call_tir(
-                    self._kernel(("im2col", *_conv_key(g)), lambda: im2col_func(g)), [x],
-                    out_ty=relax.TensorType([batch, g.reduction, g.positions], "float32")))
+                    self._kernel(("im2col", *_conv_key(g), width),
+                                 lambda: im2col_func(g, width)), [x],
+                    out_ty=relax.TensorType([batch, g.reduction, width], "float32")))
             out = self.builder_.emit(relax.call_tir(
-                self._kernel(("conv_gemm", g.out_channels, g.reduction, g.positions),
+                self._kernel(("conv_gemm", g.out_channels, g.reduction, g.positions, width),
                              lambda: conv_gemm_func(g.out_channels, g.reduction,
-                                                    g.positions, tile)),
+                                                    g.positions, tile, width=width)),
                 [cols, relax.const(pack_conv_weight(w, tile.rows))],
                 out_ty=relax.TensorType([batch, g.out_channels, g.positions], "float32")))
             use.convs.append({"k": g.reduction, "n": g.out_channels, "positions": g.positions,

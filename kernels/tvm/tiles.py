@@ -17,6 +17,7 @@ class MicroKernel:
     vector registers while the reduction runs; `cols` is a multiple of the vector lanes."""
     rows: int
     cols: int
+    lanes: int = LANES  # float32 lanes of one vector register (partial tiles round to them)
 
     @classmethod
     def for_cpu(cls, vector_bits: int, vector_registers: int) -> MicroKernel:
@@ -24,4 +25,4 @@ class MicroKernel:
         vectors = 2 if lanes >= 8 else 4  # vectors per tile row (16+ columns)
         # accumulators + the weight vectors of one step + a broadcast register
         rows = max(1, min(8, (vector_registers - vectors - 2) // vectors))
-        return cls(rows, vectors * lanes)
+        return cls(rows, vectors * lanes, lanes)

@@ -135,6 +135,11 @@ def test_im2col_matches_reference(batch, g) -> None:
     expected = ref.im2col(x, g.kernel, g.stride, g.pads, g.dilation)
     assert expected.shape == (batch, g.reduction, g.positions)
     np.testing.assert_array_equal(tvm_kernels.host_im2col(x, g), expected)
+    # padded to whole tiles: the same columns, then zeros (written: the buffer held NaN)
+    width = g.positions + 11
+    padded = tvm_kernels.host_im2col(x, g, width)
+    np.testing.assert_array_equal(padded[:, :, :g.positions], expected)
+    assert not padded[:, :, g.positions:].any()
 
 
 @pytest.mark.parametrize("tile", [tvm_kernels.MicroKernel(6, 16), tvm_kernels.MicroKernel(8, 32),
@@ -195,21 +200,30 @@ def test_depthwise_matches_reference(batch, g) -> None:
     np.testing.assert_allclose(out.numpy(), expected.reshape(out.shape), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("chunk, group", [(7, 3), (45, 1), (1, 8), (100, 2)])
-def test_conv_gemm_in_reduction_chunks_and_panel_groups(chunk, group) -> None:
-    """Partial last chunk, partial last group of panels, partial last panel, leftover
-    positions, two images."""
+@pytest.mark.parametrize("chunk, group, span, p, padded", [
+    (7, 3, 16, 37, False), (45, 1, 16, 37, False), (1, 8, 16, 37, False),
+    (100, 2, 16, 37, False), (7, 8, 3, 16 * 7 + 5, False), (45, 2, 1, 16 * 4, False),
+    (9, 8, None, 16 * 40 + 1, False), (7, 3, None, 37, True), (45, 8, 2, 16 * 7 + 5, True),
+    (9, 8, None, 49, True), (9, 1, None, 3, True)])
+def test_conv_gemm_in_reduction_chunks_and_panel_groups(chunk, group, span, p,
+                                                        padded) -> None:
+    """Partial last chunk, partial last group of panels, partial last panel, partial last
+    span of position tiles, leftover positions or none, columns padded to whole tiles
+    (their last tile stored up to P) or not, two images."""
     import tvm
-    k, q, p = 20, 45, 37
+    k, q = 20, 45
     tile = tvm_kernels.MicroKernel(6, 16)
+    width = conv.columns_width(p, tile) if padded else p
     w = RNG.standard_normal((k, q)).astype(np.float32)
-    cols = RNG.standard_normal((2, q, p)).astype(np.float32)
-    fn = tvm_kernels.build(tvm_kernels.conv_gemm_func(k, q, p, tile, chunk, group),
+    cols = np.zeros((2, q, width), np.float32)
+    cols[:, :, :p] = RNG.standard_normal((2, q, p))
+    fn = tvm_kernels.build(tvm_kernels.conv_gemm_func(k, q, p, tile, chunk, group, span,
+                                                      width if padded else None),
                            tvm_kernels.host_target())["main"]
     out = tvm.runtime.tensor(np.full((2, k, p), np.nan, np.float32))
     fn(tvm.runtime.tensor(cols),
        tvm.runtime.tensor(tvm_kernels.pack_conv_weight(w.reshape(k, q, 1, 1), tile.rows)), out)
-    expected = np.einsum("kq,bqp->bkp", w.astype(np.float64), cols.astype(np.float64))
+    expected = np.einsum("kq,bqp->bkp", w.astype(np.float64), cols[:, :, :p].astype(np.float64))
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
@@ -371,3 +385,10 @@ def test_gpu_kernels_say_clearly_when_there_is_no_gpu() -> None:
     x = np.ones((2, 4), np.float32)
     with pytest.raises(ValueError, match="machine with an NVIDIA GPU"):
         tvm_kernels.host_dense_matmul(x, np.ones((4, 3), np.float32), device="cuda")
+
+
+def test_panel_groups_shrink_where_tasks_would_be_few() -> None:
+    assert conv.panel_group(panels=11, spans=13) == conv.CONV_PANELS  # a big image: 26 tasks
+    assert conv.panel_group(panels=22, spans=1) == 3  # 14x14: 8 tasks, not 3
+    assert conv.panel_group(panels=2, spans=1) == 1
+    assert conv.panel_group(panels=43, spans=1, most=4) == 4
