@@ -79,7 +79,7 @@ def _turn(run) -> float:
 
 
 def bench_model(name: str, configs: list[tuple[str, int]], rounds: int, tmp: Path,
-                input_shapes: list[str] | None = None) -> dict:
+                input_shapes: list[str] | None = None, target: str = "x86") -> dict:
     import tvm
 
     from graphopt import ir, verify
@@ -95,7 +95,7 @@ def bench_model(name: str, configs: list[tuple[str, int]], rounds: int, tmp: Pat
         print(f"codegen: {name}, {lowering} lowering, {budget} trials", flush=True)
         start = time.perf_counter()
         result = compile_model(src, tmp / f"{name}-{lowering}-{budget}", CompileOptions(
-            target="x86", input_shapes=shapes, tune=budget, lowering=lowering,
+            target=target, input_shapes=shapes, tune=budget, lowering=lowering,
             tuning_cache=tmp / f"cache-{name}-{lowering}-{budget}"))
         total = time.perf_counter() - start
         c = result.report["codegen"]
@@ -146,7 +146,8 @@ def bench_model(name: str, configs: list[tuple[str, int]], rounds: int, tmp: Pat
 
 def to_markdown(data: dict) -> str:
     lines = ["# TVM code generation: compile, tuning and artifact latency vs onnxruntime", "",
-             f"Machine: {data['machine']['cpu']}; target x86 (TVM llvm, x86-64-v3); "
+             f"Machine: {data['machine']['cpu']}; target {data.get('target', 'x86')} (TVM "
+             f"{data.get('tvm_target', 'llvm, x86-64-v3')}); "
              f"{data['rounds']} interleaved rounds. 'ORT / TVM' > 1 means the TVM artifact is "
              "faster than onnxruntime (ORT_ENABLE_ALL) on the same ONNX model: median of "
              "per-round ratios [95% bootstrap CI]. Every tuning budget starts from an empty "
@@ -201,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lowerings", default="graphopt,tvm",
                         help="comma-separated: graphopt (default lowering), tvm (TVM's own)")
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--target", default="x86", help="x86 (the portable AVX2 build, the "
+                        "default) or x86:host (this CPU's widest vectors, as onnxruntime uses)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="output directory")
     args = parser.parse_args(argv)
     models = [str(p) for p in args.model] or (
@@ -218,13 +221,16 @@ def main(argv: list[str] | None = None) -> int:
     trials = [t for t in trials if t > 0]  # untuned is always measured
     configs = [(lowering, budget) for lowering in lowerings for budget in [0, *trials]]
     import os
+    from graphopt.registry import load_registry
+    target = load_registry().get_target(args.target)
     data = {"machine": machine_info(0), "rounds": rounds, "trials": trials,
+            "target": target.full_name, "tvm_target": target.tvm,
             "lowerings": lowerings, "tvm_threads": os.environ.get("TVM_NUM_THREADS"),
             "models": []}
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
             data["models"].append(bench_model(name, configs, rounds, Path(tmp),
-                                              args.input_shape))
+                                              args.input_shape, args.target))
     stem = args.out / (args.name or ("codegen_quick" if args.quick else "codegen"))
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(data, indent=1, default=str))

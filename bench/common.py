@@ -80,6 +80,19 @@ def verdict(ratio: dict[str, float]) -> str:
     return "NO"
 
 
+def vector_isa() -> str:
+    """The CPU's vector instructions in a few words: the same model name ("AMD EPYC") comes
+    as AVX2-only and AVX-512 machines, and every ratio against onnxruntime depends on it
+    (MLAS picks its kernels by the CPU it runs on)."""
+    from graphopt.targets.host import cpu_flags
+    flags = cpu_flags()
+    if "avx512f" in flags:
+        return "AVX-512" + (" + VNNI" if "avx512_vnni" in flags else "")
+    if "avx2" in flags:
+        return "AVX2" + (" + FMA" if "fma" in flags else "") + ", no AVX-512"
+    return "no AVX2" if flags else "vector ISA unknown"
+
+
 def machine_info(threads: int) -> dict:
     cpu = "unknown"
     try:
@@ -89,6 +102,7 @@ def machine_info(threads: int) -> dict:
                 break
     except OSError:
         pass
+    cpu = f"{cpu} ({vector_isa()})"
     versions = {"graphopt": __version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
                 "numpy": np.__version__, "python": platform.python_version()}
     for module in ("onnxsim", "onnxslim", "onnxoptimizer", "matplotlib"):  # if installed
