@@ -1,7 +1,9 @@
 """TVM kernels (TIR) for 2-D convolutions on CPUs: im2col into a column matrix and a
-register-tiled GEMM over it (groups = 1), and a direct depthwise kernel. Each computes what
+register-tiled GEMM over it (groups = 1), a direct kernel reading a padded copy of the input
+(groups = 1, no column matrix), and a direct depthwise kernel. Each computes what
 ref.py computes; shapes are fixed per build. Built and run on this machine by
-kernels.host_conv2d / host_im2col; used in artifacts by relax_kernels.
+host_conv (host_conv2d, host_conv2d_direct, host_im2col); used in artifacts by
+relax_kernels.
 """
 
 from __future__ import annotations

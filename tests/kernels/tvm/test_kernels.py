@@ -14,7 +14,7 @@ import pytest
 from graphopt import sparsity
 from graphopt.kernels.tvm import codegen
 from graphopt.kernels import formats, ref
-from graphopt.kernels.tvm import conv
+from graphopt.kernels.tvm import conv, host_conv
 from graphopt.kernels.tvm import kernels as tvm_kernels
 
 RNG = np.random.default_rng(1)
@@ -134,10 +134,10 @@ def test_im2col_matches_reference(batch, g) -> None:
     x = RNG.standard_normal((batch, g.channels, g.height, g.width)).astype(np.float32)
     expected = ref.im2col(x, g.kernel, g.stride, g.pads, g.dilation)
     assert expected.shape == (batch, g.reduction, g.positions)
-    np.testing.assert_array_equal(tvm_kernels.host_im2col(x, g), expected)
+    np.testing.assert_array_equal(host_conv.host_im2col(x, g), expected)
     # padded to whole tiles: the same columns, then zeros (written: the buffer held NaN)
     width = g.positions + 11
-    padded = tvm_kernels.host_im2col(x, g, width)
+    padded = host_conv.host_im2col(x, g, width)
     np.testing.assert_array_equal(padded[:, :, :g.positions], expected)
     assert not padded[:, :, g.positions:].any()
 
@@ -150,7 +150,7 @@ def test_conv_matches_reference(tile, batch, g) -> None:
     position remainders; pointwise convolutions skip im2col."""
     x = RNG.standard_normal((batch, g.channels, g.height, g.width)).astype(np.float32)
     w = RNG.standard_normal((g.out_channels, g.channels, *g.kernel)).astype(np.float32)
-    got = tvm_kernels.host_conv2d(w, g, tile)(x)
+    got = host_conv.host_conv2d(w, g, tile)(x)
     np.testing.assert_allclose(got, _conv_reference(x, w, g), rtol=1e-4, atol=1e-4)
 
 
@@ -164,7 +164,7 @@ def test_direct_conv_matches_reference(tile, batch, g) -> None:
     tile rows, an empty batch."""
     x = RNG.standard_normal((batch, g.channels, g.height, g.width)).astype(np.float32)
     w = RNG.standard_normal((g.out_channels, g.channels, *g.kernel)).astype(np.float32)
-    got = tvm_kernels.host_conv2d_direct(w, g, tile)(x)
+    got = host_conv.host_conv2d_direct(w, g, tile)(x)
     np.testing.assert_allclose(got, _conv_reference(x, w, g), rtol=1e-4, atol=1e-4)
 
 
@@ -175,7 +175,7 @@ def test_padded_input_has_zeros_around_and_slack_at_the_end() -> None:
     width = conv.padded_width(g, 8)
     assert width == 4 + 2 + 1 + 8
     out = tvm.runtime.tensor(np.full((1, 2, 4, width), np.nan, np.float32))
-    tvm_kernels._host_pad(g, 8)(tvm.runtime.tensor(x), out)
+    host_conv._host_pad(g, 8)(tvm.runtime.tensor(x), out)
     expected = np.zeros((1, 2, 4, width), np.float32)
     expected[:, :, 1:, 2:6] = x
     np.testing.assert_array_equal(out.numpy(), expected)
@@ -217,12 +217,12 @@ def test_conv_gemm_in_reduction_chunks_and_panel_groups(chunk, group, span, p,
     w = RNG.standard_normal((k, q)).astype(np.float32)
     cols = np.zeros((2, q, width), np.float32)
     cols[:, :, :p] = RNG.standard_normal((2, q, p))
-    fn = tvm_kernels.build(tvm_kernels.conv_gemm_func(k, q, p, tile, chunk, group, span,
+    fn = tvm_kernels.build(conv.conv_gemm_func(k, q, p, tile, chunk, group, span,
                                                       width if padded else None),
                            tvm_kernels.host_target())["main"]
     out = tvm.runtime.tensor(np.full((2, k, p), np.nan, np.float32))
     fn(tvm.runtime.tensor(cols),
-       tvm.runtime.tensor(tvm_kernels.pack_conv_weight(w.reshape(k, q, 1, 1), tile.rows)), out)
+       tvm.runtime.tensor(conv.pack_conv_weight(w.reshape(k, q, 1, 1), tile.rows)), out)
     expected = np.einsum("kq,bqp->bkp", w.astype(np.float64), cols[:, :, :p].astype(np.float64))
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-4)
 
@@ -309,13 +309,15 @@ KERNELS = {
 CPU_KERNELS = {**KERNELS, "dense_packed": lambda gpu: tvm_kernels.dense_packed_func(
     64, 48, tvm_kernels.MicroKernel.for_cpu(128, 32)),
     "bsr_tiled": lambda gpu: tvm_kernels.bsr_tiled_func(48, 64, 4, 4, 10, 8),
-    "im2col": lambda gpu: tvm_kernels.im2col_func(CONVS[1][1]),
+    "im2col": lambda gpu: conv.im2col_func(CONVS[1][1], CONVS[1][1].positions + 5),
+    "pad": lambda gpu: conv.pad_func(CONVS[1][1], 16),
+    "conv_direct": lambda gpu: conv.conv_direct_func(CONVS[0][1], tvm_kernels.MicroKernel(6, 16)),
     "nm_select": lambda gpu: tvm_kernels.nm_select_func(48, 2, 4, 64),
     "int8_weight": lambda gpu: tvm_kernels.dense_int8_weight_func(
         64, 48, tvm_kernels.MicroKernel.for_cpu(128, 32)),
     "depthwise": lambda gpu: conv.depthwise_func(conv.ConvGeometry(
         4, 10, 7, 4, (3, 3), (2, 1), (0, 2, 1, 0), (1, 2))),
-    "conv_gemm": lambda gpu: tvm_kernels.conv_gemm_func(13, 24, 35, tvm_kernels.MicroKernel(6, 16))}
+    "conv_gemm": lambda gpu: conv.conv_gemm_func(13, 24, 35, tvm_kernels.MicroKernel(6, 16))}
 
 
 @pytest.mark.parametrize("kind", sorted(CPU_KERNELS))
