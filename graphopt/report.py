@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -272,6 +273,10 @@ def kernel_lines(kernels: Kernels) -> list[str]:
         lines.append(f"  small convolutions: tuned by MetaSchedule {small.metaschedule_ms:.3f} "
                      f"ms, through graphopt's kernels {small.kernels_ms:.3f} ms on this "
                      f"machine: kept {small.kept}")
+    convs = Counter(f"{c.n}-channel convolution over {c.positions} positions (reduction "
+                    f"{c.k}): {c.kernel} ({c.why})"
+                    for c in kernels.convs_on("direct", "im2col+gemm") if c.why)
+    lines += [f"  {text}" + (f" x{n}" if n > 1 else "") for text, n in convs.items()]
     for r in kernels.layers:
         if r.why and r.structure:
             kernel = "float32 dense" if r.structure == "int8" and r.kernel != "int8" \

@@ -47,9 +47,9 @@ UNTUNED_CPU = ("untuned TVM CPU code (--lowering tvm) is naive loops, typically 
                "slower than onnxruntime: use the default lowering, tune with --tune N, or "
                "deploy model.opt.onnx with onnxruntime")
 UNTUNED_GRAPHOPT = ("no tuning: graphopt's packed dense kernel for constant-weight MatMul/Gemm "
-                    "and its im2col + GEMM and depthwise kernels for convolutions, DLight and "
-                    "graphopt's default schedules for the rest (CNNs stay slower than "
-                    "onnxruntime: ResNet-18 about 1.5x, MobileNetV2 about 1.8x slower here; "
+                    "and its im2col + GEMM, direct and depthwise kernels for convolutions, "
+                    "DLight and graphopt's default schedules for the rest (CNN classifiers "
+                    "stay slower than onnxruntime: about 0.45-0.65x its speed; "
                     "--tune N tunes what is not a graphopt kernel)")
 
 

@@ -74,6 +74,10 @@ SMALL_CONV_MACS = 4_000_000
 # 56x56, 7 MB: 1.30 vs 1.19 ms, a tie; 256->256 at 14x14, 1.8 MB: 1.24 vs 2.38 ms, im2col
 # wins). Stride 2 reads every other input element: im2col + GEMM (x10 faster there).
 DIRECT_MIN_COLS_BYTES = 16 << 20
+# Between these sizes the two are close: where the target's code runs here both are timed at
+# the layer's shape (kernels/choice.py: the direct kernel where 5% faster, cached); outside
+# it, and where nothing can be timed, the rule above decides.
+DIRECT_MEASURED_BYTES = (4 << 20, 64 << 20)
 DIRECT_WHY = (f"stride 1, im2col matrix >= {DIRECT_MIN_COLS_BYTES >> 20} MiB: read from the "
               "padded input instead")
 # Unmeasurable targets (arm): int8 weights from one to this many rows, where a matmul is
@@ -197,8 +201,7 @@ def _measured(kernel: str, ms_key: str, target: Any, shape: str, cache_dir: Path
         t = dict(time())
         return {"kernel_ms": t.pop(ms_key), "alternative_ms": t.pop("dense_ms"), **t}
 
-    c = choice.measured(kernel, "dense", f"{target.full_name}:{sorted(target.tvm.items())}",
-                        shape, measure, cache_dir)
+    c = choice.measured(kernel, "dense", _target_key(target), shape, measure, cache_dir)
     return {ms_key: c.kernel_ms, "dense_ms": c.alternative_ms, **c.details, "faster": c.use}
 
 
@@ -432,11 +435,57 @@ def conv_geometry(call) -> ConvGeometry | None:
     return g if g.out_height > 0 and g.out_width > 0 else None
 
 
-def direct_conv(g: ConvGeometry) -> bool:
-    """The direct kernel (conv.conv_direct_func) rather than im2col + GEMM: stride 1, not
-    pointwise, and an im2col matrix of at least DIRECT_MIN_COLS_BYTES per image."""
-    return g.stride == (1, 1) and not g.pointwise and \
-        4 * g.reduction * g.positions >= DIRECT_MIN_COLS_BYTES
+def choose_conv(g: ConvGeometry, target: Any, cache_dir: Path | None, measure: bool = True
+                ) -> tuple[bool, str]:
+    """Whether a convolution (groups = 1) takes the direct kernel rather than im2col + GEMM,
+    and why: only at stride 1 and not pointwise; there, by the size of its im2col matrix,
+    measured through the kernel-choice mechanism (its margin, its cache) inside
+    DIRECT_MEASURED_BYTES where this machine runs the target's code, else by the rule
+    DIRECT_MIN_COLS_BYTES."""
+    if g.stride != (1, 1) or g.pointwise:
+        return False, ""
+    size = 4 * g.reduction * g.positions
+    low, high = DIRECT_MEASURED_BYTES
+    if measure and low <= size < high and measurable(target):
+        c = choice.measured("tvm_conv_direct", "im2col+gemm", _target_key(target),
+                            f"{_conv_key(g)}:{g.out_channels}",
+                            lambda: time_conv_kernels(g, target), cache_dir)
+        return c.use, c.why
+    if size >= DIRECT_MIN_COLS_BYTES:
+        return True, DIRECT_WHY
+    return False, ""
+
+
+def time_conv_kernels(g: ConvGeometry, target: Any) -> dict[str, float]:
+    """The direct kernel and im2col + conv GEMM built for the target and timed here, one
+    image (ms), as choice.measured takes them."""
+    import tvm
+
+    from graphopt.kernels.tvm.kernels import build
+    spec, tile = dict(target.tvm), micro_kernel(target)
+    rng = np.random.default_rng(0)
+    x = tvm.runtime.tensor(rng.standard_normal((1, g.channels, g.height, g.width))
+                           .astype(np.float32))
+    w = tvm.runtime.tensor(pack_conv_weight(rng.standard_normal(
+        (g.out_channels, g.channels, *g.kernel)).astype(np.float32), tile.rows))
+    y = tvm.runtime.tensor(np.empty((1, g.out_channels, g.positions), np.float32))
+    width = columns_width(g.positions, tile)
+    xpad = tvm.runtime.tensor(np.empty((1, g.channels, g.height + g.pads[0] + g.pads[2],
+                                        padded_width(g, tile.cols)), np.float32))
+    cols = tvm.runtime.tensor(np.empty((1, g.reduction, width), np.float32))
+    pad = build(pad_func(g, tile.cols), spec)["main"]
+    direct = build(conv_direct_func(g, tile), spec)["main"]
+    im2col = build(im2col_func(g, width), spec)["main"]
+    gemm = build(conv_gemm_func(g.out_channels, g.reduction, g.positions, tile, width=width),
+                 spec)["main"]
+    return {"kernel_ms": round(autotune.time_ms(lambda: (pad(x, xpad), direct(xpad, w, y))), 5),
+            "alternative_ms": round(autotune.time_ms(lambda: (im2col(x, cols),
+                                                              gemm(cols, w, y))), 5)}
+
+
+def _target_key(target: Any) -> str:
+    """What a measurement on this target is cached under (kernels.choice)."""
+    return f"{target.full_name}:{sorted(target.tvm.items())}"
 
 
 def _conv_key(g: ConvGeometry) -> tuple[int, ...]:
@@ -589,7 +638,8 @@ def use_graphopt_kernels(mod, target: Any, cache_dir: Path | None = None,
                     [x, relax.const(np.ascontiguousarray(w[:, 0]))],
                     out_ty=relax.TensorType([batch, g.channels, g.out_height, g.out_width],
                                             "float32")))
-            if direct_conv(g):
+            direct, why = choose_conv(g, target, cache_dir, measure)
+            if direct:
                 padded = self.builder_.emit(relax.call_tir(
                     self._kernel(("pad", *_conv_key(g), tile.cols),
                                  lambda: pad_func(g, tile.cols)), [x],
@@ -602,7 +652,7 @@ def use_graphopt_kernels(mod, target: Any, cache_dir: Path | None = None,
                     out_ty=relax.TensorType([batch, g.out_channels, g.positions], "float32")))
                 use.convs.append({"k": g.reduction, "n": g.out_channels,
                                   "positions": g.positions, "kernel": "direct",
-                                  "why": DIRECT_WHY})
+                                  "why": why})
                 return relax.op.reshape(out, [batch, g.out_channels, g.out_height,
                                               g.out_width])
             if g.pointwise:
@@ -621,7 +671,8 @@ def use_graphopt_kernels(mod, target: Any, cache_dir: Path | None = None,
                 [cols, relax.const(pack_conv_weight(w, tile.rows))],
                 out_ty=relax.TensorType([batch, g.out_channels, g.positions], "float32")))
             use.convs.append({"k": g.reduction, "n": g.out_channels, "positions": g.positions,
-                              "kernel": "im2col+gemm" if not g.pointwise else "gemm"})
+                              "kernel": "im2col+gemm" if not g.pointwise else "gemm",
+                              **({"why": why} if why else {})})
             return relax.op.reshape(out, [batch, g.out_channels, g.out_height, g.out_width])
 
         def _kernel(self, key, make):

@@ -21,7 +21,9 @@ KERNEL_USE = {
     ],
     "convs": [{"k": 9, "n": 16, "positions": 64, "kernel": "depthwise"},
               {"k": 16, "n": 32, "positions": 64, "kernel": "gemm"},
-              {"k": 8, "n": 8, "positions": 4, "kernel": "tuning", "why": "small"}],
+              {"k": 8, "n": 8, "positions": 4, "kernel": "tuning", "why": "small"},
+              {"k": 864, "n": 24, "positions": 33856, "kernel": "direct",
+               "why": "measured here: tvm_conv_direct 10 ms vs im2col+gemm 24 ms"}],
     "small_convs": {"metaschedule_ms": 0.5, "kernels_ms": 0.4, "kept": "graphopt kernels"},
 }
 
@@ -51,7 +53,7 @@ def test_the_json_form_round_trips() -> None:
 
 def test_kernel_rows_say_what_structure_each_weight_had() -> None:
     kernels = Kernels.from_dict(KERNEL_USE)
-    assert kernels.count == 4 + 2  # the tuned conv is MetaSchedule's, not a graphopt kernel
+    assert kernels.count == 4 + 3  # the tuned conv is MetaSchedule's, not a graphopt kernel
     assert [r.structure for r in kernels.layers] == [
         "", "4x4 blocks 90% sparse", "2:4 sparse", "int8"]
     assert kernels.layers[1].details["sparse_ms"] == 0.01
@@ -72,6 +74,10 @@ def test_report_lines_read_the_records() -> None:
     assert "64x64 weight, 4x4 blocks 90% sparse: bsr (measured here: BSR)" in text
     assert "128x16 weight, int8: float32 dense (measured here" in text
     assert "kept graphopt kernels" in text
+    assert "1 convolution(s) through the direct kernel" in text
+    assert "24-channel convolution over 33856 positions (reduction 864): direct (measured " \
+        "here: tvm_conv_direct 10 ms vs im2col+gemm 24 ms)" in text
+    assert "small)" not in text  # MetaSchedule's small convolutions: counted, not listed
     assert "check vs onnxruntime on 2 input(s): max rel 2e-06 (passed" in text
     assert lines[-1] == "a note"
     assert report.codegen_lines(Artifact.not_built("skipped", "too big")) == [

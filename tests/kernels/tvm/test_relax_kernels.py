@@ -5,6 +5,7 @@ activation), and the built module against onnxruntime, with fixed and with dynam
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import onnx
@@ -293,17 +294,38 @@ def test_large_stride_1_convolutions_take_the_direct_kernel(monkeypatch) -> None
     monkeypatch.setattr(relax_kernels, "DIRECT_MIN_COLS_BYTES", 4 * 27 * 60)
     model = _conv_model()
     mod = codegen.import_model(model, {"x": [2, 3, 17, 19]})
-    rewritten, use = relax_kernels.use_graphopt_kernels(mod, X86)
+    rewritten, use = relax_kernels.use_graphopt_kernels(mod, X86, measure=False)
     kinds = [c["kernel"] for c in use.as_dict()["convs"]]
     assert kinds == ["im2col+gemm", "gemm", "direct", "depthwise"]
-    assert relax_kernels.direct_conv(conv.ConvGeometry(96, 184, 184, 24, (3, 3), (1, 1),
-                                                       (1, 1, 1, 1)))
+    big = conv.ConvGeometry(96, 184, 184, 24, (3, 3), (1, 1), (1, 1, 1, 1))
+    assert relax_kernels.choose_conv(big, X86, None, measure=False)[0]
+    strided = conv.ConvGeometry(96, 184, 184, 24, (3, 3), (2, 2), (1, 1, 1, 1))
+    assert relax_kernels.choose_conv(strided, X86, None) == (False, "")
     vm = relax.VirtualMachine(codegen.build(rewritten, X86, default_schedules=True),
                               tvm.cpu())
     x = RNG.standard_normal((2, 3, 17, 19)).astype(np.float32)
     got = vm["main"](tvm.runtime.tensor(x))
     got = got.numpy() if hasattr(got, "numpy") else got[0].numpy()
     assert verify.compare(_ort(model, {"x": x}), got).max_rel <= 1e-4
+
+
+def test_direct_or_im2col_is_measured_where_it_is_close(monkeypatch, tmp_path) -> None:
+    """Inside DIRECT_MEASURED_BYTES, where the target's code runs here, both kernels are
+    timed at the layer's shape through the kernel-choice mechanism and cached; the
+    decision's reason says so, and a second compile reads the cache."""
+    if not relax_kernels.measurable(X86):
+        pytest.skip("x86 code does not run on this CPU")
+    monkeypatch.setattr(relax_kernels, "DIRECT_MEASURED_BYTES", (0, 1 << 30))
+    g = conv.ConvGeometry(8, 20, 20, 16, (3, 3), (1, 1), (1, 1, 1, 1))
+    direct, why = relax_kernels.choose_conv(g, X86, tmp_path)
+    assert why.startswith("measured here: tvm_conv_direct") and "im2col+gemm" in why
+    cache = json.loads((tmp_path / choice.CACHE_NAME).read_text())
+    (key,) = [k for k in cache["choices"] if k.startswith("tvm_conv_direct|")]
+    timed = cache["choices"][key]
+    assert direct == choice.faster(timed["kernel_ms"], timed["alternative_ms"])
+    calls = []
+    monkeypatch.setattr(relax_kernels, "time_conv_kernels", lambda *a: calls.append(a))
+    assert relax_kernels.choose_conv(g, X86, tmp_path) == (direct, why) and not calls
 
 
 def test_convolutions_the_kernels_do_not_take_are_left_alone() -> None:
