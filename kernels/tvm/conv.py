@@ -301,20 +301,21 @@ def conv_gemm_func(out_channels: int, q: int, p: int, tile: MicroKernel,
 
 
 # ------------------------------------------------------------------- implicit GEMM (direct)
-def padded_width(g: ConvGeometry, cols: int) -> int:
-    """The padded input's row length: the image's with its pads, plus slack so that a row's
-    last register tile, `cols` positions wide, reads inside the buffer (what it computes past
-    the row's end is never stored)."""
-    return g.width + g.pads[1] + g.pads[3] + cols * g.stride[1]
+def padded_plane(g: ConvGeometry, cols: int) -> tuple[int, int]:
+    """(height, width) of the padded input: the image with its pads, each row with slack
+    besides so that a row's last register tile, `cols` positions wide, reads inside the
+    buffer (what it computes past the row's end is never stored)."""
+    return (g.height + g.pads[0] + g.pads[2],
+            g.width + g.pads[1] + g.pads[3] + cols * g.stride[1])
 
 
 def pad_func(g: ConvGeometry, cols: int):
-    """xpad (b, C, H + top + bottom, padded_width) from x (b, C, H, W): zeros around. Threads
+    """xpad (b, C, *padded_plane) from x (b, C, H, W): zeros around. Threads
     over (image, channel)."""
     from tvm.script import tirx as T
     c_in, h, w = g.channels, g.height, g.width
     top, left, bottom, _ = g.pads
-    ph, pw = h + top + bottom, padded_width(g, cols)
+    ph, pw = padded_plane(g, cols)
 
     @T.prim_func(s_tir=True)
     def pad(x_handle: T.handle, xpad_handle: T.handle):
@@ -355,8 +356,7 @@ def conv_direct_func(g: ConvGeometry, tile: MicroKernel, group: int = CONV_PANEL
     c_in, k_out = g.channels, g.out_channels
     (kr, ks), (sh, sw), (dh, dw) = g.kernel, g.stride, g.dilation
     oh_n, ow_n, q = g.out_height, g.out_width, g.reduction
-    ph = g.height + g.pads[0] + g.pads[2]
-    pw = padded_width(g, nr)
+    ph, pw = padded_plane(g, nr)
     panels = -(-k_out // mr)
     groups = -(-panels // group)
     tiles = -(-ow_n // nr)  # per output row; the last one partly stored

@@ -9,7 +9,7 @@ import numpy as np
 
 from graphopt.kernels.tvm.conv import (
     ConvGeometry, columns_width, conv_direct_func, conv_gemm_func, im2col_func,
-    pack_conv_weight, pad_func, padded_width)
+    pack_conv_weight, pad_func, padded_plane)
 from graphopt.kernels.tvm.kernels import build, host_cpu, host_target
 from graphopt.kernels.tvm.tiles import MicroKernel
 
@@ -66,11 +66,10 @@ def host_conv2d_direct(w: np.ndarray, g: ConvGeometry, tile: MicroKernel | None 
     conv = _host_conv_direct(g, tile)
     pad = _host_pad(g, tile.cols)
     packed = tvm.runtime.tensor(pack_conv_weight(w.astype(np.float32), tile.rows))
-    ph = g.height + g.pads[0] + g.pads[2]
 
     def run(x: np.ndarray) -> np.ndarray:
         b = x.shape[0]
-        xpad = tvm.runtime.tensor(np.empty((b, g.channels, ph, padded_width(g, tile.cols)),
+        xpad = tvm.runtime.tensor(np.empty((b, g.channels, *padded_plane(g, tile.cols)),
                                            np.float32))
         pad(tvm.runtime.tensor(np.ascontiguousarray(x, np.float32)), xpad)
         out = tvm.runtime.tensor(np.empty((b, g.out_channels, g.positions), np.float32))

@@ -44,7 +44,7 @@ from graphopt import sparsity
 from graphopt.kernels import autotune, choice, formats
 from graphopt.kernels.tvm.conv import (ConvGeometry, columns_width, conv_direct_func,
                                       conv_gemm_func, depthwise_func, im2col_func,
-                                      pack_conv_weight, pad_func, padded_width)
+                                      pack_conv_weight, pad_func, padded_plane)
 from graphopt.kernels.tvm.kernels import (
     bsr_tile_columns,
     bsr_tile_widths,
@@ -470,8 +470,8 @@ def time_conv_kernels(g: ConvGeometry, target: Any) -> dict[str, float]:
         (g.out_channels, g.channels, *g.kernel)).astype(np.float32), tile.rows))
     y = tvm.runtime.tensor(np.empty((1, g.out_channels, g.positions), np.float32))
     width = columns_width(g.positions, tile)
-    xpad = tvm.runtime.tensor(np.empty((1, g.channels, g.height + g.pads[0] + g.pads[2],
-                                        padded_width(g, tile.cols)), np.float32))
+    xpad = tvm.runtime.tensor(np.empty((1, g.channels, *padded_plane(g, tile.cols)),
+                                       np.float32))
     cols = tvm.runtime.tensor(np.empty((1, g.reduction, width), np.float32))
     pad = build(pad_func(g, tile.cols), spec)["main"]
     direct = build(conv_direct_func(g, tile), spec)["main"]
@@ -643,8 +643,8 @@ def use_graphopt_kernels(mod, target: Any, cache_dir: Path | None = None,
                 padded = self.builder_.emit(relax.call_tir(
                     self._kernel(("pad", *_conv_key(g), tile.cols),
                                  lambda: pad_func(g, tile.cols)), [x],
-                    out_ty=relax.TensorType([batch, g.channels, g.height + g.pads[0] + g.pads[2],
-                                             padded_width(g, tile.cols)], "float32")))
+                    out_ty=relax.TensorType([batch, g.channels, *padded_plane(g, tile.cols)],
+                                            "float32")))
                 out = self.builder_.emit(relax.call_tir(
                     self._kernel(("conv_direct", *_conv_key(g), g.out_channels),
                                  lambda: conv_direct_func(g, tile)),
@@ -656,10 +656,11 @@ def use_graphopt_kernels(mod, target: Any, cache_dir: Path | None = None,
                 return relax.op.reshape(out, [batch, g.out_channels, g.out_height,
                                               g.out_width])
             if g.pointwise:
+                width = None
                 cols = self.builder_.emit(relax.op.reshape(
                     x, [batch, g.channels, g.height * g.width]))
-            width = None if g.pointwise else columns_width(g.positions, tile)
-            if not g.pointwise:
+            else:
+                width = columns_width(g.positions, tile)
                 cols = self.builder_.emit(relax.call_tir(
                     self._kernel(("im2col", *_conv_key(g), width),
                                  lambda: im2col_func(g, width)), [x],

@@ -172,9 +172,9 @@ def test_padded_input_has_zeros_around_and_slack_at_the_end() -> None:
     import tvm
     g = conv.ConvGeometry(2, 3, 4, 1, (3, 3), (1, 1), (1, 2, 0, 1))
     x = RNG.standard_normal((1, 2, 3, 4)).astype(np.float32)
-    width = conv.padded_width(g, 8)
-    assert width == 4 + 2 + 1 + 8
-    out = tvm.runtime.tensor(np.full((1, 2, 4, width), np.nan, np.float32))
+    height, width = conv.padded_plane(g, 8)
+    assert (height, width) == (3 + 1 + 0, 4 + 2 + 1 + 8)
+    out = tvm.runtime.tensor(np.full((1, 2, height, width), np.nan, np.float32))
     host_conv._host_pad(g, 8)(tvm.runtime.tensor(x), out)
     expected = np.zeros((1, 2, 4, width), np.float32)
     expected[:, :, 1:, 2:6] = x
